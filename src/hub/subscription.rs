@@ -1,0 +1,145 @@
+//! A live subscription: a cursor into one channel's log plus a wake-up.
+//!
+//! Entry points: [`Subscription::next`] (await the next event) and
+//! [`Subscription::try_next`] (drain what is ready without waiting, used to
+//! coalesce many messages into one socket write).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::channel::{ReadOutcome, Start, Truncation};
+use super::name::{ChannelName, Epoch};
+use super::{Channel, READ_BATCH, ReaderGuard};
+use crate::protocol::Message;
+
+/// What a subscriber receives, in order.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The next message.
+    Message(Arc<Message>),
+    /// The requested position could not be honoured; delivery continues from
+    /// `oldest` in `epoch`. Only ever the first event.
+    Truncated(Truncation),
+    /// The subscriber fell behind the retained history and is dropped; it
+    /// can resume with `since = last`. Every later call returns this again.
+    Lagged {
+        /// The last offset it was given.
+        last: u64,
+    },
+}
+
+/// A subscription to one channel. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    guard: ReaderGuard,
+    name: ChannelName,
+    epoch: Epoch,
+    head: u64,
+    cursor: u64,
+    rx: watch::Receiver<u64>,
+    /// Messages copied out of the log but not yet handed out; reused, so a
+    /// warm subscription allocates nothing per message.
+    buf: VecDeque<Arc<Message>>,
+    truncation: Option<Truncation>,
+    lagged: bool,
+}
+
+impl Subscription {
+    pub(super) fn new(
+        guard: ReaderGuard,
+        name: ChannelName,
+        epoch: Epoch,
+        head: u64,
+        start: Start,
+        rx: watch::Receiver<u64>,
+    ) -> Self {
+        Self {
+            guard,
+            name,
+            epoch,
+            head,
+            cursor: start.cursor,
+            rx,
+            buf: VecDeque::new(),
+            truncation: start.truncated,
+            lagged: false,
+        }
+    }
+
+    /// The channel subscribed to.
+    pub fn name(&self) -> &ChannelName {
+        &self.name
+    }
+
+    /// The channel's epoch at subscription time.
+    pub fn epoch(&self) -> &Epoch {
+        &self.epoch
+    }
+
+    /// The channel's head offset at subscription time.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// The last offset handed out (or the starting point).
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    pub(super) fn channel(&self) -> &Channel {
+        &self.guard.0
+    }
+
+    pub(super) fn take_truncation(&mut self) -> Option<Truncation> {
+        self.truncation.take()
+    }
+
+    /// Marks the current head as seen, before reading the log, so a publish
+    /// that lands after the read still wakes [`Self::changed`].
+    pub(super) fn mark_seen(&mut self) {
+        self.rx.borrow_and_update();
+    }
+
+    /// Waits until something was published after the last `mark_seen`.
+    pub(super) async fn changed(&mut self) {
+        // The sender lives in the channel this subscription keeps alive, so
+        // it cannot be dropped; never return spuriously if it somehow were.
+        if self.rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The next event if one is ready, without waiting.
+    pub fn try_next(&mut self) -> Option<Event> {
+        if let Some(t) = self.truncation.take() {
+            return Some(Event::Truncated(t));
+        }
+        if self.buf.is_empty() && !self.lagged {
+            self.mark_seen();
+            let outcome = self
+                .guard
+                .0
+                .read()
+                .read_after(self.cursor, READ_BATCH, &mut self.buf);
+            self.lagged = outcome == ReadOutcome::Behind;
+        }
+        if let Some(m) = self.buf.pop_front() {
+            self.cursor = m.offset();
+            return Some(Event::Message(m));
+        }
+        self.lagged.then_some(Event::Lagged { last: self.cursor })
+    }
+
+    /// Waits for the next event. Cancel-safe: nothing is consumed until it
+    /// returns.
+    pub async fn next(&mut self) -> Event {
+        loop {
+            if let Some(ev) = self.try_next() {
+                return ev;
+            }
+            self.changed().await;
+        }
+    }
+}

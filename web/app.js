@@ -1,0 +1,624 @@
+// app.js: the comparison page. One panel per rung, each a Ladder client
+// forced onto that rung; one unforced client showing the fallback race; a
+// workload publisher; /api/stats deltas; the measured comparison table; the
+// multi-stream WebTransport demo.
+//
+// Everything the page knows is mirrored in `window.ladderState` (plain data)
+// so the browser tests can wait on it instead of scraping the DOM.
+
+import { Ladder, httpPublish } from './ladder.js';
+
+const PANELS = [
+  { id: 'wt', title: 'WebTransport · streams', rung: 'webtransport', delivery: 'stream',
+    sub: 'HTTP/3 over QUIC; each channel on its own bidirectional stream.' },
+  { id: 'wtdg', title: 'WebTransport · datagrams', rung: 'webtransport', delivery: 'datagram',
+    sub: 'QUIC datagrams: no retransmission, no ordering; subscribe on a stream, data as datagrams.' },
+  { id: 'ws', title: 'WebSocket', rung: 'websocket', sub: 'One TCP connection, upgraded from HTTP/1.1.' },
+  { id: 'sse', title: 'Server-Sent Events', rung: 'sse', sub: 'One HTTP response that never ends; publishing is a separate POST.' },
+  { id: 'longpoll', title: 'Long polling', rung: 'longpoll', sub: 'A GET the server holds until there is news, then asked again.' },
+  { id: 'poll', title: 'Short polling', rung: 'poll', sub: 'A GET on a timer, whether or not anything happened.' },
+];
+
+// The static rows of the comparison table, in our own words.
+const FACTS = {
+  webtransport: {
+    direction: 'Both ways, one session; many independent streams',
+    reconnect: 'Library: backoff with jitter, new session, resubscribe from the cursor',
+  },
+  webtransport_dg: {
+    direction: 'Both ways; datagrams may be lost or reordered',
+    reconnect: 'Library: as streams; a lost datagram is not resent',
+  },
+  websocket: {
+    direction: 'Both ways, one connection',
+    reconnect: 'Library: backoff with jitter, resubscribe from the cursor',
+  },
+  sse: {
+    direction: 'Server to client; client to server by POST',
+    reconnect: 'Built into EventSource (Last-Event-ID); here the library\'s cursor drives it',
+  },
+  longpoll: {
+    direction: 'Client asks; server answers when it has news',
+    reconnect: 'Nothing to reconnect: every GET carries since=',
+  },
+  poll: {
+    direction: 'Client asks on a timer',
+    reconnect: 'Nothing to reconnect: every GET carries since=',
+  },
+};
+
+const STATS_KEYS = ['webtransport', 'websocket', 'sse', 'longpoll', 'poll'];
+
+const state = {
+  ready: false,
+  info: null,
+  panels: {},
+  run: { state: 'idle', runs: 0 },
+  multi: { state: 'idle', lanes: {} },
+  errors: [],
+};
+window.ladderState = state;
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const params = new URLSearchParams(location.search);
+
+function recordError(where, err) {
+  state.errors.push(`${where}: ${err?.message || err}`);
+}
+
+function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
+
+function percentile(sorted, p) {
+  if (sorted.length === 0) return null;
+  const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[idx];
+}
+
+function fmtMs(v) { return v === null || v === undefined ? '–' : `${Math.round(v)} ms`; }
+function fmtBytes(v) {
+  if (v === null || v === undefined || !Number.isFinite(v)) return '–';
+  return v >= 10240 ? `${(v / 1024).toFixed(1)} KiB` : `${Math.round(v)} B`;
+}
+
+// ---- panels ---------------------------------------------------------------
+
+class Panel {
+  constructor(cfg, root, ladderOptions) {
+    this.cfg = cfg;
+    this.el = $('#panel-tpl').content.firstElementChild.cloneNode(true);
+    this.el.id = `panel-${cfg.id}`;
+    this.el.dataset.panel = cfg.id;
+    $('.panel-title', this.el).textContent = cfg.title;
+    $('.panel-sub', this.el).textContent = cfg.sub;
+    const drop = $('[data-role=drop]', this.el);
+    drop.setAttribute('aria-label', `Drop the ${cfg.title} connection`);
+    drop.addEventListener('click', () => this.drop());
+    root.append(this.el);
+    this.ladder = new Ladder({ force: cfg.rung || null, remember: !cfg.rung, ...ladderOptions });
+    this.s = {
+      id: cfg.id, rung: cfg.rung, transport: null, state: 'idle', reason: '',
+      channel: null, expected: 0, received: 0, outOfOrder: 0, duplicates: 0,
+      duplicatesDropped: 0, gaps: 0, missing: null, complete: false,
+      p50: null, p95: null, p99: null, requests: null, requestsPerMsg: null,
+      bytesOutPerMsg: null, bytesInPerMsg: null, connectionsOpen: null,
+      reconnects: 0, drops: 0, resumeMs: null, dropDuringRun: false, report: null,
+    };
+    state.panels[cfg.id] = this.s;
+    this.resetRun(null, 0);
+    this.ladder.on('state', (ev) => {
+      this.s.state = ev.state;
+      this.s.transport = this.ladder.transport;
+      this.s.reason = ev.reason || '';
+      this.render();
+    });
+    this.ladder.on('open', () => {
+      this.s.transport = this.ladder.transport;
+      this.s.reconnects = this.ladder.stats.reconnects;
+      const d = this.ladder.lastDrop;
+      if (d?.resumedAt) this.s.resumeMs = Math.round(d.resumedAt - d.at);
+      this.render();
+    });
+    this.ladder.on('report', (r) => { this.s.report = r; this.render(); });
+  }
+
+  start() {
+    this.ladder.connect().catch((err) => {
+      this.s.reason = err.message;
+      this.render();
+    });
+  }
+
+  get statsKey() { return this.ladder.transport || this.cfg.rung; }
+  get delivery() { return this.cfg.delivery || 'stream'; }
+  get usable() { return this.s.state !== 'unavailable' && this.s.state !== 'closed'; }
+
+  resetRun(channel, expected) {
+    this.sub?.unsubscribe();
+    this.sub = null;
+    this.seen = new Set();
+    this.maxOffset = 0;
+    this.latencies = [];
+    Object.assign(this.s, {
+      channel, expected, received: 0, outOfOrder: 0, duplicates: 0, duplicatesDropped: 0,
+      gaps: 0, missing: null, complete: false, p50: null, p95: null, p99: null,
+      requests: null, requestsPerMsg: null, bytesOutPerMsg: null, bytesInPerMsg: null,
+      dropDuringRun: false,
+    });
+  }
+
+  subscribe(channel) {
+    this.sub = this.ladder.subscribe(channel, { since: 0, delivery: this.delivery }, (msg) => this.onMessage(msg));
+    return this.sub.ready;
+  }
+
+  onMessage(msg) {
+    const s = this.s;
+    if (this.seen.has(msg.offset)) { s.duplicates++; return; }
+    this.seen.add(msg.offset);
+    if (msg.offset < this.maxOffset) s.outOfOrder++;
+    this.maxOffset = Math.max(this.maxOffset, msg.offset);
+    s.received++;
+    this.latencies.push(Math.max(0, Date.now() - msg.ts));
+    if (s.received >= s.expected && s.expected > 0) s.complete = true;
+    this.dirty = true;
+  }
+
+  drop() {
+    if (this.ladder.drop()) {
+      this.s.drops = this.ladder.stats.drops;
+      if (state.run.state === 'publishing' || state.run.state === 'draining') this.s.dropDuringRun = true;
+      this.s.resumeMs = null;
+      this.render();
+    }
+  }
+
+  computeLatency() {
+    const sorted = [...this.latencies].sort((a, b) => a - b);
+    this.s.p50 = percentile(sorted, 50);
+    this.s.p95 = percentile(sorted, 95);
+    this.s.p99 = percentile(sorted, 99);
+    if (this.sub) {
+      this.s.duplicatesDropped = this.sub.stats.duplicatesDropped;
+      this.s.gaps = this.sub.stats.gaps;
+    }
+  }
+
+  finish() {
+    this.computeLatency();
+    let missing = 0;
+    for (let o = 1; o <= this.s.expected; o++) if (!this.seen.has(o)) missing++;
+    this.s.missing = missing;
+  }
+
+  render() {
+    const s = this.s;
+    const el = this.el;
+    el.dataset.state = s.state;
+    el.dataset.transport = s.transport || '';
+    el.dataset.complete = String(s.complete);
+    const badge = $('[data-role=state]', el);
+    badge.textContent = s.state === 'open' ? `open · ${s.transport}` : s.state;
+    const set = (role, text) => { $(`[data-role=${role}]`, el).textContent = text; };
+    set('received', s.expected ? `${s.received} / ${s.expected}` : `${s.received}`);
+    set('ooo', String(s.outOfOrder));
+    set('dups', `${s.duplicates} delivered · ${s.duplicatesDropped} dropped by client`);
+    set('latency', s.p50 === null ? '–' : `${fmtMs(s.p50)} / ${fmtMs(s.p95)} / ${fmtMs(s.p99)}`);
+    set('requests', s.requests === null ? '–' : `${s.requests}${s.requestsPerMsg !== null ? ` (${s.requestsPerMsg.toFixed(2)} per message)` : ''}`);
+    set('bytes', s.bytesOutPerMsg === null ? '–' : `${fmtBytes(s.bytesOutPerMsg)} out · ${fmtBytes(s.bytesInPerMsg)} in`);
+    set('reconnects', String(s.reconnects));
+    set('resume', s.drops === 0 ? '–' : s.resumeMs === null ? 'reconnecting…' : `resumed in ${s.resumeMs} ms`);
+    const notes = [];
+    if (s.state === 'unavailable' || s.state === 'reconnecting') notes.push(s.reason);
+    if (this.cfg.rung === 'poll') {
+      const iv = this.ladder.options.pollIntervalMs;
+      notes.push(`Interval ${iv} ms: expect a median near ${Math.round(iv / 2)} ms.`);
+    }
+    if (s.missing !== null) {
+      notes.push(s.missing === 0 && s.duplicates === 0 && s.outOfOrder === 0
+        ? 'Every message, in order, once.' : `${s.missing} missing.`);
+    }
+    set('note', notes.filter(Boolean).join(' '));
+    $('[data-role=drop]', el).disabled = !(s.state === 'open');
+    drawSpark($('[data-role=spark]', el), this.latencies);
+    if (this.reportEl) renderReport(this.reportEl, s);
+  }
+}
+
+function drawSpark(svg, values) {
+  const W = 300;
+  const H = 60;
+  while (svg.firstChild) svg.firstChild.remove();
+  if (values.length === 0) { svg.setAttribute('aria-label', 'No latency data yet'); return; }
+  const sorted = [...values].sort((a, b) => a - b);
+  const top = Math.max(1, percentile(sorted, 99) * 1.1);
+  const n = values.length;
+  const step = n > 1 ? W / (n - 1) : W;
+  const pts = [];
+  const stride = Math.max(1, Math.floor(n / 600));
+  for (let i = 0; i < n; i += stride) {
+    const y = H - 2 - Math.min(1, values[i] / top) * (H - 4);
+    pts.push(`${(i * step).toFixed(1)},${y.toFixed(1)}`);
+  }
+  const ns = 'http://www.w3.org/2000/svg';
+  const median = document.createElementNS(ns, 'line');
+  const my = H - 2 - Math.min(1, percentile(sorted, 50) / top) * (H - 4);
+  Object.entries({ x1: 0, x2: W, y1: my, y2: my, class: 'spark-median' }).forEach(([k, v]) => median.setAttribute(k, v));
+  const line = document.createElementNS(ns, 'polyline');
+  line.setAttribute('points', pts.join(' '));
+  line.setAttribute('class', 'spark-line');
+  svg.append(median, line);
+  svg.setAttribute('aria-label', `Latency of ${n} messages in arrival order: fastest ${sorted[0]} ms, median ${percentile(sorted, 50)} ms, slowest ${sorted[n - 1]} ms`);
+}
+
+function renderReport(el, s) {
+  const r = s.report;
+  el.textContent = '';
+  if (!r) { el.textContent = 'Racing…'; return; }
+  const p = document.createElement('p');
+  p.innerHTML = '';
+  const strong = document.createElement('strong');
+  strong.textContent = r.winner ? `Won: ${r.winner}` : 'No rung won';
+  p.append(strong, document.createTextNode(` (${r.reason})`));
+  const ul = document.createElement('ul');
+  for (const [name, why] of Object.entries(r.losers)) {
+    const li = document.createElement('li');
+    li.textContent = `${name}: ${why}`;
+    ul.append(li);
+  }
+  el.append(p, ul);
+}
+
+// ---- server stats ---------------------------------------------------------
+
+async function fetchStats() {
+  const res = await fetch('/api/stats', { cache: 'no-store' });
+  if (!res.ok) throw new Error(`/api/stats answered ${res.status}`);
+  return (await res.json()).transports || {};
+}
+
+function statsDelta(before, after) {
+  const out = {};
+  for (const key of STATS_KEYS) {
+    const a = after[key];
+    if (!a) continue;
+    const b = before[key] || {};
+    out[key] = {};
+    for (const f of ['requests', 'messages_out', 'bytes_out', 'bytes_in', 'connections_total']) {
+      out[key][f] = (a[f] || 0) - (b[f] || 0);
+    }
+    out[key].connections_open = a.connections_open || 0;
+  }
+  return out;
+}
+
+function applyStats(panels, delta) {
+  // Panels that share a server counter (the two WebTransport panels, the
+  // automatic client on its winning rung) split it by messages received.
+  const share = {};
+  for (const p of panels) share[p.statsKey] = (share[p.statsKey] || 0) + p.s.received;
+  for (const p of panels) {
+    const d = delta[p.statsKey];
+    if (!d) continue;
+    const recvAll = share[p.statsKey] || 0;
+    const sharers = panels.filter((q) => q.statsKey === p.statsKey).length;
+    p.s.requests = sharers > 1 ? Math.round(d.requests / sharers) : d.requests;
+    p.s.requestsPerMsg = p.s.received ? p.s.requests / p.s.received : null;
+    p.s.bytesOutPerMsg = recvAll ? d.bytes_out / recvAll : null;
+    p.s.bytesInPerMsg = recvAll ? d.bytes_in / recvAll : null;
+    p.s.connectionsOpen = d.connections_open;
+    p.s.sharedStats = sharers > 1;
+  }
+}
+
+// ---- the workload ---------------------------------------------------------
+
+let panels = [];
+let autoPanel = null;
+
+function allPanels() { return autoPanel ? [...panels, autoPanel] : panels; }
+
+async function runWorkload() {
+  const run = state.run;
+  if (run.state === 'subscribing' || run.state === 'publishing' || run.state === 'draining') return;
+  const k = clampInt($('#k').value, 1, 10000, 200);
+  const rate = clampInt($('#rate').value, 1, 2000, 50);
+  const pad = clampInt($('#payload').value, 0, 60000, 64);
+  const channel = `cmp-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`;
+  Object.assign(run, {
+    state: 'subscribing', channel, k, rate, pad, published: 0, startedAt: Date.now(),
+    finishedAt: null, error: null, runs: run.runs + 1, complete: false,
+  });
+  setRunButtons(true);
+  const active = allPanels().filter((p) => p.usable);
+  status(`Subscribing ${active.length} panels to ${channel}…`);
+  for (const p of active) p.resetRun(channel, k);
+  try {
+    await Promise.race([Promise.all(active.map((p) => p.subscribe(channel))), sleep(5000)]);
+    const before = await fetchStats();
+    run.state = 'publishing';
+    status(`Publishing ${k} messages at ${rate}/s…`);
+    const ticker = setInterval(() => liveUpdate(active, before), 500);
+    const t0 = performance.now();
+    const padding = 'x'.repeat(pad);
+    try {
+      for (let i = 1; i <= k; i++) {
+        const due = t0 + ((i - 1) * 1000) / rate;
+        const wait = due - performance.now();
+        if (wait > 1) await sleep(wait);
+        await httpPublish(location.origin, channel, { seq: i, pad: padding });
+        run.published = i;
+      }
+      run.state = 'draining';
+      status(`Published ${k}; waiting for every panel…`);
+      const pollIv = panels.find((p) => p.cfg.rung === 'poll')?.ladder.options.pollIntervalMs || 1000;
+      const deadline = performance.now() + Math.max(10000, 3 * pollIv + 5000);
+      while (performance.now() < deadline && !active.every((p) => p.s.received >= k || !p.usable)) await sleep(50);
+    } finally {
+      clearInterval(ticker);
+    }
+    const after = await fetchStats();
+    for (const p of active) p.finish();
+    applyStats(active, statsDelta(before, after));
+    run.complete = active.every((p) => p.s.received >= k);
+    run.state = 'done';
+    run.finishedAt = Date.now();
+    const short = active.filter((p) => p.s.received < k).map((p) => p.cfg.title);
+    status(short.length ? `Done: ${short.join(', ')} did not get every message.` : `Done: ${active.length} panels got all ${k} messages.`);
+  } catch (err) {
+    run.state = 'failed';
+    run.error = err.message;
+    recordError('workload', err);
+    status(`Failed: ${err.message}`);
+  }
+  setRunButtons(false);
+  renderAll();
+}
+
+async function liveUpdate(active, before) {
+  for (const p of active) p.computeLatency();
+  try { applyStats(active, statsDelta(before, await fetchStats())); } catch { /* next tick */ }
+  renderAll();
+}
+
+function clampInt(v, lo, hi, dflt) {
+  const n = Math.round(Number(v));
+  return Number.isFinite(n) ? Math.min(hi, Math.max(lo, n)) : dflt;
+}
+
+function status(text) { $('#run-status').textContent = text; }
+
+function setRunButtons(running) {
+  $('#run').disabled = running;
+  $('#drop-all').disabled = !running;
+}
+
+function renderAll() {
+  for (const p of allPanels()) {
+    if (p.dirty) { p.computeLatency(); p.dirty = false; }
+    p.render();
+  }
+  renderSummary();
+}
+
+// ---- the comparison table -------------------------------------------------
+
+function renderSummary() {
+  const table = $('#summary');
+  const thead = table.tHead;
+  const tbody = table.tBodies[0];
+  thead.textContent = '';
+  tbody.textContent = '';
+  const hr = document.createElement('tr');
+  hr.append(cell('th', 'Aspect', 'col'));
+  for (const p of panels) hr.append(cell('th', p.cfg.title, 'col'));
+  thead.append(hr);
+  const k = state.run.k;
+  const rows = [
+    ['Direction', (p) => facts(p).direction],
+    ['Delivered (last run)', (p) => p.s.expected
+      ? `${p.s.received}/${p.s.expected}, ${p.s.outOfOrder ? `${p.s.outOfOrder} out of order` : 'in order'}, ${p.s.duplicates} duplicates`
+      : '–'],
+    ['Latency p50 / p99', (p) => (p.s.p50 === null ? '–' : `${fmtMs(p.s.p50)} / ${fmtMs(p.s.p99)}`)],
+    ['Server load: HTTP requests', (p) => (p.s.requests === null ? '–'
+      : `${p.s.requests} for ${k} messages${p.s.connectionsOpen ? `, ${p.s.connectionsOpen} held open` : ''}`)],
+    ['Bandwidth: bytes on the wire per message', (p) => (p.s.bytesOutPerMsg === null ? '–'
+      : `${fmtBytes(p.s.bytesOutPerMsg + (p.s.bytesInPerMsg || 0))} (${fmtBytes(p.s.bytesOutPerMsg)} down, ${fmtBytes(p.s.bytesInPerMsg)} up)${p.s.sharedStats ? ' *' : ''}`)],
+    ['Reconnect', (p) => {
+      const measured = p.s.drops === 0 ? 'not tried yet (Drop connection)'
+        : p.s.resumeMs === null ? 'reconnecting…'
+          : `resumed in ${p.s.resumeMs} ms${p.s.missing !== null && p.s.dropDuringRun ? `, ${p.s.missing} lost, ${p.s.duplicates} repeated` : ''}`;
+      return `${facts(p).reconnect}. Measured: ${measured}`;
+    }],
+  ];
+  for (const [label, fn] of rows) {
+    const tr = document.createElement('tr');
+    tr.append(cell('th', label, 'row'));
+    for (const p of panels) tr.append(cell('td', p.usable || p.s.expected ? fn(p) : `unavailable: ${p.s.reason}`));
+    tbody.append(tr);
+  }
+}
+
+function facts(p) { return p.cfg.delivery === 'datagram' ? FACTS.webtransport_dg : FACTS[p.cfg.rung]; }
+
+function cell(tag, text, scope) {
+  const c = document.createElement(tag);
+  c.textContent = text;
+  if (scope) c.scope = scope;
+  return c;
+}
+
+// ---- multi-stream demo ------------------------------------------------------
+
+const LANES = ['a', 'b', 'c', 'd'];
+let multi = null;
+
+async function startMulti() {
+  if (multi) return;
+  const m = state.multi;
+  const lanesEl = $('#multi-lanes');
+  lanesEl.textContent = '';
+  const ladder = new Ladder({ force: 'webtransport', remember: false });
+  const run = `ms-${Date.now().toString(36)}`;
+  multi = { ladder, lanes: {}, timer: null, stopAt: performance.now() + 120000 };
+  Object.assign(m, { state: 'connecting', run, lanes: {} });
+  $('#multi-start').disabled = true;
+  $('#multi-stop').disabled = false;
+  multiStatus('Opening a WebTransport session…');
+  try {
+    await ladder.connect();
+  } catch (err) {
+    multiStatus(`WebTransport unavailable: ${err.message}`);
+    m.state = 'unavailable';
+    multi = null;
+    $('#multi-start').disabled = false;
+    $('#multi-stop').disabled = true;
+    return;
+  }
+  for (const lane of LANES) {
+    const ls = { channel: `${run}-${lane}`, published: 0, received: 0, stalled: false, recent: [], maxLatencyWhileOtherStalled: 0, outOfOrder: 0, last: 0 };
+    m.lanes[lane] = ls;
+    const el = document.createElement('div');
+    el.className = 'lane';
+    el.dataset.lane = lane;
+    el.innerHTML = `<h3>Stream ${lane.toUpperCase()}</h3><p data-role="lane-figures" aria-live="off"></p>`;
+    const btn = document.createElement('button');
+    btn.type = 'button';
+    btn.className = 'secondary';
+    btn.dataset.role = 'stall';
+    btn.setAttribute('aria-pressed', 'false');
+    btn.textContent = `Stall stream ${lane.toUpperCase()}`;
+    btn.addEventListener('click', () => toggleStall(lane, btn));
+    el.append(btn);
+    lanesEl.append(el);
+    const sub = ladder.subscribe(ls.channel, { since: 0 }, (msg) => {
+      if (msg.offset < ls.last) ls.outOfOrder++;
+      ls.last = Math.max(ls.last, msg.offset);
+      ls.received++;
+      const lat = Math.max(0, Date.now() - msg.ts);
+      ls.recent.push(lat);
+      if (ls.recent.length > 20) ls.recent.shift();
+      if (Object.values(m.lanes).some((o) => o !== ls && o.stalled)) {
+        ls.maxLatencyWhileOtherStalled = Math.max(ls.maxLatencyWhileOtherStalled, lat);
+      }
+    });
+    multi.lanes[lane] = { sub, el, btn };
+  }
+  await Promise.race([Promise.all(Object.values(multi.lanes).map((l) => l.sub.ready)), sleep(5000)]);
+  m.state = 'running';
+  multiStatus('Publishing 20 messages/s to each of four channels.');
+  const pad = 'y'.repeat(1024);
+  const tick = async () => {
+    if (!multi) return;
+    await Promise.all(LANES.map(async (lane) => {
+      const ls = m.lanes[lane];
+      try {
+        await httpPublish(location.origin, ls.channel, { lane, pad });
+        ls.published++;
+      } catch (err) { recordError('multi publish', err); }
+    }));
+    renderMulti();
+    if (multi && performance.now() < multi.stopAt) multi.timer = setTimeout(tick, 50);
+    else stopMulti();
+  };
+  tick();
+}
+
+function toggleStall(lane, btn) {
+  const l = multi?.lanes[lane];
+  const ls = state.multi.lanes[lane];
+  if (!l) return;
+  ls.stalled = !ls.stalled;
+  if (ls.stalled) l.sub.pause(); else l.sub.resume();
+  btn.setAttribute('aria-pressed', String(ls.stalled));
+  btn.textContent = `${ls.stalled ? 'Resume' : 'Stall'} stream ${lane.toUpperCase()}`;
+  renderMulti();
+}
+
+function stopMulti() {
+  if (!multi) return;
+  clearTimeout(multi.timer);
+  multi.ladder.close();
+  multi = null;
+  state.multi.state = 'stopped';
+  $('#multi-start').disabled = false;
+  $('#multi-stop').disabled = true;
+  multiStatus('Stopped.');
+}
+
+function renderMulti() {
+  for (const lane of LANES) {
+    const ls = state.multi.lanes[lane];
+    const el = document.querySelector(`.lane[data-lane="${lane}"]`);
+    if (!ls || !el) continue;
+    const sorted = [...ls.recent].sort((a, b) => a - b);
+    ls.recentP50 = percentile(sorted, 50);
+    el.dataset.stalled = String(ls.stalled);
+    $('[data-role=lane-figures]', el).textContent = `${ls.stalled ? 'Stalled (not read). ' : ''}Received ${ls.received} of ${ls.published}; `
+      + `backlog ${ls.published - ls.received}; recent median latency ${fmtMs(ls.recentP50)}.`;
+  }
+}
+
+function multiStatus(t) { $('#multi-status').textContent = t; }
+
+// ---- start-up ---------------------------------------------------------------
+
+async function loadInfo() {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const res = await fetch('/api/info', { cache: 'no-store' });
+      if (res.ok) return await res.json();
+    } catch { /* retry */ }
+    await sleep(Math.min(5000, 250 * 2 ** attempt));
+  }
+}
+
+async function main() {
+  const info = await loadInfo();
+  state.info = info;
+  const wt = info.webtransport;
+  $('#server-info').textContent = `Ladder ${info.version || ''} offers ${info.transports.join(', ')}.`
+    + (wt?.url && info.transports.includes('webtransport')
+      ? ` WebTransport at ${wt.url}, certificate SHA-256 ${String(wt.cert_sha256).slice(0, 16)}… (passed to the browser as serverCertificateHashes).` : '');
+
+  const pollInput = $('#poll-interval');
+  const pollMs = () => clampInt(pollInput.value, 50, 10000, 1000);
+  const grid = $('#panel-grid');
+  panels = PANELS.map((cfg) => new Panel(cfg, grid, { pollIntervalMs: pollMs() }));
+
+  const autoOpts = {};
+  if (params.get('wt_url')) autoOpts.wtUrl = params.get('wt_url');
+  if (params.get('reprobe_ms')) autoOpts.reprobeMs = Number(params.get('reprobe_ms'));
+  autoPanel = new Panel({ id: 'auto', title: 'Automatic', rung: null, sub: 'No rung forced: the library chooses.' }, $('#auto-panel'), autoOpts);
+  autoPanel.reportEl = document.createElement('div');
+  autoPanel.reportEl.className = 'report';
+  autoPanel.reportEl.setAttribute('aria-live', 'polite');
+  autoPanel.el.insertBefore(autoPanel.reportEl, $('.figures', autoPanel.el));
+
+  for (const p of allPanels()) p.start();
+
+  pollInput.addEventListener('change', () => {
+    for (const p of allPanels()) p.ladder.setPollInterval(pollMs());
+    renderAll();
+  });
+  $('#workload').addEventListener('submit', (ev) => { ev.preventDefault(); runWorkload(); });
+  $('#drop-all').addEventListener('click', () => { for (const p of allPanels()) p.drop(); });
+  $('#multi-start').addEventListener('click', () => startMulti());
+  $('#multi-stop').addEventListener('click', () => stopMulti());
+  if (!info.transports.includes('webtransport')) {
+    $('#multi-start').disabled = true;
+    multiStatus('This server does not offer WebTransport.');
+  }
+
+  setInterval(() => {
+    const live = state.run.state === 'publishing' || state.run.state === 'draining';
+    if (live || allPanels().some((p) => p.dirty)) renderAll();
+    if (multi) renderMulti();
+  }, 200);
+  renderAll();
+  state.ready = true;
+  document.body.dataset.ready = 'true';
+}
+
+window.addEventListener('unhandledrejection', (ev) => recordError('unhandled', ev.reason));
+window.ladderApp = { runWorkload, startMulti, stopMulti, panels: () => allPanels() };
+main().catch((err) => recordError('start', err));
