@@ -1,5 +1,39 @@
-//! Ladder: one pub/sub hub served over every rung of the real-time ladder.
+//! Ladder: one pub/sub hub served over every rung of the real-time ladder —
+//! short polling, long polling, Server-Sent Events, WebSocket and
+//! WebTransport over HTTP/3.
+//!
+//! ```text
+//!            HTTP/1.1 listener (http/)              QUIC endpoint (quic)
+//!   poll  long poll  SSE  WebSocket  publish         WebTransport sessions
+//!     \       |       |       |        /              streams   datagrams
+//!      '------+-------+-------+-------'                  \        /
+//!                 transport/ adapters  ----------------  transport/
+//!                              \                        /
+//!                               '------  hub/  --------'
+//!                         channel logs, offsets, epochs, subscriptions
+//! ```
+//!
+//! # Layout
+//!
+//! - [`hub`]: the pub/sub core. A pure ring buffer per channel
+//!   ([`hub::ChannelLog`]) plus the async handle [`hub::Hub`].
+//! - [`protocol`]: the one wire format; messages are encoded once.
+//! - [`transport`]: one adapter per rung, translating framing to hub calls.
+//! - [`http`]: the HTTP/1.1 listener, its routes and byte metering.
+//! - [`quic`]: the HTTP/3 + WebTransport endpoint (its twin), with
+//!   certificate rotation; [`tls`] makes and loads the certificate.
+//! - [`server`]: the composition root, [`server::Server::bind`] then
+//!   [`server::Server::run`].
+//! - [`config`], [`context`], [`stats`]: settings, shared state, counters.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod config;
+pub mod context;
+pub mod http;
 pub mod hub;
 pub mod protocol;
+pub mod quic;
+pub mod server;
+pub mod stats;
+pub mod tls;
+pub mod transport;

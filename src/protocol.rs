@@ -234,10 +234,7 @@ impl Message {
             let mut v = Vec::with_capacity(self.json.len() + 48);
             let _ = std::io::Write::write_fmt(
                 &mut v,
-                format_args!(
-                    "id: {}:{}\nevent: message\ndata: ",
-                    self.epoch, self.offset
-                ),
+                format_args!("id: {}:{}\nevent: message\ndata: ", self.epoch, self.offset),
             );
             v.extend_from_slice(&self.json);
             v.extend_from_slice(b"\n\n");
@@ -331,10 +328,13 @@ impl ClientOp {
         })?;
         let id = raw.id;
         let fail = |error: ProtocolError, id: Option<Box<RawValue>>| OpError { error, id };
-        let need_channel = |c: Option<std::borrow::Cow<'_, str>>| -> Result<ChannelName, ProtocolError> {
-            let c = c.ok_or_else(|| ProtocolError::new(ErrorCode::BadRequest, "missing field `channel`"))?;
-            Ok(ChannelName::parse(&c)?)
-        };
+        let need_channel =
+            |c: Option<std::borrow::Cow<'_, str>>| -> Result<ChannelName, ProtocolError> {
+                let c = c.ok_or_else(|| {
+                    ProtocolError::new(ErrorCode::BadRequest, "missing field `channel`")
+                })?;
+                Ok(ChannelName::parse(&c)?)
+            };
         let op = match raw.op.as_deref() {
             Some("subscribe") => need_channel(raw.channel).map(|channel| Self::Subscribe {
                 channel,
@@ -342,11 +342,13 @@ impl ClientOp {
                 epoch: raw.epoch,
                 delivery: raw.delivery.unwrap_or_default(),
             }),
-            Some("unsubscribe") => need_channel(raw.channel).map(|channel| Self::Unsubscribe { channel }),
+            Some("unsubscribe") => {
+                need_channel(raw.channel).map(|channel| Self::Unsubscribe { channel })
+            }
             Some("publish") => need_channel(raw.channel).and_then(|channel| {
-                let data = raw
-                    .data
-                    .ok_or_else(|| ProtocolError::new(ErrorCode::BadRequest, "missing field `data`"))?;
+                let data = raw.data.ok_or_else(|| {
+                    ProtocolError::new(ErrorCode::BadRequest, "missing field `data`")
+                })?;
                 Ok(Self::Publish {
                     channel,
                     data: Data::from_raw(data, max_data)?,
@@ -360,7 +362,10 @@ impl ClientOp {
                 ErrorCode::BadRequest,
                 format!("unknown op {other:?}; expected subscribe, unsubscribe, publish or echo"),
             )),
-            None => Err(ProtocolError::new(ErrorCode::BadRequest, "missing field `op`")),
+            None => Err(ProtocolError::new(
+                ErrorCode::BadRequest,
+                "missing field `op`",
+            )),
         };
         match op {
             Ok(op) => Ok((op, id)),
@@ -432,7 +437,12 @@ pub fn unsubscribed_frame(channel: &ChannelName) -> Bytes {
 }
 
 /// `{"op":"published","id"?,"channel","epoch","offset"}`.
-pub fn published_frame(id: Option<&RawValue>, channel: &ChannelName, epoch: &Epoch, offset: u64) -> Bytes {
+pub fn published_frame(
+    id: Option<&RawValue>,
+    channel: &ChannelName,
+    epoch: &Epoch,
+    offset: u64,
+) -> Bytes {
     Frame {
         id,
         channel: Some(channel.as_str()),
@@ -513,13 +523,22 @@ mod tests {
 
     fn msg(data: &str) -> Message {
         let data = Data::parse(data.as_bytes(), 1024).unwrap();
-        Message::new(ChannelName::parse("room").unwrap(), Epoch::new("e1"), 7, 42, &data)
+        Message::new(
+            ChannelName::parse("room").unwrap(),
+            Epoch::new("e1"),
+            7,
+            42,
+            &data,
+        )
     }
 
     #[test]
     fn encodings_share_one_object() {
         let m = msg(r#"{"a":[1,2]}"#);
-        assert_eq!(&m.json()[..], br#"{"channel":"room","offset":7,"data":{"a":[1,2]},"ts":42}"#);
+        assert_eq!(
+            &m.json()[..],
+            br#"{"channel":"room","offset":7,"data":{"a":[1,2]},"ts":42}"#
+        );
         assert_eq!(
             &m.op_line()[..],
             b"{\"op\":\"message\",\"channel\":\"room\",\"offset\":7,\"data\":{\"a\":[1,2]},\"ts\":42}\n"
@@ -534,29 +553,53 @@ mod tests {
     #[test]
     fn multi_line_data_is_compacted() {
         let m = msg("{\n  \"a\": \"x y\"\n}");
-        assert_eq!(&m.json()[..], br#"{"channel":"room","offset":7,"data":{"a":"x y"},"ts":42}"#);
+        assert_eq!(
+            &m.json()[..],
+            br#"{"channel":"room","offset":7,"data":{"a":"x y"},"ts":42}"#
+        );
     }
 
     #[test]
     fn data_errors() {
         assert_eq!(Data::parse(b"{", 10).unwrap_err().code, ErrorCode::BadJson);
-        assert_eq!(Data::parse(b"\xff", 10).unwrap_err().code, ErrorCode::BadJson);
-        assert_eq!(Data::parse(b"\"0123456789\"", 10).unwrap_err().code, ErrorCode::TooLarge);
+        assert_eq!(
+            Data::parse(b"\xff", 10).unwrap_err().code,
+            ErrorCode::BadJson
+        );
+        assert_eq!(
+            Data::parse(b"\"0123456789\"", 10).unwrap_err().code,
+            ErrorCode::TooLarge
+        );
         assert!(Data::parse(b"\"01234567\"", 10).is_ok());
     }
 
     #[test]
     fn ops_parse_and_fail_precisely() {
-        let (op, id) = ClientOp::parse(r#"{"op":"publish","channel":"a","data":[1],"id":"x"}"#, 100).unwrap();
+        let (op, id) =
+            ClientOp::parse(r#"{"op":"publish","channel":"a","data":[1],"id":"x"}"#, 100).unwrap();
         assert!(matches!(op, ClientOp::Publish { .. }));
         assert_eq!(id.unwrap().get(), r#""x""#);
         let err = |s: &str| ClientOp::parse(s, 100).unwrap_err();
         assert_eq!(err("nope").error.code, ErrorCode::BadJson);
-        assert_eq!(err(r#"{"op":"dance","id":3}"#).error.code, ErrorCode::BadRequest);
+        assert_eq!(
+            err(r#"{"op":"dance","id":3}"#).error.code,
+            ErrorCode::BadRequest
+        );
         assert_eq!(err(r#"{"op":"dance","id":3}"#).id.unwrap().get(), "3");
-        assert_eq!(err(r#"{"op":"subscribe","channel":"a b"}"#).error.code, ErrorCode::BadChannel);
-        assert_eq!(err(r#"{"op":"subscribe","channel":"a","since":-1}"#).error.code, ErrorCode::BadRequest);
-        assert_eq!(err(r#"{"op":"publish","channel":"a"}"#).error.code, ErrorCode::BadRequest);
+        assert_eq!(
+            err(r#"{"op":"subscribe","channel":"a b"}"#).error.code,
+            ErrorCode::BadChannel
+        );
+        assert_eq!(
+            err(r#"{"op":"subscribe","channel":"a","since":-1}"#)
+                .error
+                .code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            err(r#"{"op":"publish","channel":"a"}"#).error.code,
+            ErrorCode::BadRequest
+        );
         assert_eq!(err(r#"{"channel":"a"}"#).error.code, ErrorCode::BadRequest);
     }
 }

@@ -433,7 +433,10 @@ function renderSummary() {
   for (const [label, fn] of rows) {
     const tr = document.createElement('tr');
     tr.append(cell('th', label, 'row'));
-    for (const p of panels) tr.append(cell('td', p.usable || p.s.expected ? fn(p) : `unavailable: ${p.s.reason}`));
+    for (const p of panels) {
+      const unavailable = !p.usable && !p.s.expected;
+      tr.append(cell('td', unavailable && label !== 'Direction' ? 'not available on this server' : fn(p)));
+    }
     tbody.append(tr);
   }
 }

@@ -41,8 +41,10 @@ const DEFAULTS = {
   backoffBaseMs: 500,
   backoffCapMs: 8000,
   pollIntervalMs: 1000,
+  pollLimit: 500,
   longPollWaitS: 25,
   reprobeMs: 30000,
+  impls: null,
   remember: true,
   wtUrl: null,
   publishTimeoutMs: 10000,
@@ -230,6 +232,11 @@ export class Ladder extends Emitter {
 
   async _connectLoop(isReconnect) {
     this._setState(isReconnect ? 'reconnecting' : 'connecting');
+    if (isReconnect) {
+      // Even the first retry waits a jittered moment, so clients cut off
+      // together (a server restart) do not all come back in the same instant.
+      await new Promise((r) => this._later(backoffDelay(this._attempt++, this.options.backoffBaseMs, this.options.backoffCapMs), r));
+    }
     for (;;) {
       if (this._closed) throw new Error('closed');
       try {
@@ -277,11 +284,11 @@ export class Ladder extends Emitter {
     this._setState('open');
     this.emit('report', report);
     this.emit('open', { transport: tr.name, report });
-    this._scheduleReprobe(info_offered(this.info, this.options.transports), tr.name);
+    this._scheduleReprobe(offeredRungs(this.info, this.options.transports, this.options.impls), tr.name);
   }
 
   _makeTransport(name) {
-    const Impl = TRANSPORTS[name];
+    const Impl = this.options.impls?.[name] || TRANSPORTS[name];
     return new Impl(this, this.info);
   }
 
@@ -294,7 +301,7 @@ export class Ladder extends Emitter {
     const report = { winner: null, reason: '', losers: {}, startedAt: Date.now(), elapsedMs: null };
     const offered = [];
     for (const name of o.transports) {
-      const why = unavailableReason(name, info);
+      const why = unavailableReason(name, info, this.options.impls);
       if (why) report.losers[name] = why; else offered.push(name);
     }
     if (offered.length === 0) {
@@ -504,6 +511,20 @@ export class Ladder extends Emitter {
     this.emit('truncated', detail);
   }
 
+  /**
+   * The server dropped this subscription for being too slow: subscribe
+   * again from the cursor (the contract's `lagged` recovery).
+   */
+  _lagged(channel) {
+    const sub = this._sub(channel);
+    const tr = this._transport;
+    if (!sub || !tr) return;
+    sub.stats.lagged = (sub.stats.lagged || 0) + 1;
+    tr.unsubscribe(channel);
+    tr.subscribe(sub);
+    this.emit('lagged', { channel, cursor: { ...sub.cursor } });
+  }
+
   /** Every message from every rung goes through here: order and dedupe by offset. */
   _deliver(sub, msg, epoch) {
     if (!sub || !sub.active) return;
@@ -550,13 +571,15 @@ function withTimeout(promise, ms, what) {
   ]).finally(() => clearTimeout(t));
 }
 
-function info_offered(info, wanted) {
-  return wanted.filter((n) => !unavailableReason(n, info));
+function offeredRungs(info, wanted, impls) {
+  return wanted.filter((n) => !unavailableReason(n, info, impls));
 }
 
-function unavailableReason(name, info) {
+/** Why a rung cannot even be tried, or null. `impls` are test doubles. */
+function unavailableReason(name, info, impls) {
   if (!TRANSPORTS[name]) return 'unknown rung';
   if (!info?.transports?.includes(name)) return 'not offered by the server (/api/info)';
+  if (impls?.[name]) return null;
   if (name === 'webtransport') {
     if (typeof globalThis.WebTransport !== 'function') return 'this browser has no WebTransport';
     if (!info.webtransport?.url) return 'the server gave no WebTransport URL';
@@ -574,6 +597,7 @@ function dispatchOp(ladder, tr, op) {
     case 'truncated': ladder._truncated(op.channel, op.oldest, op.epoch); break;
     case 'published': tr._settle(op.id, null, op); break;
     case 'echo': tr._settle(op.id ?? op.data?.id, null, op); break;
+    case 'lagged': ladder._lagged(op.channel); break;
     case 'unsubscribed': break;
     case 'error':
       if (op.id !== undefined && tr._settle(op.id, new Error(`${op.code}: ${op.message}`))) break;
@@ -685,12 +709,13 @@ class LineStream {
     let buf = '';
     try {
       for (;;) {
-        if (this.paused) await new Promise((r) => { this._resume = r; });
+        await this._whilePaused();
         const { value, done } = await this.reader.read();
         if (done) break;
         buf += decoder.decode(value, { stream: true });
         let nl;
         while ((nl = buf.indexOf('\n')) >= 0) {
+          await this._whilePaused(); // a pause takes effect between lines
           const line = buf.slice(0, nl).trim();
           buf = buf.slice(nl + 1);
           if (!line) continue;
@@ -703,6 +728,9 @@ class LineStream {
     } catch (err) {
       this.onEnd?.(err);
     }
+  }
+  async _whilePaused() {
+    while (this.paused) await new Promise((r) => { this._resume = r; });
   }
   send(op) { return this.writer.write(this.encoder.encode(`${JSON.stringify(op)}\n`)); }
   pause() { this.paused = true; }
@@ -921,7 +949,8 @@ class PollTransport extends HttpRung {
     const ladder = this.ladder;
     for (;;) {
       const c = sub.cursor;
-      const url = channelUrl(this.base, sub.channel, 'messages', { since: c.offset, epoch: c.epoch, wait: this.waitS });
+      const limit = ladder.options.pollLimit;
+      const url = channelUrl(this.base, sub.channel, 'messages', { since: c.offset, epoch: c.epoch, limit, wait: this.waitS });
       const timeout = AbortSignal.any([signal, AbortSignal.timeout(((this.waitS ?? 0) + 10) * 1000)]);
       const body = await httpJson(ladder.fetch, url, { signal: timeout });
       if (signal.aborted) throw abortError();
@@ -929,7 +958,8 @@ class PollTransport extends HttpRung {
       if (body.truncated) ladder._truncated(sub.channel, body.truncated.oldest, body.truncated.epoch);
       for (const msg of body.messages || []) ladder._deliver(sub, { channel: sub.channel, ...msg }, body.epoch);
       ladder._subscribed(sub.channel, body.epoch, Number(body.next));
-      if (this.waitS === null) {
+      const full = (body.messages || []).length >= limit;
+      if (this.waitS === null && !full) { // a full page means more is waiting: ask again at once
         await new Promise((resolve, reject) => {
           const t = setTimeout(resolve, ladder.options.pollIntervalMs);
           entry.kick = () => { clearTimeout(t); resolve(); };

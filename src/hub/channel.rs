@@ -186,7 +186,10 @@ mod tests {
 
     fn offsets(l: &ChannelLog, cursor: u64, limit: usize) -> Vec<u64> {
         let mut out = Vec::new();
-        assert_eq!(l.read_after(cursor, limit, &mut out), ReadOutcome::Read(out.len()));
+        assert_eq!(
+            l.read_after(cursor, limit, &mut out),
+            ReadOutcome::Read(out.len())
+        );
         out.iter().map(|m| m.offset()).collect()
     }
 
@@ -213,15 +216,48 @@ mod tests {
             })
         };
         // Live: from the head, no history.
-        assert_eq!(start(None, None), Start { cursor: 5, truncated: None });
+        assert_eq!(
+            start(None, None),
+            Start {
+                cursor: 5,
+                truncated: None
+            }
+        );
         // Within the window, with or without the right epoch.
         assert_eq!(start(Some(2), None).cursor, 2);
-        assert_eq!(start(Some(4), Some("e")), Start { cursor: 4, truncated: None });
-        let trunc = Some(Truncation { oldest: 3, epoch: Epoch::new("e") });
+        assert_eq!(
+            start(Some(4), Some("e")),
+            Start {
+                cursor: 4,
+                truncated: None
+            }
+        );
+        let trunc = Some(Truncation {
+            oldest: 3,
+            epoch: Epoch::new("e"),
+        });
         // Older than the window, a stale epoch, or ahead of the head.
-        assert_eq!(start(Some(0), None), Start { cursor: 2, truncated: trunc.clone() });
-        assert_eq!(start(Some(4), Some("old")), Start { cursor: 2, truncated: trunc.clone() });
-        assert_eq!(start(Some(9), None), Start { cursor: 2, truncated: trunc });
+        assert_eq!(
+            start(Some(0), None),
+            Start {
+                cursor: 2,
+                truncated: trunc.clone()
+            }
+        );
+        assert_eq!(
+            start(Some(4), Some("old")),
+            Start {
+                cursor: 2,
+                truncated: trunc.clone()
+            }
+        );
+        assert_eq!(
+            start(Some(9), None),
+            Start {
+                cursor: 2,
+                truncated: trunc
+            }
+        );
     }
 
     #[test]
@@ -229,6 +265,12 @@ mod tests {
         let mut l = log(3);
         assert_eq!(l.start(&Position::since(0)).truncated, None);
         publish(&mut l, 3);
-        assert_eq!(l.start(&Position::since(0)), Start { cursor: 0, truncated: None });
+        assert_eq!(
+            l.start(&Position::since(0)),
+            Start {
+                cursor: 0,
+                truncated: None
+            }
+        );
     }
 }

@@ -275,7 +275,14 @@ impl Hub {
             let rx = ch.head_tx.subscribe();
             let guard = ReaderGuard::new(ch.clone());
             drop(log);
-            return Ok(Subscription::new(guard, name.clone(), epoch, head, start, rx));
+            return Ok(Subscription::new(
+                guard,
+                name.clone(),
+                epoch,
+                head,
+                start,
+                rx,
+            ));
         }
     }
 
@@ -330,7 +337,10 @@ impl Hub {
             if !page.messages.is_empty() || page.truncated.is_some() {
                 return Ok(page);
             }
-            if tokio::time::timeout_at(deadline, sub.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, sub.changed())
+                .await
+                .is_err()
+            {
                 return Ok(page);
             }
         }

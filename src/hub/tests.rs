@@ -68,7 +68,11 @@ async fn subscribing_while_publishers_race_has_no_gap_and_no_duplicate() {
     // Subscribers join at arbitrary points, some replaying, some live.
     let mut subs = Vec::new();
     for i in 0..40u64 {
-        let pos = if i % 2 == 0 { Position::since(0) } else { Position::live() };
+        let pos = if i % 2 == 0 {
+            Position::since(0)
+        } else {
+            Position::live()
+        };
         let sub = hub.subscribe(&c, &pos).await.unwrap();
         subs.push(tokio::spawn(async move {
             let mut sub = sub;
@@ -144,7 +148,11 @@ async fn idle_channels_are_evicted_and_come_back_with_a_new_epoch() {
     let old = hub.publish(&a, &data(1)).await.unwrap();
     let held = hub.subscribe(&b, &Position::live()).await.unwrap();
     assert_eq!(hub.sweep(now_ms()), 0, "nothing is idle yet");
-    assert_eq!(hub.sweep(now_ms() + 61_000), 1, "only the unsubscribed one goes");
+    assert_eq!(
+        hub.sweep(now_ms() + 61_000),
+        1,
+        "only the unsubscribed one goes"
+    );
     assert_eq!(hub.channel_count(), 1);
     drop(held);
 

@@ -113,6 +113,7 @@ export async function launchBrowser() {
 /** A fresh context and page that records console errors and page errors. */
 export async function openPage(browser, url) {
   const context = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
+  context.setDefaultTimeout(15000);
   const page = await context.newPage();
   const consoleErrors = [];
   page.on('console', (msg) => { if (msg.type() === 'error') consoleErrors.push(`console: ${msg.text()}`); });
@@ -128,11 +129,21 @@ export async function waitState(page, what, fn, arg, timeoutMs = 15000) {
     return await handle.jsonValue();
   } catch (err) {
     let snapshot = '';
-    try { snapshot = JSON.stringify(await page.evaluate(() => summarizeState()), null, 1); } catch {
-      try { snapshot = JSON.stringify(await page.evaluate(() => window.ladderState?.panels ?? null)); } catch { /* page gone */ }
-    }
+    try { snapshot = JSON.stringify(await page.evaluate(compactState)); } catch { /* page gone */ }
     throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}\n  page state: ${snapshot.slice(0, 4000)}`);
   }
+}
+
+/** Runs in the page: the parts of window.ladderState worth printing on a failure. */
+function compactState() {
+  const s = window.ladderState;
+  if (!s) return null;
+  const panels = {};
+  for (const [id, p] of Object.entries(s.panels)) {
+    panels[id] = { state: p.state, transport: p.transport, received: p.received, expected: p.expected,
+      reason: p.reason, reconnects: p.reconnects, dups: p.duplicates, ooo: p.outOfOrder };
+  }
+  return { ready: s.ready, run: s.run, panels, multi: s.multi, errors: s.errors };
 }
 
 /** The page's state as plain data. */

@@ -1,0 +1,143 @@
+//! Server configuration: one struct, parsed once by clap (flags and their
+//! `LADDER_*` environment twins) and passed down by value.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::stats::Transport;
+
+/// Every setting of the server. `Config::default()` equals running with no
+/// flags; tests start from it and override the addresses with port 0.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ladder", version, about)]
+pub struct Config {
+    /// HTTP/1.1 listener (poll, long poll, SSE, WebSocket, API, page).
+    #[arg(long, env = "LADDER_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+
+    /// UDP address of the HTTP/3 + WebTransport endpoint.
+    #[arg(long, env = "LADDER_H3", default_value = "127.0.0.1:4433")]
+    pub h3: SocketAddr,
+
+    /// PEM certificate chain; with --key, no development certificate is made.
+    #[arg(long, env = "LADDER_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key for --cert.
+    #[arg(long, env = "LADDER_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// Where the development certificate is kept.
+    #[arg(long, env = "LADDER_CERTS_DIR", default_value = "certs")]
+    pub certs_dir: PathBuf,
+
+    /// Directory of the demo page served at `/`.
+    #[arg(long, env = "LADDER_WEB_DIR", default_value = "web")]
+    pub web_dir: PathBuf,
+
+    /// Messages retained per channel.
+    #[arg(long, env = "LADDER_HISTORY", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub history: u32,
+
+    /// Largest message `data`, serialised, in bytes.
+    #[arg(long, env = "LADDER_MAX_MESSAGE_BYTES", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
+    pub max_message_bytes: u32,
+
+    /// Most channels held at once; creating one more answers 503.
+    #[arg(long, env = "LADDER_MAX_CHANNELS", default_value_t = 100_000)]
+    pub max_channels: usize,
+
+    /// Seconds a channel with no subscriber and no publish is kept.
+    #[arg(long, env = "LADDER_CHANNEL_IDLE_SECS", default_value_t = 300)]
+    pub channel_idle_secs: u64,
+
+    /// Seconds between SSE `: ping` comments and WebSocket pings.
+    #[arg(long, env = "LADDER_HEARTBEAT", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat: u64,
+
+    /// Most simultaneous TCP connections on the HTTP listener.
+    #[arg(long, env = "LADDER_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// Most channels one WebSocket or WebTransport stream may subscribe to.
+    #[arg(long, env = "LADDER_MAX_SUBSCRIPTIONS", default_value_t = 256)]
+    pub max_subscriptions: usize,
+
+    /// Seconds a client may take to send its request headers.
+    #[arg(long, env = "LADDER_HEADER_TIMEOUT", default_value_t = 10)]
+    pub header_timeout: u64,
+
+    /// Seconds a write to a subscriber may block before it is cut off as too
+    /// slow.
+    #[arg(long, env = "LADDER_SEND_TIMEOUT", default_value_t = 30)]
+    pub send_timeout: u64,
+
+    /// Seconds allowed for a graceful shutdown before the rest is dropped.
+    #[arg(long, env = "LADDER_SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    pub shutdown_timeout: u64,
+
+    /// Turn a transport off (repeatable): its routes answer 404 and
+    /// `/api/info` leaves it out. Used to demonstrate and test fallback.
+    #[arg(long = "disable", env = "LADDER_DISABLE", value_delimiter = ',')]
+    pub disable: Vec<Transport>,
+
+    /// Origins allowed to open WebSocket and WebTransport sessions
+    /// (repeatable). Default: the HTTP listener's own origin and its
+    /// localhost forms. `*` allows any.
+    #[arg(
+        long = "allowed-origin",
+        env = "LADDER_ALLOWED_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Most concurrent WebTransport sessions.
+    #[arg(long, env = "LADDER_WT_MAX_SESSIONS", default_value_t = 10_000)]
+    pub wt_max_sessions: usize,
+
+    /// Most concurrent client-opened bidirectional streams per session.
+    #[arg(long, env = "LADDER_WT_MAX_STREAMS", default_value_t = 64)]
+    pub wt_max_streams: u32,
+
+    /// Seconds of silence after which a QUIC connection is closed.
+    #[arg(long, env = "LADDER_WT_IDLE_TIMEOUT", default_value_t = 30)]
+    pub wt_idle_timeout: u64,
+
+    /// Seconds between QUIC keep-alive packets.
+    #[arg(long, env = "LADDER_WT_KEEP_ALIVE", default_value_t = 10)]
+    pub wt_keep_alive: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::parse_from(["ladder"])
+    }
+}
+
+impl Config {
+    /// Whether a transport is switched on.
+    pub fn enabled(&self, t: Transport) -> bool {
+        !self.disable.contains(&t)
+    }
+
+    /// The heartbeat as a duration.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat)
+    }
+
+    /// The send timeout as a duration.
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_secs(self.send_timeout)
+    }
+
+    /// The message size limit in bytes.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes as usize
+    }
+}

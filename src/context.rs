@@ -1,0 +1,113 @@
+//! What every adapter receives: the hub, the counters, the configuration and
+//! the shutdown signal. Built once by the server and shared (cloning is
+//! shallow).
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::stats::Stats;
+
+/// Where browsers reach the WebTransport endpoint and which certificate hash
+/// they must pin. Changes when the development certificate rotates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebTransportInfo {
+    /// `https://HOST:PORT/wt`.
+    pub url: String,
+    /// SHA-256 of the leaf certificate (DER), lowercase hex.
+    pub cert_sha256: String,
+}
+
+/// Shared server state.
+#[derive(Debug, Clone)]
+pub struct Ctx(Arc<Inner>);
+
+/// The fields behind [`Ctx`].
+#[derive(Debug)]
+pub struct Inner {
+    /// The configuration the server started with.
+    pub cfg: Config,
+    /// The one hub.
+    pub hub: Hub,
+    /// Every counter.
+    pub stats: Arc<Stats>,
+    /// Cancelled when the server begins shutting down; every long-lived loop
+    /// selects on it.
+    pub shutdown: CancellationToken,
+    /// Tracks tasks that outlive the request that started them (upgraded
+    /// WebSockets, QUIC sessions), so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// The bound HTTP address (for the default origin allowlist).
+    pub http_addr: SocketAddr,
+    webtransport: RwLock<Option<WebTransportInfo>>,
+    allowed_origins: Vec<String>,
+}
+
+impl Deref for Ctx {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Ctx {
+    /// Builds the shared state.
+    pub fn new(cfg: Config, hub: Hub, stats: Arc<Stats>, http_addr: SocketAddr) -> Self {
+        let allowed_origins = if cfg.allowed_origins.is_empty() {
+            let port = http_addr.port();
+            let mut own = vec![
+                format!("http://127.0.0.1:{port}"),
+                format!("http://localhost:{port}"),
+                format!("http://[::1]:{port}"),
+            ];
+            let bound = format!("http://{http_addr}");
+            if !own.contains(&bound) {
+                own.push(bound);
+            }
+            own
+        } else {
+            cfg.allowed_origins.clone()
+        };
+        Self(Arc::new(Inner {
+            cfg,
+            hub,
+            stats,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            http_addr,
+            webtransport: RwLock::new(None),
+            allowed_origins,
+        }))
+    }
+
+    /// Whether a browser page from `origin` may open a WebSocket or
+    /// WebTransport session. Clients that send no `Origin` (not browsers)
+    /// are not subject to the check.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match origin {
+            None => true,
+            Some(o) => self.allowed_origins.iter().any(|a| a == "*" || a == o),
+        }
+    }
+
+    /// The WebTransport endpoint as browsers should use it now, if running.
+    pub fn webtransport(&self) -> Option<WebTransportInfo> {
+        self.webtransport
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Publishes a new WebTransport URL / certificate hash.
+    pub fn set_webtransport(&self, info: Option<WebTransportInfo>) {
+        *self
+            .webtransport
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = info;
+    }
+}

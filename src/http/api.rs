@@ -1,0 +1,162 @@
+//! The HTTP routes: the router every connection is served with, the JSON
+//! error type, and the small API handlers (publish, info, stats, metrics).
+//! The rungs themselves live in `crate::transport`.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tower_http::services::ServeDir;
+
+use crate::context::Ctx;
+use crate::hub::ChannelName;
+use crate::protocol::{self, Data, ErrorCode, ProtocolError};
+use crate::stats::Transport;
+use crate::transport::{polling, sse, websocket};
+
+/// Builds the router for the HTTP listener.
+pub fn router(ctx: Ctx) -> Router {
+    // Bodies may carry pretty-printed JSON that compacts to within the
+    // message limit, so the raw body limit is twice the message limit.
+    let body_limit = ctx.cfg.max_message_bytes() * 2 + 1024;
+    let web = ServeDir::new(&ctx.cfg.web_dir).append_index_html_on_directories(true);
+    Router::new()
+        .route("/api/info", get(info))
+        .route("/api/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .route(
+            "/api/channels/{channel}/messages",
+            get(polling::get).post(publish),
+        )
+        .route("/api/channels/{channel}/events", get(sse::get))
+        .route("/api/ws", get(websocket::upgrade))
+        .route("/api/{*rest}", axum::routing::any(not_found))
+        .fallback_service(web)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(ctx)
+}
+
+impl IntoResponse for ProtocolError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            protocol::error_body(&self),
+        )
+            .into_response()
+    }
+}
+
+/// A JSON response from pre-encoded bytes.
+pub fn json_bytes(status: StatusCode, body: impl Into<Bytes>) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body.into(),
+    )
+        .into_response()
+}
+
+/// Parses the `{channel}` path segment.
+pub fn channel_param(raw: &str) -> Result<ChannelName, ProtocolError> {
+    Ok(ChannelName::parse(raw)?)
+}
+
+/// Refuses a request for a transport switched off with `--disable`.
+pub fn ensure_enabled(ctx: &Ctx, t: Transport) -> Result<(), ProtocolError> {
+    if ctx.cfg.enabled(t) {
+        Ok(())
+    } else {
+        Err(ProtocolError::new(
+            ErrorCode::NotFound,
+            format!("the {t} transport is disabled on this server"),
+        ))
+    }
+}
+
+async fn not_found() -> ProtocolError {
+    ProtocolError::new(ErrorCode::NotFound, "no such route")
+}
+
+async fn method_not_allowed() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    )
+}
+
+async fn publish(
+    State(ctx): State<Ctx>,
+    Path(channel): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ProtocolError> {
+    let channel = channel_param(&channel)?;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ProtocolError::new(ErrorCode::TooLarge, "request body is too large")
+        }
+        _ => ProtocolError::new(ErrorCode::BadRequest, e.body_text()),
+    })?;
+    let data = Data::parse(&body, ctx.cfg.max_message_bytes())?;
+    let published = ctx.hub.publish(&channel, &data).await?;
+    #[derive(Serialize)]
+    struct Ack<'a> {
+        channel: &'a str,
+        epoch: &'a str,
+        offset: u64,
+    }
+    let ack = Ack {
+        channel: channel.as_str(),
+        epoch: published.epoch.as_str(),
+        offset: published.offset,
+    };
+    Ok(json_bytes(
+        StatusCode::CREATED,
+        serde_json::to_vec(&ack).unwrap_or_default(),
+    ))
+}
+
+async fn info(State(ctx): State<Ctx>) -> Response {
+    let transports: Vec<&str> = Transport::RUNGS
+        .into_iter()
+        .filter(|t| ctx.cfg.enabled(*t))
+        .filter(|t| *t != Transport::WebTransport || ctx.webtransport().is_some())
+        .map(Transport::name)
+        .collect();
+    let wt = ctx
+        .webtransport()
+        .map(|w| serde_json::json!({ "url": w.url, "cert_sha256": w.cert_sha256 }));
+    let body = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "transports": transports,
+        "webtransport": wt,
+    });
+    json_bytes(StatusCode::OK, body.to_string())
+}
+
+async fn stats(State(ctx): State<Ctx>) -> Response {
+    let mut snap = ctx.stats.snapshot();
+    snap["channels"] = ctx.hub.channel_count().into();
+    json_bytes(StatusCode::OK, snap.to_string())
+}
+
+async fn metrics(State(ctx): State<Ctx>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        ctx.stats.prometheus(),
+    )
+        .into_response()
+}

@@ -1,0 +1,176 @@
+//! Byte counting at the socket: [`MeteredIo`] wraps each accepted TCP
+//! stream and [`Meter`] attributes what it reads and writes to a transport.
+//!
+//! HTTP/1.1 serves requests on a connection one after another, so the
+//! connection's transport is whatever its current request is. Writes go to
+//! the current transport directly. Reads are held as pending until the bytes'
+//! owner is known: the headers of a request arrive before it is classified,
+//! so pending bytes are flushed into a transport when a request begins, when
+//! its response body is dropped, when a WebSocket frame has been read, and
+//! when the connection closes.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::stats::{Stats, Transport};
+
+/// Per-connection attribution of bytes to a transport.
+#[derive(Debug)]
+pub struct Meter {
+    stats: Arc<Stats>,
+    /// Index into `Transport::ALL` of the current request's transport.
+    current: AtomicU8,
+    pending_in: AtomicU64,
+}
+
+impl Meter {
+    /// A meter for a new connection, attributing to `Api` until a request
+    /// says otherwise.
+    pub fn new(stats: Arc<Stats>) -> Self {
+        Self {
+            stats,
+            current: AtomicU8::new(Transport::Api as u8),
+            pending_in: AtomicU64::new(0),
+        }
+    }
+
+    fn current(&self) -> Transport {
+        Transport::ALL[self.current.load(Ordering::Relaxed) as usize]
+    }
+
+    /// A request of transport `t` begins on this connection: its header bytes
+    /// (read while pending) and everything written from now on are `t`'s.
+    pub fn begin(&self, t: Transport) {
+        self.current.store(t as u8, Ordering::Relaxed);
+        self.flush_in();
+    }
+
+    /// Attributes pending read bytes to the current transport.
+    pub fn flush_in(&self) {
+        let n = self.pending_in.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            self.stats.of(self.current()).bytes_in.inc_by(n);
+        }
+    }
+
+    fn read(&self, n: usize) {
+        self.pending_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn wrote(&self, n: usize) {
+        self.stats.of(self.current()).bytes_out.inc_by(n as u64);
+    }
+}
+
+/// A stream whose traffic is counted by a [`Meter`].
+#[derive(Debug)]
+pub struct MeteredIo<S> {
+    inner: S,
+    meter: Arc<Meter>,
+}
+
+impl<S> MeteredIo<S> {
+    /// Wraps `inner`, counting into `meter`.
+    pub fn new(inner: S, meter: Arc<Meter>) -> Self {
+        Self { inner, meter }
+    }
+}
+
+impl<S> Drop for MeteredIo<S> {
+    fn drop(&mut self) {
+        self.meter.flush_in();
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for MeteredIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.meter.read(n);
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for MeteredIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            self.meter.wrote(n);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = res {
+            self.meter.wrote(n);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn reads_wait_for_their_request_and_writes_follow_it() {
+        let stats = Arc::new(Stats::new());
+        let meter = Arc::new(Meter::new(stats.clone()));
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut io = MeteredIo::new(a, meter.clone());
+        b.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 18];
+        io.read_exact(&mut buf).await.unwrap();
+        assert_eq!(
+            stats.of(Transport::Api).bytes_in.get(),
+            0,
+            "held until classified"
+        );
+        meter.begin(Transport::Sse);
+        assert_eq!(stats.of(Transport::Sse).bytes_in.get(), 18);
+        io.write_all(b"hello").await.unwrap();
+        assert_eq!(stats.of(Transport::Sse).bytes_out.get(), 5);
+        b.write_all(b"xyz").await.unwrap();
+        io.read_exact(&mut buf[..3]).await.unwrap();
+        drop(io);
+        assert_eq!(
+            stats.of(Transport::Sse).bytes_in.get(),
+            21,
+            "flushed at close"
+        );
+    }
+}

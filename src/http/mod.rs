@@ -1,0 +1,195 @@
+//! The HTTP/1.1 listener: accepts TCP connections, meters their bytes, and
+//! serves the axum router from [`api::router`] on each with hyper.
+//!
+//! Entry point: [`run`]. It owns the accept loop, the connection limit, the
+//! header read timeout and graceful shutdown of every connection, because
+//! `axum::serve` exposes none of them.
+
+pub mod api;
+pub mod meter;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tower::Service;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::context::Ctx;
+use crate::stats::Transport;
+use meter::{Meter, MeteredIo};
+
+/// Runs the accept loop until shutdown, then lets every connection finish
+/// its current response.
+pub async fn run(listener: TcpListener, ctx: Ctx) {
+    let router = api::router(ctx.clone());
+    let permits = Arc::new(Semaphore::new(ctx.cfg.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(ctx.cfg.header_timeout))
+        .max_buf_size(64 * 1024);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = ctx.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            ctx.tasks.spawn(refuse(stream, ctx.clone()));
+            continue;
+        };
+        let conn = serve(stream, router.clone(), http.clone(), ctx.clone());
+        ctx.tasks.spawn(
+            async move {
+                conn.await;
+                drop(permit);
+            }
+            .instrument(info_span!("http", %peer)),
+        );
+    }
+}
+
+/// Serves one connection until it closes or shutdown completes it.
+async fn serve(
+    stream: TcpStream,
+    router: Router,
+    http: hyper::server::conn::http1::Builder,
+    ctx: Ctx,
+) {
+    let meter = Arc::new(Meter::new(ctx.stats.clone()));
+    let shutdown = ctx.shutdown.clone();
+    let io = TokioIo::new(MeteredIo::new(stream, meter.clone()));
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let t = classify(&req);
+        meter.begin(t);
+        ctx.stats.of(t).requests.inc();
+        req.extensions_mut().insert(meter.clone());
+        let meter = meter.clone();
+        let mut router = router.clone();
+        async move {
+            let resp = router.call(req.map(Body::new)).await?;
+            Ok::<_, Infallible>(resp.map(|b| Body::new(MeteredBody { inner: b, meter })))
+        }
+    });
+    let conn = http.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
+        debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Which transport a request belongs to, for counting. Mirrors the routes
+/// in [`api::router`].
+fn classify<B>(req: &Request<B>) -> Transport {
+    let path = req.uri().path();
+    if path == "/api/ws" {
+        return Transport::WebSocket;
+    }
+    if let Some(rest) = path.strip_prefix("/api/channels/") {
+        if rest.ends_with("/events") {
+            return Transport::Sse;
+        }
+        if rest.ends_with("/messages") && req.method() == hyper::Method::GET {
+            let waits = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("wait=")));
+            return if waits {
+                Transport::LongPoll
+            } else {
+                Transport::Poll
+            };
+        }
+    }
+    Transport::Api
+}
+
+/// Answers a connection over the limit with 503 and closes it.
+async fn refuse(mut stream: TcpStream, ctx: Ctx) {
+    const BODY: &str = r#"{"error":{"code":"unavailable","message":"too many connections"}}"#;
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let write = async {
+        // Read the request head first (bounded), so the client is not
+        // answered before it has finished asking, which HTTP clients treat
+        // as a broken connection.
+        let mut head = Vec::with_capacity(1024);
+        let mut buf = [0u8; 1024];
+        while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        stream.write_all(resp.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    if tokio::time::timeout(Duration::from_secs(2), write)
+        .await
+        .is_ok()
+    {
+        ctx.stats
+            .of(Transport::Api)
+            .bytes_out
+            .inc_by(resp.len() as u64);
+    }
+}
+
+/// A response body that settles its connection's read bytes when dropped,
+/// i.e. once the response is complete.
+struct MeteredBody {
+    inner: Body,
+    meter: Arc<Meter>,
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        self.meter.flush_in();
+    }
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

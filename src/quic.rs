@@ -1,0 +1,303 @@
+//! The QUIC listener: the HTTP/3 + WebTransport endpoint (wtransport on
+//! quinn), twin of [`crate::http`]. It binds the UDP socket, accepts
+//! sessions at `/wt`, keeps the development certificate fresh while it
+//! runs, and shuts the endpoint down cleanly.
+//!
+//! Entry points: [`Listener::bind`] (from [`crate::server::Server::bind`])
+//! then [`Listener::run`]. Each accepted session is handed to
+//! [`crate::transport::webtransport::run_session`].
+//!
+//! # Refusals
+//!
+//! - a path other than `/wt` (the query is ignored): HTTP 404;
+//! - an `Origin` not in the allowlist ([`Ctx::origin_allowed`]): HTTP 403;
+//! - more than `--wt-max-sessions` sessions open: HTTP 429;
+//! - a QUIC client without the `h3` ALPN, or junk UDP: the handshake fails
+//!   inside quinn and only that connection attempt is affected.
+//!
+//! # Session close codes
+//!
+//! wtransport closes a session with a QUIC `CONNECTION_CLOSE` carrying a raw
+//! application code and reason (see [`crate::transport::webtransport`] for
+//! why clients should not rely on them alone):
+//!
+//! | code | reason | when |
+//! |---|---|---|
+//! | [`CLOSE_SHUTDOWN`] = 0 | `server shutting down` | graceful shutdown |
+//! | [`CLOSE_PROTOCOL_ERROR`] = 1 | `protocol error: …` | the client broke the session protocol (it opened a unidirectional stream, which Ladder does not use) |
+//!
+//! # Certificate rotation
+//!
+//! A development certificate lives at most 14 days (browser rule), so a
+//! long-running server checks hourly whether it has a day or less left; if
+//! so it generates a new one (blocking file I/O, off the runtime), hands the
+//! endpoint a new config (new handshakes use it; existing sessions keep their
+//! keys) and publishes the new hash for `/api/info` in the same step.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tracing::{Instrument, debug, info, info_span, warn};
+use wtransport::endpoint::IncomingSession;
+use wtransport::endpoint::endpoint_side::Server;
+use wtransport::quinn::VarInt as QuicVarInt;
+use wtransport::{Endpoint, ServerConfig, VarInt};
+
+use crate::config::Config;
+use crate::context::{Ctx, WebTransportInfo};
+use crate::tls::{CertSource, TlsError, TlsMaterial};
+
+/// Session close code on server shutdown.
+pub const CLOSE_SHUTDOWN: u32 = 0;
+/// Reason sent with [`CLOSE_SHUTDOWN`].
+pub const CLOSE_SHUTDOWN_REASON: &str = "server shutting down";
+/// Session close code when the client breaks the session protocol.
+pub const CLOSE_PROTOCOL_ERROR: u32 = 1;
+/// The one path sessions are accepted on.
+pub const WT_PATH: &str = "/wt";
+
+/// Unidirectional streams the client may open at once. Ladder uses none;
+/// a few are allowed so that opening one is a protocol error we can name
+/// instead of a silent flow-control stall.
+const MAX_UNI_STREAMS: u32 = 4;
+/// How often the development certificate's remaining validity is checked.
+const ROTATION_CHECK: Duration = Duration::from_secs(3600);
+/// Longest time a QUIC + HTTP/3 handshake may take before it is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for peers to acknowledge the close on shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the QUIC endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    /// The UDP socket could not be bound.
+    #[error("cannot listen for HTTP/3 on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The idle timeout is out of QUIC's range.
+    #[error("invalid webtransport idle timeout: {0} s")]
+    IdleTimeout(u64),
+    /// The certificate could not be turned into a TLS identity.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// A bound, not yet running QUIC endpoint and the certificate it presents.
+pub struct Listener {
+    endpoint: Endpoint<Server>,
+    addr: SocketAddr,
+    /// The certificate in use; replaced on rotation.
+    tls: TlsMaterial,
+    /// Where a rotated certificate comes from.
+    source: CertSource,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// Binds the UDP socket (port 0 picks a free one) with the limits from
+    /// `cfg` and the identity of `tls`. Must run inside a Tokio runtime.
+    pub fn bind(cfg: &Config, tls: TlsMaterial, source: CertSource) -> Result<Self, QuicError> {
+        let config = server_config(cfg, cfg.h3, &tls)?;
+        let bind_err = |source| QuicError::Bind {
+            addr: cfg.h3,
+            source,
+        };
+        let endpoint = Endpoint::server(config).map_err(bind_err)?;
+        let addr = endpoint.local_addr().map_err(bind_err)?;
+        Ok(Self {
+            endpoint,
+            addr,
+            tls,
+            source,
+        })
+    }
+
+    /// The bound UDP address (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What browsers should use now: the session URL and the hash to pin.
+    pub fn info(&self) -> WebTransportInfo {
+        info_for(self.addr, &self.tls)
+    }
+
+    /// Accepts sessions until `ctx.shutdown` fires, then closes every
+    /// session with [`CLOSE_SHUTDOWN`] and waits (bounded) for peers to
+    /// acknowledge.
+    pub async fn run(mut self, ctx: Ctx) {
+        let permits = Arc::new(Semaphore::new(ctx.cfg.wt_max_sessions));
+        let mut rotation = tokio::time::interval(ROTATION_CHECK);
+        rotation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Gotcha: `Endpoint::accept` panics once the endpoint is closed,
+            // so the endpoint is closed only after this loop has dropped its
+            // `accept` future.
+            let incoming = tokio::select! {
+                () = ctx.shutdown.cancelled() => break,
+                incoming = self.endpoint.accept() => incoming,
+                _ = rotation.tick() => {
+                    self.rotate_if_due(&ctx).await;
+                    continue;
+                }
+            };
+            let remote = incoming.remote_address();
+            ctx.tasks.spawn(
+                accept(incoming, ctx.clone(), permits.clone())
+                    .instrument(info_span!("webtransport", %remote)),
+            );
+        }
+        self.endpoint.close(
+            VarInt::from_u32(CLOSE_SHUTDOWN),
+            CLOSE_SHUTDOWN_REASON.as_bytes(),
+        );
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = self.endpoint.open_connections(),
+                "quic endpoint did not drain in time"
+            );
+        }
+    }
+
+    /// Replaces a development certificate that has a day or less left.
+    async fn rotate_if_due(&mut self, ctx: &Ctx) {
+        if !self.tls.needs_rotation(OffsetDateTime::now_utc()) {
+            return;
+        }
+        let source = self.source.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            TlsMaterial::load(&source, OffsetDateTime::now_utc())
+        })
+        .await;
+        let tls = match loaded {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => return warn!(%error, "certificate rotation failed; will retry"),
+            Err(error) => return warn!(%error, "certificate rotation task failed"),
+        };
+        // With `rebind = false` the address inside the config is not used;
+        // the current one is passed for clarity.
+        let reloaded = server_config(&ctx.cfg, self.addr, &tls)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                self.endpoint
+                    .reload_config(c, false)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(error) = reloaded {
+            return warn!(%error, "cannot reload the quic config; keeping the old certificate");
+        }
+        ctx.set_webtransport(Some(info_for(self.addr, &tls)));
+        info!(cert_sha256 = tls.sha256_hex(), not_after = %tls.not_after(),
+            "development certificate rotated");
+        self.tls = tls;
+    }
+}
+
+/// Completes the handshake of one incoming session and decides whether to
+/// accept it. Runs in its own task: a handshake takes at least a round trip
+/// and a bad client could stall it.
+async fn accept(incoming: IncomingSession, ctx: Ctx, permits: Arc<Semaphore>) {
+    let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(request)) => request,
+        // Wrong ALPN, bad TLS, timeouts: the client's problem, not ours.
+        Ok(Err(error)) => return debug!(%error, "handshake failed"),
+        Err(_) => return debug!("handshake timed out"),
+    };
+    let path = request.path();
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    if path != WT_PATH {
+        debug!(path, "unknown path; 404");
+        return request.not_found().await;
+    }
+    if !ctx.origin_allowed(request.origin()) {
+        debug!(origin = request.origin(), "origin not allowed; 403");
+        return request.forbidden().await;
+    }
+    let Ok(permit) = permits.try_acquire_owned() else {
+        debug!("session limit reached; 429");
+        return request.too_many_requests().await;
+    };
+    let origin = request.origin().map(str::to_owned);
+    let conn = match request.accept().await {
+        Ok(conn) => conn,
+        Err(error) => return debug!(%error, "session accept failed"),
+    };
+    debug!(origin, "session accepted");
+    crate::transport::webtransport::run_session(ctx, conn).await;
+    drop(permit);
+}
+
+/// The full endpoint config for `tls`. Rotation rebuilds it whole, since
+/// wtransport takes identity and transport settings together.
+fn server_config(
+    cfg: &Config,
+    addr: SocketAddr,
+    tls: &TlsMaterial,
+) -> Result<ServerConfig, QuicError> {
+    let mut transport = wtransport::config::QuicTransportConfig::default();
+    // quinn's `VarInt`, not wtransport's: the two are distinct types.
+    transport.max_concurrent_bidi_streams(QuicVarInt::from_u32(cfg.wt_max_streams));
+    transport.max_concurrent_uni_streams(QuicVarInt::from_u32(MAX_UNI_STREAMS));
+    Ok(ServerConfig::builder()
+        .with_bind_address(addr)
+        .with_custom_transport(tls.identity()?, transport)
+        // Without keep-alive an idle browser subscription would hit the idle
+        // timeout and be dropped.
+        .keep_alive_interval(Some(Duration::from_secs(cfg.wt_keep_alive)))
+        .max_idle_timeout(Some(Duration::from_secs(cfg.wt_idle_timeout)))
+        .map_err(|_| QuicError::IdleTimeout(cfg.wt_idle_timeout))?
+        .build())
+}
+
+/// The session URL for a bound address: the literal IP (browsers resolve
+/// `localhost` to `::1` first), with `127.0.0.1` for an unspecified bind.
+fn info_for(addr: SocketAddr, tls: &TlsMaterial) -> WebTransportInfo {
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip => ip,
+    };
+    WebTransportInfo {
+        url: format!("https://{}{WT_PATH}", SocketAddr::new(ip, addr.port())),
+        cert_sha256: tls.sha256_hex().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_uses_a_literal_reachable_ip() {
+        let dir = std::env::temp_dir().join(format!("ladder-quic-{}", std::process::id()));
+        let tls = TlsMaterial::load(
+            &CertSource::Dev { dir: dir.clone() },
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        let url = |a: &str| info_for(a.parse().unwrap(), &tls).url;
+        assert_eq!(url("127.0.0.1:4433"), "https://127.0.0.1:4433/wt");
+        assert_eq!(url("0.0.0.0:9"), "https://127.0.0.1:9/wt");
+        assert_eq!(url("[::]:9"), "https://127.0.0.1:9/wt");
+        assert_eq!(url("[::1]:9"), "https://[::1]:9/wt");
+        assert_eq!(info_for("127.0.0.1:1".parse().unwrap(), &tls).cert_sha256, tls.sha256_hex());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,273 @@
+//! What each rung costs, counted where it happens: connections, requests,
+//! messages and the bytes actually written to and read from sockets.
+//!
+//! One [`Stats`] per server, shared by all adapters. Counters are
+//! `prometheus-client` metrics, so `/metrics` is the registry's own text
+//! encoding and `/api/stats` reads the very same atomics as JSON.
+
+use std::fmt;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+/// A rung of the ladder, plus `Api` for everything on the HTTP listener that
+/// is not a rung (publishing, `/api/info`, the page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Transport {
+    /// WebTransport over HTTP/3.
+    #[value(name = "webtransport")]
+    WebTransport,
+    /// WebSocket (RFC 6455).
+    #[value(name = "websocket")]
+    WebSocket,
+    /// Server-Sent Events.
+    #[value(name = "sse")]
+    Sse,
+    /// Long polling.
+    #[value(name = "longpoll")]
+    LongPoll,
+    /// Short polling.
+    #[value(name = "poll")]
+    Poll,
+    /// Publishing and the other API routes.
+    #[value(name = "api")]
+    Api,
+}
+
+impl Transport {
+    /// Every transport, in the order `/api/stats` lists them.
+    pub const ALL: [Self; 6] = [
+        Self::WebTransport,
+        Self::WebSocket,
+        Self::Sse,
+        Self::LongPoll,
+        Self::Poll,
+        Self::Api,
+    ];
+
+    /// The five rungs (what `/api/info` calls transports).
+    pub const RUNGS: [Self; 5] = [
+        Self::WebTransport,
+        Self::WebSocket,
+        Self::Sse,
+        Self::LongPoll,
+        Self::Poll,
+    ];
+
+    /// The contract's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::WebTransport => "webtransport",
+            Self::WebSocket => "websocket",
+            Self::Sse => "sse",
+            Self::LongPoll => "longpoll",
+            Self::Poll => "poll",
+            Self::Api => "api",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Label {
+    transport: &'static str,
+}
+
+/// The counters of one transport. Cloning shares the same atomics.
+#[derive(Debug, Clone, Default)]
+pub struct TransportStats {
+    /// Connections (streams, sockets, sessions, waiting polls) open now.
+    pub connections_open: Gauge,
+    /// Connections ever opened.
+    pub connections_total: Counter,
+    /// HTTP requests received.
+    pub requests: Counter,
+    /// Messages delivered to subscribers.
+    pub messages_out: Counter,
+    /// Bytes written to sockets, framing and headers included.
+    pub bytes_out: Counter,
+    /// Bytes read from sockets, framing and headers included.
+    pub bytes_in: Counter,
+    /// Subscribers dropped for being too slow.
+    pub lagged: Counter,
+    /// WebTransport only: bidirectional streams opened by clients.
+    pub streams_total: Counter,
+    /// WebTransport only: datagrams sent.
+    pub datagrams_out: Counter,
+    /// WebTransport only: datagrams received.
+    pub datagrams_in: Counter,
+}
+
+/// All counters of the server.
+#[derive(Debug)]
+pub struct Stats {
+    registry: Registry,
+    per: [TransportStats; Transport::ALL.len()],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stats {
+    /// Creates and registers every counter.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ladder");
+        let mut per: [TransportStats; Transport::ALL.len()] = Default::default();
+        macro_rules! family {
+            ($field:ident, $kind:ty, $help:literal) => {{
+                let fam = Family::<Label, $kind>::default();
+                for t in Transport::ALL {
+                    per[t.index()].$field = fam
+                        .get_or_create(&Label {
+                            transport: t.name(),
+                        })
+                        .clone();
+                }
+                registry.register(stringify!($field), $help, fam);
+            }};
+        }
+        family!(connections_open, Gauge, "Connections open now");
+        family!(connections_total, Counter, "Connections opened");
+        family!(requests, Counter, "HTTP requests received");
+        family!(messages_out, Counter, "Messages delivered to subscribers");
+        family!(
+            bytes_out,
+            Counter,
+            "Bytes written to sockets, framing included"
+        );
+        family!(
+            bytes_in,
+            Counter,
+            "Bytes read from sockets, framing included"
+        );
+        family!(lagged, Counter, "Subscribers dropped for being too slow");
+        family!(
+            streams_total,
+            Counter,
+            "WebTransport streams opened by clients"
+        );
+        family!(datagrams_out, Counter, "WebTransport datagrams sent");
+        family!(datagrams_in, Counter, "WebTransport datagrams received");
+        Self { registry, per }
+    }
+
+    /// The counters of one transport.
+    pub fn of(&self, t: Transport) -> &TransportStats {
+        &self.per[t.index()]
+    }
+
+    /// Counts a connection as open until the returned guard is dropped.
+    pub fn open(&self, t: Transport) -> ConnGuard {
+        let s = self.of(t).clone();
+        s.connections_open.inc();
+        s.connections_total.inc();
+        ConnGuard(s)
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The `/api/stats` document.
+    pub fn snapshot(&self) -> serde_json::Value {
+        #[derive(Serialize)]
+        struct Row {
+            connections_open: i64,
+            connections_total: u64,
+            requests: u64,
+            messages_out: u64,
+            bytes_out: u64,
+            bytes_in: u64,
+            lagged: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            streams_total: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            datagrams_out: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            datagrams_in: Option<u64>,
+        }
+        let mut transports = serde_json::Map::new();
+        for t in Transport::ALL {
+            let s = self.of(t);
+            let wt = |c: &Counter| (t == Transport::WebTransport).then(|| c.get());
+            let row = Row {
+                connections_open: s.connections_open.get(),
+                connections_total: s.connections_total.get(),
+                requests: s.requests.get(),
+                messages_out: s.messages_out.get(),
+                bytes_out: s.bytes_out.get(),
+                bytes_in: s.bytes_in.get(),
+                lagged: s.lagged.get(),
+                streams_total: wt(&s.streams_total),
+                datagrams_out: wt(&s.datagrams_out),
+                datagrams_in: wt(&s.datagrams_in),
+            };
+            transports.insert(
+                t.name().into(),
+                serde_json::to_value(row).unwrap_or_default(),
+            );
+        }
+        serde_json::json!({ "transports": transports })
+    }
+}
+
+/// Holds one open connection in `connections_open`.
+#[derive(Debug)]
+pub struct ConnGuard(TransportStats);
+
+impl ConnGuard {
+    /// The counters of the guarded connection's transport.
+    pub fn stats(&self) -> &TransportStats {
+        &self.0
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.connections_open.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_and_prometheus_read_the_same_counters() {
+        let stats = Stats::new();
+        let guard = stats.open(Transport::Sse);
+        stats.of(Transport::Sse).bytes_out.inc_by(42);
+        let snap = stats.snapshot();
+        assert_eq!(snap["transports"]["sse"]["connections_open"], 1);
+        assert_eq!(snap["transports"]["sse"]["bytes_out"], 42);
+        assert!(snap["transports"]["sse"].get("datagrams_out").is_none());
+        assert_eq!(snap["transports"]["webtransport"]["datagrams_out"], 0);
+        let text = stats.prometheus();
+        assert!(
+            text.contains(r#"ladder_bytes_out_total{transport="sse"} 42"#),
+            "{text}"
+        );
+        drop(guard);
+        assert_eq!(stats.snapshot()["transports"]["sse"]["connections_open"], 0);
+    }
+}

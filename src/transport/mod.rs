@@ -1,0 +1,45 @@
+//! One adapter per rung. Adapters only translate: each maps its protocol's
+//! framing onto [`crate::hub::Hub`] calls and the encodings of
+//! [`crate::protocol`], and keeps no history or encoding of its own.
+//!
+//! - [`polling`]: short and long polling (a long poll is a poll that waits);
+//! - [`sse`]: Server-Sent Events;
+//! - [`websocket`]: WebSocket, speaking the JSON ops of [`session`];
+//! - [`webtransport`]: WebTransport streams and datagrams, same ops.
+
+pub mod polling;
+pub mod session;
+pub mod sse;
+pub mod webtransport;
+pub mod websocket;
+
+use crate::hub::Position;
+use crate::protocol::{ErrorCode, ProtocolError};
+
+/// Parses `since` / `epoch` query parameters into a position.
+pub fn parse_position(since: Option<&str>, epoch: Option<&str>) -> Result<Position, ProtocolError> {
+    let since = since
+        .map(|s| {
+            s.parse::<u64>().map_err(|_| {
+                ProtocolError::new(
+                    ErrorCode::BadRequest,
+                    format!("`since` must be a non-negative integer, got {s:?}"),
+                )
+            })
+        })
+        .transpose()?;
+    let epoch = epoch.map(|e| {
+        if e.is_empty() || e.len() > 64 {
+            Err(ProtocolError::new(
+                ErrorCode::BadRequest,
+                "`epoch` must be 1 to 64 characters",
+            ))
+        } else {
+            Ok(e.to_owned())
+        }
+    });
+    Ok(Position {
+        since,
+        epoch: epoch.transpose()?,
+    })
+}

@@ -1,0 +1,138 @@
+//! The JSON ops shared by WebSocket and WebTransport streams.
+//!
+//! An [`OpSession`] is one conversation: a WebSocket, or one WebTransport
+//! bidirectional stream. It parses ops, runs them against the hub, and
+//! multiplexes its subscriptions. The adapter owns the socket and decides
+//! framing; this module decides meaning.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, Stream, StreamExt};
+use tokio_stream::StreamMap;
+
+use crate::context::Ctx;
+use crate::hub::{ChannelName, Event, Position};
+use crate::protocol::{self, ClientOp, DeliveryMode, ErrorCode, ProtocolError};
+use crate::stats::Transport;
+
+type Events = Pin<Box<dyn Stream<Item = (DeliveryMode, Event)> + Send>>;
+
+/// One conversation's state: its subscriptions.
+pub struct OpSession {
+    ctx: Ctx,
+    transport: Transport,
+    subs: StreamMap<ChannelName, Events>,
+}
+
+impl std::fmt::Debug for OpSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpSession")
+            .field("transport", &self.transport)
+            .field("subscriptions", &self.subs.len())
+            .finish()
+    }
+}
+
+impl OpSession {
+    /// A session with no subscriptions yet.
+    pub fn new(ctx: Ctx, transport: Transport) -> Self {
+        Self {
+            ctx,
+            transport,
+            subs: StreamMap::new(),
+        }
+    }
+
+    /// Whether any subscription is active (when not, [`Self::next_event`]
+    /// would never return).
+    pub fn has_subscriptions(&self) -> bool {
+        !self.subs.is_empty()
+    }
+
+    /// Runs one op and returns the reply frame (JSON, no framing).
+    pub async fn handle(&mut self, text: &str) -> Bytes {
+        // Anything far beyond the message limit is refused before parsing.
+        let max = self.ctx.cfg.max_message_bytes();
+        if text.len() > max + 1024 {
+            let e = ProtocolError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "op is {} bytes; message data is limited to {max}",
+                    text.len()
+                ),
+            );
+            return protocol::error_frame(&e, None);
+        }
+        let (op, id) = match ClientOp::parse(text, max) {
+            Ok(parsed) => parsed,
+            Err(e) => return protocol::error_frame(&e.error, e.id.as_deref()),
+        };
+        match self.run(op, id.as_deref()).await {
+            Ok(reply) => reply,
+            Err(e) => protocol::error_frame(&e, id.as_deref()),
+        }
+    }
+
+    async fn run(
+        &mut self,
+        op: ClientOp,
+        id: Option<&serde_json::value::RawValue>,
+    ) -> Result<Bytes, ProtocolError> {
+        match op {
+            ClientOp::Subscribe {
+                channel,
+                since,
+                epoch,
+                delivery,
+            } => {
+                if delivery == DeliveryMode::Datagram && self.transport != Transport::WebTransport {
+                    return Err(ProtocolError::new(
+                        ErrorCode::BadRequest,
+                        "datagram delivery needs WebTransport",
+                    ));
+                }
+                let limit = self.ctx.cfg.max_subscriptions;
+                if self.subs.len() >= limit && !self.subs.contains_key(&channel) {
+                    return Err(ProtocolError::new(
+                        ErrorCode::RateLimited,
+                        format!("at most {limit} subscriptions per connection"),
+                    ));
+                }
+                let sub = self
+                    .ctx
+                    .hub
+                    .subscribe(&channel, &Position { since, epoch })
+                    .await?;
+                let reply = protocol::subscribed_frame(&channel, sub.epoch(), sub.head());
+                let events = futures_util::stream::unfold(sub, move |mut sub| async move {
+                    let ev = sub.next().await;
+                    Some(((delivery, ev), sub))
+                });
+                // Replaces an earlier subscription to the same channel.
+                self.subs.insert(channel, Box::pin(events));
+                Ok(reply)
+            }
+            ClientOp::Unsubscribe { channel } => {
+                self.subs.remove(&channel);
+                Ok(protocol::unsubscribed_frame(&channel))
+            }
+            ClientOp::Publish { channel, data } => {
+                let p = self.ctx.hub.publish(&channel, &data).await?;
+                Ok(protocol::published_frame(id, &channel, &p.epoch, p.offset))
+            }
+            ClientOp::Echo { data } => Ok(protocol::echo_frame(&data)),
+        }
+    }
+
+    /// Waits for the next event of any subscription. Cancel-safe.
+    pub async fn next_event(&mut self) -> Option<(ChannelName, DeliveryMode, Event)> {
+        let (ch, (mode, ev)) = self.subs.next().await?;
+        Some((ch, mode, ev))
+    }
+
+    /// The next event if one is ready now.
+    pub fn try_next_event(&mut self) -> Option<(ChannelName, DeliveryMode, Event)> {
+        self.next_event().now_or_never().flatten()
+    }
+}

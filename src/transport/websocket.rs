@@ -1,0 +1,278 @@
+//! WebSocket (RFC 6455): `GET /api/ws`, speaking the JSON ops of
+//! [`super::session`], one op per text frame.
+//!
+//! Close codes: 1001 on server shutdown or a dead peer (no pong), 4000 when
+//! the client lagged (it was sent `{"op":"lagged"}` first), 1009 from the
+//! WebSocket layer for a frame over the hard cap. A bad frame below the cap
+//! gets an `{"op":"error"}` frame and the socket stays open.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Extension, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::debug;
+
+use super::session::OpSession;
+use crate::context::Ctx;
+use crate::http::api::ensure_enabled;
+use crate::http::meter::Meter;
+use crate::hub::Event;
+use crate::protocol::{self, ErrorCode, ProtocolError};
+use crate::stats::{ConnGuard, Transport};
+
+/// Close code sent after `{"op":"lagged"}`.
+pub const CLOSE_LAGGED: u16 = 4000;
+/// Most frames coalesced into one flush.
+const COALESCE_FRAMES: usize = 64;
+
+/// `GET /api/ws`: checks the origin and upgrades.
+pub async fn upgrade(
+    State(ctx): State<Ctx>,
+    meter: Option<Extension<Arc<Meter>>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ProtocolError> {
+    ensure_enabled(&ctx, Transport::WebSocket)?;
+    let ws = ws.map_err(|e| ProtocolError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let origin = headers.get("origin").and_then(|o| o.to_str().ok());
+    if !ctx.origin_allowed(origin) {
+        return Err(ProtocolError::new(
+            ErrorCode::Forbidden,
+            format!("origin {} is not allowed", origin.unwrap_or_default()),
+        ));
+    }
+    // Frames between the message limit and this hard cap get a `too_large`
+    // error and the socket stays; beyond it the WebSocket layer closes (1009)
+    // without buffering the rest.
+    let hard_cap = (ctx.cfg.max_message_bytes() * 4).max(1 << 20);
+    let guard = ctx.stats.open(Transport::WebSocket);
+    let keep = ctx.tasks.token();
+    Ok(ws
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(4 * 1024 * 1024)
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .on_upgrade(move |socket| async move {
+            let _keep = keep;
+            let meter = meter.map(|Extension(m)| m);
+            Handler::new(ctx, socket, guard, meter).run().await;
+        })
+        .into_response())
+}
+
+/// One WebSocket connection.
+struct Handler {
+    ctx: Ctx,
+    socket: WebSocket,
+    session: OpSession,
+    guard: ConnGuard,
+    meter: Option<Arc<Meter>>,
+    last_pong: Instant,
+}
+
+enum Flow {
+    Continue,
+    Close(u16, &'static str),
+    Drop,
+}
+
+impl Handler {
+    fn new(ctx: Ctx, socket: WebSocket, guard: ConnGuard, meter: Option<Arc<Meter>>) -> Self {
+        Self {
+            session: OpSession::new(ctx.clone(), Transport::WebSocket),
+            ctx,
+            socket,
+            guard,
+            meter,
+            last_pong: Instant::now(),
+        }
+    }
+
+    async fn run(mut self) {
+        let heartbeat = self.ctx.cfg.heartbeat();
+        let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let flow = loop {
+            let flow = tokio::select! {
+                () = self.ctx.shutdown.cancelled() => Flow::Close(1001, "server shutting down"),
+                frame = self.socket.recv() => match frame {
+                    Some(Ok(msg)) => self.on_frame(msg).await,
+                    Some(Err(e)) => {
+                        debug!(error = %e, "websocket read failed");
+                        Flow::Drop
+                    }
+                    None => Flow::Drop,
+                },
+                ev = self.session.next_event(), if self.session.has_subscriptions() => {
+                    match ev {
+                        Some(ev) => self.deliver(ev).await,
+                        None => Flow::Continue,
+                    }
+                }
+                _ = ping.tick() => self.on_ping_tick(heartbeat).await,
+            };
+            match flow {
+                Flow::Continue => {}
+                done => break done,
+            }
+        };
+        if let Flow::Close(code, reason) = flow {
+            let close = Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            }));
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.socket.send(close)).await;
+        }
+        if let Some(m) = &self.meter {
+            m.flush_in();
+        }
+    }
+
+    async fn on_frame(&mut self, msg: Message) -> Flow {
+        if let Some(m) = &self.meter {
+            m.flush_in();
+        }
+        let reply = match msg {
+            Message::Text(text) => self.session.handle(text.as_str()).await,
+            Message::Binary(_) => protocol::error_frame(
+                &ProtocolError::new(
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported; send JSON ops as text",
+                ),
+                None,
+            ),
+            Message::Pong(_) => {
+                self.last_pong = Instant::now();
+                return Flow::Continue;
+            }
+            // The WebSocket layer queues the pong / close reply itself;
+            // flushing sends it.
+            Message::Ping(_) => return self.flush().await,
+            Message::Close(_) => return Flow::Drop,
+        };
+        match timed(
+            self.ctx.cfg.send_timeout(),
+            &self.guard,
+            self.socket.send(text_frame(reply)),
+        )
+        .await
+        {
+            true => Flow::Continue,
+            false => Flow::Drop,
+        }
+    }
+
+    /// Sends an event and whatever else is ready, then flushes once.
+    async fn deliver(
+        &mut self,
+        first: (
+            crate::hub::ChannelName,
+            crate::protocol::DeliveryMode,
+            Event,
+        ),
+    ) -> Flow {
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some((channel, _, ev)) = next.take() {
+            let frame = match ev {
+                Event::Message(m) => {
+                    self.guard.stats().messages_out.inc();
+                    m.op_frame()
+                }
+                Event::Truncated(t) => protocol::truncated_frame(&channel, t.oldest, &t.epoch),
+                Event::Lagged { last } => {
+                    self.guard.stats().lagged.inc();
+                    let frame = text_frame(protocol::lagged_frame(&channel, last));
+                    if !timed(
+                        self.ctx.cfg.send_timeout(),
+                        &self.guard,
+                        self.socket.feed(frame),
+                    )
+                    .await
+                    {
+                        return Flow::Drop;
+                    }
+                    return Flow::Close(CLOSE_LAGGED, "lagged");
+                }
+            };
+            if !timed(
+                self.ctx.cfg.send_timeout(),
+                &self.guard,
+                self.socket.feed(text_frame(frame)),
+            )
+            .await
+            {
+                return Flow::Drop;
+            }
+            n += 1;
+            if n < COALESCE_FRAMES {
+                next = self.session.try_next_event();
+            }
+        }
+        self.flush().await
+    }
+
+    async fn on_ping_tick(&mut self, heartbeat: Duration) -> Flow {
+        // Two heartbeats without a pong: the peer is gone without a FIN.
+        if self.last_pong.elapsed() > heartbeat * 2 + Duration::from_secs(1) {
+            return Flow::Close(1001, "no pong received");
+        }
+        if timed(
+            self.ctx.cfg.send_timeout(),
+            &self.guard,
+            self.socket.send(Message::Ping(Bytes::new())),
+        )
+        .await
+        {
+            Flow::Continue
+        } else {
+            Flow::Drop
+        }
+    }
+
+    async fn flush(&mut self) -> Flow {
+        if timed(
+            self.ctx.cfg.send_timeout(),
+            &self.guard,
+            self.socket.flush(),
+        )
+        .await
+        {
+            Flow::Continue
+        } else {
+            Flow::Drop
+        }
+    }
+}
+
+/// Runs a socket write under the send timeout: a client that stops reading
+/// is cut off (and counted as lagged) instead of holding the task and its
+/// buffers.
+async fn timed<E>(
+    limit: Duration,
+    guard: &ConnGuard,
+    write: impl Future<Output = Result<(), E>>,
+) -> bool {
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            guard.stats().lagged.inc();
+            false
+        }
+    }
+}
+
+fn text_frame(json: Bytes) -> Message {
+    // Every frame we send is built from serde_json or validated payloads, so
+    // it is UTF-8; the check costs a scan, not an allocation.
+    Message::Text(Utf8Bytes::try_from(json).unwrap_or_else(|_| Utf8Bytes::from_static("{}")))
+}

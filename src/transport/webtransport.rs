@@ -1,0 +1,480 @@
+//! WebTransport: one accepted session at a time, speaking the JSON ops of
+//! [`super::session`] as `\n`-terminated lines on client-opened
+//! bidirectional streams, plus datagrams.
+//!
+//! Entry point: [`run_session`], called by [`crate::quic`] once a session
+//! at `/wt` is accepted.
+//!
+//! # Streams
+//!
+//! Every client-opened bidirectional stream is its own task with its own
+//! [`OpSession`]: what a stream subscribes to is delivered on that stream
+//! only. Streams share no lock or queue, so a stream whose reader stalls
+//! blocks only its own writes (QUIC flow control is per stream); it is then
+//! cut off by the send timeout or ends with a `lagged` line, and every other
+//! stream carries on.
+//!
+//! - A malformed line gets an `{"op":"error"}` line; the stream stays.
+//! - A line longer than `--max-message-bytes` + 1024 gets a `too_large`
+//!   error line, then the stream is finished and its receive side stopped
+//!   with [`STREAM_TOO_LARGE`]; the session and other streams stay.
+//! - `lagged`: a `{"op":"lagged"}` line, then the stream is finished.
+//! - A write blocked longer than `--send-timeout`: the stream is reset with
+//!   [`STREAM_TOO_SLOW`] (nothing more can be written to it) and counted as
+//!   lagged.
+//!
+//! Stream and session codes go on the wire as raw QUIC codes (wtransport
+//! does not map them into the HTTP/3 WebTransport error range), so browsers
+//! may not see them as such; the JSON line sent before each is the part
+//! clients should rely on. Session close codes: see [`crate::quic`].
+//!
+//! # Datagrams
+//!
+//! - A datagram holding `{"op":"echo",…}` is answered by a datagram holding
+//!   `{"op":"echo","data":…}`. Any other datagram (another op, bad JSON) is
+//!   answered by an `{"op":"error"}` datagram, since the client cannot
+//!   otherwise learn why nothing came back. A reply larger than the
+//!   session's current datagram size is dropped (datagrams are unreliable
+//!   anyway). All are counted in `datagrams_in` / `datagrams_out`.
+//! - `"delivery": "datagram"` subscriptions get each message as one
+//!   datagram (`{"op":"message",…}`, no newline) when it fits
+//!   `max_datagram_size()` at that moment. **A message that does not fit**
+//!   (or a peer without datagram support) **is sent on the subscribing
+//!   stream instead**, as the usual line, so no message is lost for being
+//!   big; it counts in `messages_out` but not in `datagrams_out`.
+//!   `truncated` and `lagged` always go on the stream.
+//!
+//! # Counters
+//!
+//! Sessions are `connections_*` and `requests`; `bytes_in` / `bytes_out`
+//! are the UDP bytes quinn reports for the connection (QUIC and HTTP/3
+//! overhead included), sampled every second and at the end of the session.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span};
+use wtransport::error::SendDatagramError;
+use wtransport::{Connection, RecvStream, SendStream, VarInt};
+
+use super::session::OpSession;
+use crate::context::Ctx;
+use crate::hub::{ChannelName, Event};
+use crate::protocol::{self, ClientOp, DeliveryMode, ErrorCode, Message, ProtocolError};
+use crate::quic::{CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN, CLOSE_SHUTDOWN_REASON};
+use crate::stats::{TransportStats, Transport};
+
+/// Stream code: the receive side was stopped after an oversized line.
+pub const STREAM_TOO_LARGE: u32 = 1;
+/// Stream code: the send side was reset because the client stopped reading.
+pub const STREAM_TOO_SLOW: u32 = 2;
+
+/// How often the connection's UDP byte counts are copied into the stats.
+const METER_PERIOD: Duration = Duration::from_secs(1);
+/// Most events coalesced into one write.
+const COALESCE_EVENTS: usize = 64;
+/// Stop coalescing once this much is buffered for one write.
+const COALESCE_BYTES: usize = 64 * 1024;
+/// Bytes read from a stream at a time.
+const READ_CHUNK: usize = 8 * 1024;
+/// Longest wait for the peer to acknowledge a finished stream.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one accepted session until the client leaves, breaks the
+/// protocol, or the server shuts down.
+pub async fn run_session(ctx: Ctx, conn: Connection) {
+    let guard = ctx.stats.open(Transport::WebTransport);
+    let stats = guard.stats().clone();
+    stats.requests.inc();
+    // Cancelled when this session ends for any reason, so stream tasks that
+    // are only waiting on subscriptions end with it.
+    let done = ctx.shutdown.child_token();
+    let mut udp = UdpMeter::default();
+    let mut tick = tokio::time::interval(METER_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => {
+                conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), CLOSE_SHUTDOWN_REASON.as_bytes());
+                break;
+            }
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    stats.streams_total.inc();
+                    let id = send.id();
+                    let stream = StreamTask::new(ctx.clone(), conn.clone(), send, stats.clone());
+                    ctx.tasks.spawn(
+                        stream
+                            .run(recv, done.clone())
+                            .instrument(info_span!("stream", id = ?id)),
+                    );
+                }
+                Err(error) => {
+                    debug!(%error, "session ended");
+                    break;
+                }
+            },
+            uni = conn.accept_uni() => {
+                if uni.is_ok() {
+                    debug!("client opened a unidirectional stream; closing the session");
+                    conn.close(
+                        VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
+                        b"protocol error: unidirectional streams are not used",
+                    );
+                }
+                break;
+            }
+            datagram = conn.receive_datagram() => match datagram {
+                Ok(d) => on_datagram(&ctx, &conn, &stats, &d.payload()),
+                Err(_) => break,
+            },
+            _ = tick.tick() => udp.sample(&conn, &stats),
+        }
+    }
+    done.cancel();
+    udp.sample(&conn, &stats);
+}
+
+/// Answers one datagram (see the module doc for the policy).
+fn on_datagram(ctx: &Ctx, conn: &Connection, stats: &TransportStats, payload: &[u8]) {
+    stats.datagrams_in.inc();
+    let reply = datagram_reply(payload, ctx.cfg.max_message_bytes());
+    match conn.max_datagram_size() {
+        Some(max) if reply.len() <= max => {
+            if conn.send_datagram(&reply).is_ok() {
+                stats.datagrams_out.inc();
+            }
+        }
+        _ => debug!(len = reply.len(), "datagram reply does not fit; dropped"),
+    }
+}
+
+/// The reply to a datagram: echo for `echo`, an error frame otherwise.
+fn datagram_reply(payload: &[u8], max_data: usize) -> Bytes {
+    let Ok(text) = std::str::from_utf8(payload) else {
+        let e = ProtocolError::new(ErrorCode::BadJson, "datagram is not UTF-8");
+        return protocol::error_frame(&e, None);
+    };
+    match ClientOp::parse(text, max_data) {
+        Ok((ClientOp::Echo { data }, _)) => protocol::echo_frame(&data),
+        Ok((_, id)) => {
+            let e = ProtocolError::new(
+                ErrorCode::BadRequest,
+                "datagrams carry only `echo`; send other ops on a stream",
+            );
+            protocol::error_frame(&e, id.as_deref())
+        }
+        Err(e) => protocol::error_frame(&e.error, e.id.as_deref()),
+    }
+}
+
+/// Copies the connection's UDP byte counts into the stats as deltas.
+#[derive(Debug, Default)]
+struct UdpMeter {
+    tx: u64,
+    rx: u64,
+}
+
+impl UdpMeter {
+    fn sample(&mut self, conn: &Connection, stats: &TransportStats) {
+        let s = conn.quic_connection().stats();
+        stats.bytes_out.inc_by(s.udp_tx.bytes.saturating_sub(self.tx));
+        stats.bytes_in.inc_by(s.udp_rx.bytes.saturating_sub(self.rx));
+        self.tx = self.tx.max(s.udp_tx.bytes);
+        self.rx = self.rx.max(s.udp_rx.bytes);
+    }
+}
+
+/// How a stream's loop goes on.
+enum Flow {
+    Continue,
+    /// Send what is buffered, then finish the stream.
+    Finish,
+    /// Send what is buffered (the error line), finish, and stop reading.
+    TooLarge,
+    /// Reset the send side with this code.
+    Reset(u32),
+    /// The stream or session is gone; nothing more to send.
+    Drop,
+}
+
+/// One client-opened bidirectional stream.
+struct StreamTask {
+    ctx: Ctx,
+    /// For datagram delivery of this stream's subscriptions.
+    conn: Connection,
+    send: SendStream,
+    stats: TransportStats,
+    session: OpSession,
+    /// Lines ready to be written in one go.
+    out: Vec<u8>,
+}
+
+impl StreamTask {
+    fn new(ctx: Ctx, conn: Connection, send: SendStream, stats: TransportStats) -> Self {
+        Self {
+            session: OpSession::new(ctx.clone(), Transport::WebTransport),
+            ctx,
+            conn,
+            send,
+            stats,
+            out: Vec::new(),
+        }
+    }
+
+    async fn run(mut self, mut recv: RecvStream, done: CancellationToken) {
+        let mut lines = LineBuf::new(self.ctx.cfg.max_message_bytes() + 1024);
+        let mut chunk = vec![0u8; READ_CHUNK];
+        let mut reading = true;
+        let end = loop {
+            let flow = tokio::select! {
+                () = done.cancelled() => Flow::Drop,
+                read = recv.read(&mut chunk), if reading => match read {
+                    Ok(Some(n)) => {
+                        lines.push(&chunk[..n]);
+                        self.on_lines(&mut lines).await
+                    }
+                    Ok(None) => {
+                        // The client finished its side; an unterminated last
+                        // line still counts. Subscriptions keep delivering.
+                        reading = false;
+                        lines.push(b"\n");
+                        self.on_lines(&mut lines).await
+                    }
+                    Err(error) => {
+                        debug!(%error, "stream read failed");
+                        Flow::Drop
+                    }
+                },
+                ev = self.session.next_event(), if self.session.has_subscriptions() => match ev {
+                    Some(ev) => self.deliver(ev),
+                    None => Flow::Continue,
+                },
+            };
+            if let Flow::Drop = flow {
+                break flow;
+            }
+            if let Err(flow) = self.write_out().await {
+                break flow;
+            }
+            match flow {
+                Flow::Continue if !reading && !self.session.has_subscriptions() => {
+                    break Flow::Finish;
+                }
+                Flow::Continue => {}
+                done => break done,
+            }
+        };
+        match end {
+            Flow::Continue | Flow::Drop => {}
+            Flow::Finish => self.finish().await,
+            Flow::TooLarge => {
+                recv.stop(VarInt::from_u32(STREAM_TOO_LARGE));
+                self.finish().await;
+            }
+            Flow::Reset(code) => {
+                let _ = self.send.reset(VarInt::from_u32(code));
+            }
+        }
+    }
+
+    /// Runs every complete line; replies are buffered in order.
+    async fn on_lines(&mut self, lines: &mut LineBuf) -> Flow {
+        loop {
+            match lines.next_line() {
+                Ok(Some(line)) => {
+                    let Ok(text) = std::str::from_utf8(&line) else {
+                        let e = ProtocolError::new(ErrorCode::BadJson, "line is not UTF-8");
+                        self.push_line(&protocol::error_frame(&e, None));
+                        continue;
+                    };
+                    let text = text.trim();
+                    if text.is_empty() {
+                        continue;
+                    }
+                    let reply = self.session.handle(text).await;
+                    self.push_line(&reply);
+                }
+                Ok(None) => return Flow::Continue,
+                Err(len) => {
+                    let max = self.ctx.cfg.max_message_bytes();
+                    let e = ProtocolError::new(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "line exceeds {len} bytes; message data is limited to {max}; closing this stream"
+                        ),
+                    );
+                    self.push_line(&protocol::error_frame(&e, None));
+                    return Flow::TooLarge;
+                }
+            }
+        }
+    }
+
+    /// Buffers an event and whatever else is ready, for one write.
+    fn deliver(&mut self, first: (ChannelName, DeliveryMode, Event)) -> Flow {
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some((channel, mode, ev)) = next.take() {
+            match ev {
+                Event::Message(m) => {
+                    self.stats.messages_out.inc();
+                    if mode != DeliveryMode::Datagram || !self.send_datagram(&m) {
+                        self.out.extend_from_slice(m.op_line());
+                    }
+                }
+                Event::Truncated(t) => {
+                    self.push_line(&protocol::truncated_frame(&channel, t.oldest, &t.epoch));
+                }
+                Event::Lagged { last } => {
+                    self.stats.lagged.inc();
+                    self.push_line(&protocol::lagged_frame(&channel, last));
+                    return Flow::Finish;
+                }
+            }
+            n += 1;
+            if n < COALESCE_EVENTS && self.out.len() < COALESCE_BYTES {
+                next = self.session.try_next_event();
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Sends a message as a datagram if it fits now; false means it must go
+    /// on the stream instead.
+    fn send_datagram(&self, m: &Message) -> bool {
+        let frame = m.op_frame();
+        // The size changes with path MTU discovery: checked per send.
+        if self.conn.max_datagram_size().is_none_or(|max| frame.len() > max) {
+            debug!(len = frame.len(), "message too big for a datagram; sent on the stream");
+            return false;
+        }
+        match self.conn.send_datagram(&frame) {
+            Ok(()) => {
+                self.stats.datagrams_out.inc();
+                true
+            }
+            Err(SendDatagramError::TooLarge | SendDatagramError::UnsupportedByPeer) => false,
+            // The session is gone; the stream write will notice too.
+            Err(SendDatagramError::NotConnected) => true,
+        }
+    }
+
+    fn push_line(&mut self, frame: &[u8]) {
+        self.out.extend_from_slice(frame);
+        self.out.push(b'\n');
+    }
+
+    /// Writes the buffered lines under the send timeout, so a client that
+    /// stops reading loses this stream instead of pinning its task.
+    async fn write_out(&mut self) -> Result<(), Flow> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let limit = self.ctx.cfg.send_timeout();
+        let written = tokio::time::timeout(limit, self.send.write_all(&self.out)).await;
+        self.out.clear();
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                debug!(%error, "stream write failed");
+                Err(Flow::Drop)
+            }
+            Err(_) => {
+                self.stats.lagged.inc();
+                debug!("stream write timed out; resetting");
+                Err(Flow::Reset(STREAM_TOO_SLOW))
+            }
+        }
+    }
+
+    async fn finish(&mut self) {
+        let _ = tokio::time::timeout(FINISH_TIMEOUT, self.send.finish()).await;
+    }
+}
+
+/// Splits a byte stream into lines, refusing to buffer a line longer than
+/// `limit` (so a client cannot make us hold a gigabyte without a newline).
+#[derive(Debug)]
+struct LineBuf {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already searched for a newline.
+    scanned: usize,
+    limit: usize,
+}
+
+impl LineBuf {
+    fn new(limit: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            scanned: 0,
+            limit,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete line without its `\n`; `Err(limit)` when a line
+    /// is longer than the limit.
+    fn next_line(&mut self) -> Result<Option<Vec<u8>>, usize> {
+        match self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let end = self.scanned + i;
+                self.scanned = 0;
+                if end > self.limit {
+                    return Err(self.limit);
+                }
+                let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+                line.pop();
+                Ok(Some(line))
+            }
+            None if self.buf.len() > self.limit => Err(self.limit),
+            None => {
+                self.scanned = self.buf.len();
+                Ok(None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_split_across_chunks_and_are_bounded() {
+        let mut lines = LineBuf::new(8);
+        lines.push(b"ab");
+        assert_eq!(lines.next_line(), Ok(None));
+        lines.push(b"c\nde\n\nf");
+        assert_eq!(lines.next_line(), Ok(Some(b"abc".to_vec())));
+        assert_eq!(lines.next_line(), Ok(Some(b"de".to_vec())));
+        assert_eq!(lines.next_line(), Ok(Some(Vec::new())));
+        assert_eq!(lines.next_line(), Ok(None));
+        lines.push(b"12345678");
+        assert_eq!(lines.next_line(), Err(8));
+
+        let mut lines = LineBuf::new(4);
+        lines.push(b"123456\n");
+        assert_eq!(lines.next_line(), Err(4));
+    }
+
+    #[test]
+    fn datagrams_answer_echo_and_explain_the_rest() {
+        let reply = |p: &[u8]| {
+            let b = datagram_reply(p, 1024);
+            serde_json::from_slice::<serde_json::Value>(&b).unwrap()
+        };
+        let echo = reply(br#"{"op":"echo","data":{"x":[1,2]}}"#);
+        assert_eq!(echo, serde_json::json!({"op":"echo","data":{"x":[1,2]}}));
+        let other = reply(br#"{"op":"publish","channel":"a","data":1,"id":7}"#);
+        assert_eq!(other["op"], "error");
+        assert_eq!(other["code"], "bad_request");
+        assert_eq!(other["id"], 7);
+        assert_eq!(reply(b"{nope")["code"], "bad_json");
+        assert_eq!(reply(b"\xff")["code"], "bad_json");
+    }
+}

@@ -1,0 +1,268 @@
+// Browser tests for Ladder: the comparison page and web/ladder.js in real
+// headless Chromium (Debian's /usr/bin/chromium, driven by playwright-core).
+//
+//   LADDER_BIN=target/debug/ladder node tests/browser/run.mjs [scenario...]
+//
+// Each scenario starts its own server (ports 0, fresh certificate dir) and
+// its own browser context. Scenarios: unit (ladder.js in Node), main, fallback-ws, fallback-sse,
+// fallback-udp. Exit status 0 only if every check passed.
+// LADDER_SCREENSHOT overrides where the screenshot goes (docs/screenshot.png).
+
+import { mkdirSync } from 'node:fs';
+import { createSocket } from 'node:dgram';
+import { join, dirname } from 'node:path';
+import {
+  REPO_ROOT, startServer, stopServer, launchBrowser, openPage, waitState, ladderState, Tally,
+} from './lib/harness.mjs';
+import { runUnit } from './unit.mjs';
+
+const OVERALL_TIMEOUT_MS = Number(process.env.LADDER_BROWSER_TIMEOUT_MS || 480000);
+const SCREENSHOT = process.env.LADDER_SCREENSHOT || join(REPO_ROOT, 'docs', 'screenshot.png');
+const FORCED = { wt: 'webtransport', wtdg: 'webtransport', ws: 'websocket', sse: 'sse', longpoll: 'longpoll', poll: 'poll' };
+
+const tally = new Tally();
+
+/** Sets the workload form and clicks Run; resolves when the click is done. */
+async function startRun(page, { k, rate, payload = 64 }) {
+  await page.fill('#k', String(k));
+  await page.fill('#rate', String(rate));
+  await page.fill('#payload', String(payload));
+  const before = (await ladderState(page)).run.runs;
+  await page.click('#run');
+  await waitState(page, 'the run to start', (n) => window.ladderState.run.runs > n, before, 5000);
+}
+
+async function waitRunDone(page, timeoutMs) {
+  await waitState(page, 'the run to finish', () => ['done', 'failed'].includes(window.ladderState.run.state), null, timeoutMs);
+  return ladderState(page);
+}
+
+/** Every expected panel got offsets 1..K, each once, in order. */
+function checkDelivery(st, ids, k) {
+  const bad = [];
+  for (const id of ids) {
+    const p = st.panels[id];
+    const problems = [];
+    if (p.received !== k) problems.push(`received ${p.received}/${k}`);
+    if (p.missing !== 0) problems.push(`${p.missing} missing`);
+    if (p.duplicates !== 0) problems.push(`${p.duplicates} duplicates`);
+    if (p.outOfOrder !== 0) problems.push(`${p.outOfOrder} out of order`);
+    if (problems.length) bad.push(`${id} [${p.transport}]: ${problems.join(', ')}`);
+  }
+  if (st.run.state !== 'done') bad.push(`run state ${st.run.state} ${st.run.error || ''}`);
+  if (bad.length) throw new Error(bad.join('; '));
+}
+
+async function scenarioMain(browser) {
+  const server = await startServer();
+  let ctx;
+  try {
+    tally.ok('main: server started', `${server.http}, ${server.wt}`);
+    const { context, page, consoleErrors } = await openPage(browser, `${server.http}/`);
+    ctx = context;
+    await tally.check('main: page loads and reads /api/info', async () => {
+      await waitState(page, 'ladderState.ready', () => window.ladderState?.ready === true, null, 10000);
+      const st = await ladderState(page);
+      tally.expect(st.info.webtransport?.cert_sha256 === server.cert, `info cert ${st.info.webtransport?.cert_sha256} != start line ${server.cert}`);
+      return `offers ${st.info.transports.join(', ')}`;
+    });
+
+    await tally.check('main: every panel connects over its own rung (WebTransport via serverCertificateHashes)', async () => {
+      await waitState(page, 'every forced panel open on its rung', (forced) => Object.entries(forced)
+        .every(([id, rung]) => window.ladderState.panels[id]?.state === 'open' && window.ladderState.panels[id]?.transport === rung),
+      FORCED, 20000);
+      return Object.keys(FORCED).join(', ');
+    });
+
+    await tally.check('main: the automatic client wins on WebTransport', async () => {
+      await waitState(page, 'auto panel open', () => window.ladderState.panels.auto?.state === 'open', null, 10000);
+      const st = await ladderState(page);
+      tally.expect(st.panels.auto.transport === 'webtransport', `auto chose ${st.panels.auto.transport}: ${JSON.stringify(st.panels.auto.report)}`);
+      return st.panels.auto.report.reason;
+    });
+
+    // A short poll interval keeps the run short; the figure is still visible.
+    await page.fill('#poll-interval', '200');
+    await page.dispatchEvent('#poll-interval', 'change');
+
+    const ids = [...Object.keys(FORCED), 'auto'];
+    await tally.check('main: workload delivers every message to every panel, in order, once', async () => {
+      await startRun(page, { k: 100, rate: 100 });
+      const st = await waitRunDone(page, 60000);
+      checkDelivery(st, ids, 100);
+      return ids.map((id) => `${id} p50=${st.panels[id].p50}ms`).join(', ');
+    });
+
+    await tally.check('main: measured figures appear (latency, requests, bytes per message)', async () => {
+      const st = await ladderState(page);
+      const bad = [];
+      for (const id of ids) {
+        const p = st.panels[id];
+        if (p.p50 === null || p.p99 === null) bad.push(`${id}: no latency`);
+        if (!(p.bytesOutPerMsg > 0)) bad.push(`${id}: bytes/msg ${p.bytesOutPerMsg}`);
+        if (p.requests === null) bad.push(`${id}: no request count`);
+      }
+      if (!(st.panels.poll.requests > 1)) bad.push(`poll: requests ${st.panels.poll.requests}`);
+      if (!(st.panels.longpoll.requests >= 1)) bad.push(`longpoll: requests ${st.panels.longpoll.requests}`);
+      const table = await page.$$eval('#summary tbody tr', (rows) => rows.map((r) => r.textContent));
+      if (table.length < 5) bad.push(`summary table has ${table.length} rows`);
+      const spark = await page.$$eval('#panel-grid svg polyline', (l) => l.length);
+      if (spark < 6) bad.push(`${spark} sparklines`);
+      tally.expect(bad.length === 0, bad.join('; '));
+      return ids.map((id) => `${id}: ${Math.round(st.panels[id].bytesOutPerMsg)} B/msg out, ${st.panels[id].requests} req`).join('; ');
+    });
+
+    await tally.check('main: short-poll latency tracks interval/2', async () => {
+      const st = await ladderState(page);
+      const p50 = st.panels.poll.p50;
+      tally.expect(p50 !== null && p50 <= 200 + 50, `poll p50 ${p50} ms with a 200 ms interval`);
+      return `p50 ${p50} ms at 200 ms interval`;
+    });
+
+    await tally.check('main: a dropped connection mid-run loses and repeats nothing (every panel)', async () => {
+      await startRun(page, { k: 300, rate: 100 });
+      const dropIds = [...Object.keys(FORCED), 'auto'];
+      for (const id of dropIds) {
+        await waitState(page, `${id} to pass 40 messages`, (pid) => window.ladderState.panels[pid].received >= 40, id, 20000);
+        await page.click(`#panel-${id} [data-role=drop]`);
+      }
+      const st = await waitRunDone(page, 60000);
+      checkDelivery(st, dropIds, 300);
+      const bad = dropIds.filter((id) => !(st.panels[id].reconnects >= 1) || st.panels[id].resumeMs === null);
+      tally.expect(bad.length === 0, `no reconnect seen on ${bad.join(', ')}`);
+      return dropIds.map((id) => `${id} resumed in ${st.panels[id].resumeMs} ms (client dropped ${st.panels[id].duplicatesDropped} repeats)`).join(', ');
+    });
+
+    await tally.check('main: WebTransport streams are independent (one stalled, others on time)', async () => {
+      await page.click('#multi-start');
+      await waitState(page, 'all four lanes flowing', () => {
+        const l = window.ladderState.multi.lanes;
+        return window.ladderState.multi.state === 'running' && ['a', 'b', 'c', 'd'].every((x) => l[x]?.received >= 10);
+      }, null, 20000);
+      await page.click('.lane[data-lane="b"] [data-role=stall]');
+      const at = (await ladderState(page)).multi.lanes;
+      await waitState(page, 'lanes a, c, d to get 40 more while b is stalled', (base) => {
+        const l = window.ladderState.multi.lanes;
+        return ['a', 'c', 'd'].every((x) => l[x].received >= base[x].received + 40);
+      }, at, 20000);
+      const mid = (await ladderState(page)).multi.lanes;
+      tally.expect(mid.b.received <= at.b.received + 1, `stalled lane b kept receiving: ${at.b.received} -> ${mid.b.received}`);
+      const slow = ['a', 'c', 'd'].filter((x) => mid[x].maxLatencyWhileOtherStalled > 500);
+      tally.expect(slow.length === 0, `lanes ${slow.join(',')} slowed while b stalled: ${slow.map((x) => mid[x].maxLatencyWhileOtherStalled).join(', ')} ms`);
+      await page.click('.lane[data-lane="b"] [data-role=stall]');
+      await waitState(page, 'lane b to catch up after resuming', () => {
+        const b = window.ladderState.multi.lanes.b;
+        return b.received >= b.published - 4 && b.received > 0;
+      }, null, 20000);
+      await page.click('#multi-stop');
+      const end = (await ladderState(page)).multi.lanes;
+      return `while b stalled: a/c/d max latency ${['a', 'c', 'd'].map((x) => mid[x].maxLatencyWhileOtherStalled).join('/')} ms; b caught up ${end.b.received}/${end.b.published}`;
+    });
+
+    await tally.check('main: no console errors', async () => {
+      tally.expect(consoleErrors.length === 0, consoleErrors.join('\n'));
+      const st = await ladderState(page);
+      tally.expect(st.errors.length === 0, `page recorded: ${st.errors.join('; ')}`);
+    });
+
+    await tally.check(`main: screenshot saved to ${SCREENSHOT}`, async () => {
+      mkdirSync(dirname(SCREENSHOT), { recursive: true });
+      await page.screenshot({ path: SCREENSHOT, fullPage: true });
+    });
+  } finally {
+    await ctx?.close().catch(() => {});
+    const exit = await stopServer(server);
+    if (!exit?.graceful || exit.code !== 0) tally.fail('main: server shuts down on SIGTERM with exit 0', new Error(JSON.stringify(exit)));
+    else tally.ok('main: server shuts down on SIGTERM with exit 0');
+    if (tally.failed) console.log(`--- server output (main) ---\n${server.log.slice(-60).join('\n')}`);
+  }
+}
+
+/** The unforced client must end on `expected` when the better rungs are gone. */
+async function scenarioFallback(browser, name, serverArgs, expected, { query = '', windowMs = 3000 } = {}) {
+  const server = await startServer(serverArgs);
+  let ctx;
+  try {
+    const { context, page, consoleErrors } = await openPage(browser, `${server.http}/${query}`);
+    ctx = context;
+    await tally.check(`${name}: automatic client ends on ${expected}`, async () => {
+      const st = await waitState(page, `auto panel open on ${expected}`,
+        () => (window.ladderState?.panels?.auto?.state === 'open' ? JSON.parse(JSON.stringify(window.ladderState.panels.auto)) : null),
+        null, 15000);
+      tally.expect(st.transport === expected, `ended on ${st.transport}; report ${JSON.stringify(st.report)}`);
+      tally.expect(st.report.elapsedMs <= windowMs, `took ${st.report.elapsedMs} ms (window ${windowMs} ms)`);
+      return `won in ${st.report.elapsedMs} ms; losers: ${Object.entries(st.report.losers).map(([k, v]) => `${k}: ${v}`).join(' | ')}`;
+    });
+    await tally.check(`${name}: delivers every message after falling back`, async () => {
+      await startRun(page, { k: 40, rate: 100 });
+      const st = await waitRunDone(page, 40000);
+      const ids = ['auto', ...Object.keys(FORCED).filter((id) => st.panels[id].state === 'open')];
+      checkDelivery(st, ids, 40);
+      return `panels ${ids.join(', ')}`;
+    });
+    if (!query) {
+      await tally.check(`${name}: no console errors`, async () => {
+        tally.expect(consoleErrors.length === 0, consoleErrors.join('\n'));
+      });
+    }
+  } finally {
+    await ctx?.close().catch(() => {});
+    await stopServer(server);
+    if (tally.failed) console.log(`--- server output (${name}) ---\n${server.log.slice(-40).join('\n')}`);
+  }
+}
+
+/** A UDP port with nothing behind it, for "WebTransport unreachable". */
+async function unusedUdpPort() {
+  const sock = createSocket('udp4');
+  await new Promise((r) => sock.bind(0, '127.0.0.1', r));
+  const { port } = sock.address();
+  await new Promise((r) => sock.close(r));
+  return port;
+}
+
+const SCENARIOS = {
+  unit: () => runUnit(tally),
+  main: (b) => scenarioMain(b),
+  'fallback-ws': (b) => scenarioFallback(b, 'fallback-ws', ['--disable', 'webtransport'], 'websocket'),
+  'fallback-sse': (b) => scenarioFallback(b, 'fallback-sse', ['--disable', 'webtransport', '--disable', 'websocket'], 'sse'),
+  'fallback-udp': async (b) => {
+    const port = await unusedUdpPort();
+    // WebTransport is offered but its UDP port answers nothing: the race
+    // window (about a second) must hand over to WebSocket.
+    return scenarioFallback(b, 'fallback-udp', [], 'websocket', {
+      query: `?wt_url=${encodeURIComponent(`https://127.0.0.1:${port}/wt`)}`, windowMs: 2500,
+    });
+  },
+};
+
+async function main() {
+  const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SCENARIOS);
+  const watchdog = setTimeout(() => {
+    console.log(`FAIL overall: browser tests did not finish within ${OVERALL_TIMEOUT_MS} ms`);
+    console.log(`${tally.passed} passed, ${tally.failed + 1} failed`);
+    process.exit(1);
+  }, OVERALL_TIMEOUT_MS);
+  let browser;
+  try {
+    browser = await launchBrowser();
+    tally.ok('chromium launched', `${browser.version()}`);
+    for (const name of wanted) {
+      if (!SCENARIOS[name]) { tally.fail(`scenario ${name}`, new Error('unknown scenario')); continue; }
+      try { await SCENARIOS[name](browser); } catch (err) { tally.fail(`${name}: scenario`, err); }
+    }
+  } catch (err) {
+    tally.fail('setup', err);
+  } finally {
+    await browser?.close().catch(() => {});
+    clearTimeout(watchdog);
+  }
+  if (tally.failures.length) {
+    console.log('\nFailures:');
+    for (const f of tally.failures) console.log(`  - ${f.split('\n')[0]}`);
+  }
+  console.log(`\n${tally.passed} passed, ${tally.failed} failed`);
+  process.exit(tally.failed ? 1 : 0);
+}
+
+main();

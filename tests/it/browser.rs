@@ -1,0 +1,64 @@
+//! The browser tests: `tests/browser/run.mjs` drives the comparison page
+//! and `web/ladder.js` in Debian's headless Chromium (playwright-core),
+//! against this crate's own `ladder` binary.
+//!
+//! They never skip: without `node` or `/usr/bin/chromium` the test fails and
+//! says how to install them (`scripts/setup`), so a CI machine that lost its
+//! browser cannot pass silently.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `program args…` in the repository root and returns its combined
+/// output, or panics with `hint` if it cannot be started at all.
+fn run(program: &str, args: &[&str], envs: &[(&str, &str)], hint: &str) -> (bool, String) {
+    let output = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(repo_root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{program}`: {e}. {hint}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn comparison_page_in_headless_chromium() {
+    let setup = "Install Node.js, npm and Debian's chromium with `scripts/setup`.";
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: the browser tests need Debian's chromium. {setup}"
+    );
+    let (node_ok, node_version) = run("node", &["--version"], &[], setup);
+    assert!(node_ok, "`node --version` failed: {node_version}. {setup}");
+
+    let browser_dir = repo_root().join("tests/browser");
+    if !browser_dir.join("node_modules/playwright-core").exists() {
+        let (ok, out) = run(
+            "npm",
+            &["ci", "--prefix", "tests/browser", "--no-audit", "--no-fund"],
+            &[("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")],
+            setup,
+        );
+        assert!(ok, "`npm ci --prefix tests/browser` failed:\n{out}");
+    }
+
+    let (ok, out) = run(
+        "node",
+        &["tests/browser/run.mjs"],
+        &[("LADDER_BIN", env!("CARGO_BIN_EXE_ladder"))],
+        setup,
+    );
+    println!("{out}");
+    assert!(ok, "browser tests failed (node {}):\n{out}", node_version.trim());
+}
