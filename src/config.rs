@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::hub::{BackendConfig, Fsync};
 use crate::stats::Transport;
 
 /// Every setting of the server. `Config::default()` equals running with no
@@ -97,6 +98,37 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// Shared secret for HS256 JSON Web Tokens; when set (or
+    /// --jwt-secret-file), every subscribe and publish needs a token.
+    #[arg(
+        long,
+        env = "LADDER_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_secret_file"
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// File holding the JWT shared secret (trailing newline ignored).
+    #[arg(long, env = "LADDER_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// Most TCP connections from one client IP (0 = no limit).
+    #[arg(long, env = "LADDER_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: usize,
+
+    /// Most waiting long polls from one client IP (0 = no limit).
+    #[arg(long, env = "LADDER_MAX_LONG_POLLS_PER_IP", default_value_t = 200)]
+    pub max_long_polls_per_ip: usize,
+
+    /// Publishes per second per WebSocket / WebTransport connection, and per
+    /// client IP over HTTP (0 = no limit). Over it: `rate_limited`.
+    #[arg(long, env = "LADDER_PUBLISH_RATE", default_value_t = 2000)]
+    pub publish_rate: u32,
+
+    /// Most WebTransport sessions from one client IP (0 = no limit).
+    #[arg(long, env = "LADDER_WT_MAX_SESSIONS_PER_IP", default_value_t = 1000)]
+    pub wt_max_sessions_per_ip: usize,
+
     /// Most concurrent WebTransport sessions.
     #[arg(long, env = "LADDER_WT_MAX_SESSIONS", default_value_t = 10_000)]
     pub wt_max_sessions: usize,
@@ -112,6 +144,29 @@ pub struct Config {
     /// Seconds between QUIC keep-alive packets.
     #[arg(long, env = "LADDER_WT_KEEP_ALIVE", default_value_t = 10)]
     pub wt_keep_alive: u64,
+
+    /// Keep every channel's history, offsets and epoch in an embedded
+    /// database in this directory, so they survive restarts (durable
+    /// backend). Default: memory only.
+    #[arg(long, env = "LADDER_DATA_DIR", conflicts_with = "redis")]
+    pub data_dir: Option<PathBuf>,
+
+    /// With --data-dir: when a publish counts as durable. `group` shares one
+    /// fsync among concurrent publishes; `per-publish` fsyncs each alone.
+    /// Either way a publish is acknowledged only after its fsync.
+    #[arg(long, env = "LADDER_FSYNC", value_enum, default_value_t = Fsync::Group)]
+    pub fsync: Fsync,
+
+    /// With --fsync group: longest wait, in ms, for more publishes to join a
+    /// commit.
+    #[arg(long, env = "LADDER_GROUP_COMMIT_MS", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub group_commit_ms: u64,
+
+    /// Share channels with other Ladder nodes through Redis
+    /// (`redis://HOST:PORT`): offsets, history and fan-out live there.
+    #[arg(long, env = "LADDER_REDIS")]
+    pub redis: Option<String>,
 }
 
 impl Default for Config {
@@ -121,6 +176,19 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The log backend the flags select.
+    pub fn backend(&self) -> BackendConfig {
+        match (&self.data_dir, &self.redis) {
+            (_, Some(url)) => BackendConfig::Redis { url: url.clone() },
+            (Some(dir), None) => BackendConfig::Durable {
+                dir: dir.clone(),
+                fsync: self.fsync,
+                group_commit: Duration::from_millis(self.group_commit_ms),
+            },
+            (None, None) => BackendConfig::Memory,
+        }
+    }
+
     /// Whether a transport is switched on.
     pub fn enabled(&self, t: Transport) -> bool {
         !self.disable.contains(&t)

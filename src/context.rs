@@ -9,8 +9,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::limits::Limits;
 use crate::stats::Stats;
 
 /// Where browsers reach the WebTransport endpoint and which certificate hash
@@ -42,6 +44,10 @@ pub struct Inner {
     /// Tracks tasks that outlive the request that started them (upgraded
     /// WebSockets, QUIC sessions), so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Token verification (disabled unless a JWT secret is configured).
+    pub auth: Auth,
+    /// Per-client limits.
+    pub limits: Limits,
     /// The bound HTTP address (for the default origin allowlist).
     pub http_addr: SocketAddr,
     webtransport: RwLock<Option<WebTransportInfo>>,
@@ -57,7 +63,13 @@ impl Deref for Ctx {
 
 impl Ctx {
     /// Builds the shared state.
-    pub fn new(cfg: Config, hub: Hub, stats: Arc<Stats>, http_addr: SocketAddr) -> Self {
+    pub fn new(
+        cfg: Config,
+        hub: Hub,
+        stats: Arc<Stats>,
+        http_addr: SocketAddr,
+        auth: Auth,
+    ) -> Self {
         let allowed_origins = if cfg.allowed_origins.is_empty() {
             let port = http_addr.port();
             let mut own = vec![
@@ -73,7 +85,15 @@ impl Ctx {
         } else {
             cfg.allowed_origins.clone()
         };
+        let limits = Limits::new(
+            cfg.max_connections_per_ip,
+            cfg.max_long_polls_per_ip,
+            cfg.wt_max_sessions_per_ip,
+            cfg.publish_rate,
+        );
         Self(Arc::new(Inner {
+            auth,
+            limits,
             cfg,
             hub,
             stats,

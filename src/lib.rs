@@ -25,12 +25,13 @@
 //! - [`server`]: the composition root, [`server::Server::bind`] then
 //!   [`server::Server::run`].
 //! - [`config`], [`context`], [`stats`]: settings, shared state, counters.
-#![warn(missing_docs, unreachable_pub)]
 
+pub mod auth;
 pub mod config;
 pub mod context;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod protocol;
 pub mod quic;
 pub mod server;

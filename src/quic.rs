@@ -152,7 +152,7 @@ impl Listener {
                 () = ctx.shutdown.cancelled() => break,
                 incoming = self.endpoint.accept() => incoming,
                 _ = rotation.tick() => {
-                    self.rotate_if_due(&ctx).await;
+                    self.rotate_if_due(&ctx, OffsetDateTime::now_utc()).await;
                     continue;
                 }
             };
@@ -177,16 +177,14 @@ impl Listener {
         }
     }
 
-    /// Replaces a development certificate that has a day or less left.
-    async fn rotate_if_due(&mut self, ctx: &Ctx) {
-        if !self.tls.needs_rotation(OffsetDateTime::now_utc()) {
+    /// Replaces a development certificate that has a day or less left at
+    /// `now`.
+    async fn rotate_if_due(&mut self, ctx: &Ctx, now: OffsetDateTime) {
+        if !self.tls.needs_rotation(now) {
             return;
         }
         let source = self.source.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
-            TlsMaterial::load(&source, OffsetDateTime::now_utc())
-        })
-        .await;
+        let loaded = tokio::task::spawn_blocking(move || TlsMaterial::load(&source, now)).await;
         let tls = match loaded {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => return warn!(%error, "certificate rotation failed; will retry"),
@@ -283,21 +281,77 @@ fn info_for(addr: SocketAddr, tls: &TlsMaterial) -> WebTransportInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::{Hub, HubConfig};
+    use crate::stats::Stats;
+
+    struct Dir(std::path::PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("ladder-quic-{}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            Self(dir)
+        }
+        fn source(&self) -> CertSource {
+            CertSource::Dev {
+                dir: self.0.clone(),
+            }
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 
     #[test]
     fn url_uses_a_literal_reachable_ip() {
-        let dir = std::env::temp_dir().join(format!("ladder-quic-{}", std::process::id()));
-        let tls = TlsMaterial::load(
-            &CertSource::Dev { dir: dir.clone() },
-            OffsetDateTime::now_utc(),
-        )
-        .unwrap();
+        let dir = Dir::new("url");
+        let tls = TlsMaterial::load(&dir.source(), OffsetDateTime::now_utc()).unwrap();
         let url = |a: &str| info_for(a.parse().unwrap(), &tls).url;
         assert_eq!(url("127.0.0.1:4433"), "https://127.0.0.1:4433/wt");
         assert_eq!(url("0.0.0.0:9"), "https://127.0.0.1:9/wt");
         assert_eq!(url("[::]:9"), "https://127.0.0.1:9/wt");
         assert_eq!(url("[::1]:9"), "https://[::1]:9/wt");
-        assert_eq!(info_for("127.0.0.1:1".parse().unwrap(), &tls).cert_sha256, tls.sha256_hex());
-        let _ = std::fs::remove_dir_all(dir);
+        let info = info_for("127.0.0.1:1".parse().unwrap(), &tls);
+        assert_eq!(info.cert_sha256, tls.sha256_hex());
+    }
+
+    #[tokio::test]
+    async fn rotation_reloads_the_endpoint_and_publishes_the_new_hash() {
+        let dir = Dir::new("rotate");
+        let now = OffsetDateTime::now_utc();
+        let cfg = Config {
+            h3: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        let tls = TlsMaterial::load(&dir.source(), now).unwrap();
+        let mut listener = Listener::bind(&cfg, tls, dir.source()).unwrap();
+        let hub = Hub::new(HubConfig::default());
+        let ctx = Ctx::new(
+            cfg,
+            hub,
+            Arc::new(Stats::new()),
+            "127.0.0.1:1".parse().unwrap(),
+            crate::auth::Auth::disabled(),
+        );
+        ctx.set_webtransport(Some(listener.info()));
+        let before = listener.info();
+
+        // Not due yet: nothing changes.
+        listener.rotate_if_due(&ctx, now).await;
+        assert_eq!(ctx.webtransport(), Some(before.clone()));
+
+        // Twelve and a half days on, less than a day is left: a new
+        // certificate is made, the endpoint takes it and /api/info says so.
+        let later = now + time::Duration::hours(12 * 24 + 12);
+        listener.rotate_if_due(&ctx, later).await;
+        let after = ctx.webtransport().unwrap();
+        assert_ne!(after.cert_sha256, before.cert_sha256);
+        assert_eq!(after, listener.info());
+        assert_eq!(after.url, before.url);
+        assert!(!listener.tls.needs_rotation(later));
     }
 }

@@ -12,9 +12,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::context::Ctx;
-use crate::hub::{Hub, HubConfig, now_ms};
+use crate::hub::{BackendError, Hub, HubConfig, now_ms};
 use crate::quic::{self, QuicError};
 use crate::stats::{Stats, Transport};
 use crate::tls::{CertSource, TlsError, TlsMaterial};
@@ -30,12 +31,24 @@ pub enum ServerError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The JWT secret file could not be read, or the secret is empty.
+    #[error("cannot use the JWT secret from {path}: {reason}")]
+    Secret {
+        /// Where the secret was looked for.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The certificate could not be loaded or generated.
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// The QUIC endpoint could not start.
     #[error(transparent)]
     Quic(#[from] QuicError),
+    /// The log backend could not be opened: a damaged data file, a data
+    /// directory in use, or Redis unreachable.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
 }
 
 /// A bound, not yet running server.
@@ -75,12 +88,15 @@ impl Server {
             true => Some(quic::Listener::bind(&cfg, tls.clone(), source)?),
             false => None,
         };
-        let hub = Hub::new(HubConfig {
+        let hub = Hub::open(HubConfig {
             history: cfg.history as usize,
             max_channels: cfg.max_channels,
             idle_ttl: Duration::from_secs(cfg.channel_idle_secs),
-        });
-        let ctx = Ctx::new(cfg, hub, Arc::new(Stats::new()), http_addr);
+            backend: cfg.backend(),
+        })
+        .await?;
+        let auth = auth_from(&cfg)?;
+        let ctx = Ctx::new(cfg, hub, Arc::new(Stats::new()), http_addr, auth);
         ctx.set_webtransport(quic.as_ref().map(quic::Listener::info));
         Ok(Self {
             ctx,
@@ -148,7 +164,33 @@ impl Server {
                 "shutdown timed out; dropping the remaining connections"
             );
         }
+        // Last: publishes still in flight have been answered, so the
+        // durable log can be flushed and closed (and Redis let go).
+        ctx.hub.close().await;
     }
+}
+
+/// Builds the token verifier from `--jwt-secret` / `--jwt-secret-file`.
+fn auth_from(cfg: &Config) -> Result<Auth, ServerError> {
+    let (secret, path) = match (&cfg.jwt_secret, &cfg.jwt_secret_file) {
+        (Some(s), _) => (s.clone(), "--jwt-secret".to_owned()),
+        (None, Some(file)) => {
+            let path = file.display().to_string();
+            let s = std::fs::read_to_string(file).map_err(|e| ServerError::Secret {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            (s.trim_end_matches(['\n', '\r']).to_owned(), path)
+        }
+        (None, None) => return Ok(Auth::disabled()),
+    };
+    if secret.is_empty() {
+        return Err(ServerError::Secret {
+            path,
+            reason: "the secret is empty".into(),
+        });
+    }
+    Ok(Auth::hs256(secret.as_bytes()))
 }
 
 /// Evicts idle channels now and then, so names used once do not hold

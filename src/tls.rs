@@ -648,7 +648,10 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let m = TlsMaterial::load(&dir.source(), now).unwrap();
         let (not_before, not_after) = leaf_validity(&leaf(&m)).unwrap();
-        assert_eq!(not_before, now.replace_nanosecond(0).unwrap() - DEV_BACKDATE);
+        assert_eq!(
+            not_before,
+            now.replace_nanosecond(0).unwrap() - DEV_BACKDATE
+        );
         assert_eq!(not_after - not_before, DEV_VALIDITY);
         assert_eq!(leaf_validity(b"\x30\x03\x02\x01"), None);
         assert_eq!(leaf_validity(b""), None);

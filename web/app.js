@@ -101,7 +101,8 @@ class Panel {
       duplicatesDropped: 0, gaps: 0, missing: null, complete: false,
       p50: null, p95: null, p99: null, requests: null, requestsPerMsg: null,
       bytesOutPerMsg: null, bytesInPerMsg: null, connectionsOpen: null,
-      reconnects: 0, drops: 0, resumeMs: null, dropDuringRun: false, report: null,
+      reconnects: 0, drops: 0, resumeMs: null, dropDuringRun: false, lastDropResult: null, report: null,
+      viaDatagram: 0,
     };
     state.panels[cfg.id] = this.s;
     this.resetRun(null, 0);
@@ -142,7 +143,7 @@ class Panel {
       channel, expected, received: 0, outOfOrder: 0, duplicates: 0, duplicatesDropped: 0,
       gaps: 0, missing: null, complete: false, p50: null, p95: null, p99: null,
       requests: null, requestsPerMsg: null, bytesOutPerMsg: null, bytesInPerMsg: null,
-      dropDuringRun: false,
+      dropDuringRun: false, viaDatagram: 0,
     });
   }
 
@@ -180,6 +181,7 @@ class Panel {
     if (this.sub) {
       this.s.duplicatesDropped = this.sub.stats.duplicatesDropped;
       this.s.gaps = this.sub.stats.gaps;
+      this.s.viaDatagram = this.sub.stats.datagrams || 0;
     }
   }
 
@@ -188,6 +190,10 @@ class Panel {
     let missing = 0;
     for (let o = 1; o <= this.s.expected; o++) if (!this.seen.has(o)) missing++;
     this.s.missing = missing;
+    if (this.s.dropDuringRun) {
+      // Kept across later runs, for the Reconnect row of the table.
+      this.s.lastDropResult = { run: state.run.runs, lost: missing, repeated: this.s.duplicates, resumeMs: this.s.resumeMs };
+    }
   }
 
   render() {
@@ -424,9 +430,11 @@ function renderSummary() {
     ['Bandwidth: bytes on the wire per message', (p) => (p.s.bytesOutPerMsg === null ? '–'
       : `${fmtBytes(p.s.bytesOutPerMsg + (p.s.bytesInPerMsg || 0))} (${fmtBytes(p.s.bytesOutPerMsg)} down, ${fmtBytes(p.s.bytesInPerMsg)} up)${p.s.sharedStats ? ' *' : ''}`)],
     ['Reconnect', (p) => {
+      const d = p.s.lastDropResult;
       const measured = p.s.drops === 0 ? 'not tried yet (Drop connection)'
         : p.s.resumeMs === null ? 'reconnecting…'
-          : `resumed in ${p.s.resumeMs} ms${p.s.missing !== null && p.s.dropDuringRun ? `, ${p.s.missing} lost, ${p.s.duplicates} repeated` : ''}`;
+          : d ? `dropped mid-run ${d.run}, resumed in ${d.resumeMs} ms, ${d.lost} lost, ${d.repeated} repeated`
+            : `resumed in ${p.s.resumeMs} ms`;
       return `${facts(p).reconnect}. Measured: ${measured}`;
     }],
   ];

@@ -176,7 +176,7 @@ export class Subscription {
     this.ladder._transport?.resume?.(this.channel);
     const held = this._held || [];
     this._held = [];
-    for (const [msg, epoch] of held) this.ladder._deliver(this, msg, epoch);
+    for (const [msg, epoch, via] of held) this.ladder._deliver(this, msg, epoch, via);
   }
 }
 
@@ -359,6 +359,7 @@ export class Ladder extends Emitter {
         }, (err) => {
           const ms = Math.round(performance.now() - t0);
           live.delete(name);
+          if (winner && report.losers[name]) return; // closed because it lost
           report.losers[name] = `failed after ${ms} ms: ${describe(err)}`;
           failed++;
           if (winner) return;
@@ -526,9 +527,9 @@ export class Ladder extends Emitter {
   }
 
   /** Every message from every rung goes through here: order and dedupe by offset. */
-  _deliver(sub, msg, epoch) {
+  _deliver(sub, msg, epoch, via = null) {
     if (!sub || !sub.active) return;
-    if (sub.paused) { (sub._held ||= []).push([msg, epoch]); return; }
+    if (sub.paused) { (sub._held ||= []).push([msg, epoch, via]); return; }
     const offset = Number(msg.offset);
     if (epoch && sub.cursor.epoch === null) sub.cursor.epoch = epoch;
     if (sub.seen) {
@@ -555,12 +556,13 @@ export class Ladder extends Emitter {
       sub.cursor.offset = offset;
     }
     sub.stats.delivered++;
+    if (via === 'datagram') sub.stats.datagrams = (sub.stats.datagrams || 0) + 1;
     sub._resolveReady({ epoch: sub.cursor.epoch, head: null });
     const clean = { channel: msg.channel, offset, data: msg.data, ts: msg.ts };
     try { sub.onMessage(clean, sub); } catch (e) { setTimeout(() => { throw e; }); }
   }
 
-  _message(msg, epoch) { this._deliver(this._sub(msg.channel), msg, epoch); }
+  _message(msg, epoch, via = null) { this._deliver(this._sub(msg.channel), msg, epoch, via); }
 }
 
 function withTimeout(promise, ms, what) {
@@ -830,7 +832,8 @@ class WebTransportTransport extends Duplex {
         if (done) break;
         let op;
         try { op = JSON.parse(decoder.decode(value)); } catch { continue; }
-        dispatchOp(this.ladder, this, op);
+        if (op.op === 'message') this.ladder._message(op, null, 'datagram');
+        else dispatchOp(this.ladder, this, op);
       }
     } catch { /* the session's closed promise reports the loss */ }
   }

@@ -5,13 +5,18 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Extension, Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
-use tower_http::services::ServeDir;
+use std::time::Duration;
 
+use tower_http::services::ServeDir;
+use tower_http::timeout::RequestBodyTimeoutLayer;
+
+use super::Peer;
+use crate::auth::{Grant, token_from};
 use crate::context::Ctx;
 use crate::hub::ChannelName;
 use crate::protocol::{self, Data, ErrorCode, ProtocolError};
@@ -38,6 +43,11 @@ pub fn router(ctx: Ctx) -> Router {
         .fallback_service(web)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        // A client trickling a request body is cut off rather than holding
+        // a connection and a buffer forever.
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
+            ctx.cfg.header_timeout.max(1) * 3,
+        )))
         .with_state(ctx)
 }
 
@@ -72,6 +82,16 @@ pub fn channel_param(raw: &str) -> Result<ChannelName, ProtocolError> {
     Ok(ChannelName::parse(raw)?)
 }
 
+/// Verifies the request's token (header or `token` query parameter) and
+/// returns what it allows; everything when auth is off.
+pub fn grant(ctx: &Ctx, headers: &HeaderMap, uri: &Uri) -> Result<Grant, ProtocolError> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let token = token_from(authorization, uri.query());
+    Ok(ctx.auth.check(token.as_deref())?)
+}
+
 /// Refuses a request for a transport switched off with `--disable`.
 pub fn ensure_enabled(ctx: &Ctx, t: Transport) -> Result<(), ProtocolError> {
     if ctx.cfg.enabled(t) {
@@ -98,9 +118,24 @@ async fn method_not_allowed() -> ProtocolError {
 async fn publish(
     State(ctx): State<Ctx>,
     Path(channel): Path<String>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ProtocolError> {
     let channel = channel_param(&channel)?;
+    grant(&ctx, &headers, &uri)?.can_publish(&channel)?;
+    if let Some(Extension(Peer(addr))) = peer
+        && !ctx.limits.http_publish_allowed(addr.ip())
+    {
+        return Err(ProtocolError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "more than {} publishes per second from this address",
+                ctx.cfg.publish_rate
+            ),
+        ));
+    }
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => {
             ProtocolError::new(ErrorCode::TooLarge, "request body is too large")

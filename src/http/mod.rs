@@ -9,6 +9,7 @@ pub mod api;
 pub mod meter;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,14 +52,18 @@ pub async fn run(listener: TcpListener, ctx: Ctx) {
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            ctx.tasks.spawn(refuse(stream, ctx.clone()));
+            ctx.tasks.spawn(refuse(stream, ctx.clone(), Refusal::Full));
             continue;
         };
-        let conn = serve(stream, router.clone(), http.clone(), ctx.clone());
+        let Some(per_ip) = ctx.limits.connections.acquire(peer.ip()) else {
+            ctx.tasks.spawn(refuse(stream, ctx.clone(), Refusal::PerIp));
+            continue;
+        };
+        let conn = serve(stream, peer, router.clone(), http.clone(), ctx.clone());
         ctx.tasks.spawn(
             async move {
                 conn.await;
-                drop(permit);
+                drop((permit, per_ip));
             }
             .instrument(info_span!("http", %peer)),
         );
@@ -68,6 +73,7 @@ pub async fn run(listener: TcpListener, ctx: Ctx) {
 /// Serves one connection until it closes or shutdown completes it.
 async fn serve(
     stream: TcpStream,
+    peer: SocketAddr,
     router: Router,
     http: hyper::server::conn::http1::Builder,
     ctx: Ctx,
@@ -80,6 +86,7 @@ async fn serve(
         meter.begin(t);
         ctx.stats.of(t).requests.inc();
         req.extensions_mut().insert(meter.clone());
+        req.extensions_mut().insert(Peer(peer));
         let meter = meter.clone();
         let mut router = router.clone();
         async move {
@@ -127,12 +134,34 @@ fn classify<B>(req: &Request<B>) -> Transport {
     Transport::Api
 }
 
-/// Answers a connection over the limit with 503 and closes it.
-async fn refuse(mut stream: TcpStream, ctx: Ctx) {
-    const BODY: &str = r#"{"error":{"code":"unavailable","message":"too many connections"}}"#;
+/// The client's address, as a request extension.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// Why a connection is refused before it is served.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// `--max-connections` reached.
+    Full,
+    /// `--max-connections-per-ip` reached for this client.
+    PerIp,
+}
+
+/// Answers a connection over a limit with a JSON error and closes it.
+async fn refuse(mut stream: TcpStream, ctx: Ctx, why: Refusal) {
+    let (status, body) = match why {
+        Refusal::Full => (
+            "503 Service Unavailable",
+            r#"{"error":{"code":"unavailable","message":"too many connections"}}"#,
+        ),
+        Refusal::PerIp => (
+            "429 Too Many Requests",
+            r#"{"error":{"code":"rate_limited","message":"too many connections from this address"}}"#,
+        ),
+    };
     let resp = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
-        BODY.len()
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
     );
     let write = async {
         // Read the request head first (bounded), so the client is not

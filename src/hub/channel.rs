@@ -6,7 +6,7 @@
 //! the retained window. The async layer in `hub/mod.rs` only adds locking and
 //! wake-ups around it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use super::name::{ChannelName, Epoch, Position};
@@ -42,14 +42,43 @@ pub enum ReadOutcome {
     Behind,
 }
 
+/// What [`ChannelLog::commit`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// It (and any stashed successors) joined the ring.
+    Applied,
+    /// Its offset is at or below the head: already delivered, ignored.
+    Duplicate,
+    /// Offsets `from..=to` are missing before it; it waits in the stash
+    /// until they are committed.
+    Gap {
+        /// First missing offset.
+        from: u64,
+        /// Last missing offset.
+        to: u64,
+    },
+}
+
 /// One channel's retained history and numbering.
+///
+/// Offsets are assigned in two steps so that a backend can make a message
+/// durable between them: [`ChannelLog::reserve`] numbers it,
+/// [`ChannelLog::commit`] makes it visible to readers, strictly in offset
+/// order (a message committed early waits in a small stash). The memory
+/// backend does both at once ([`ChannelLog::append`]).
 #[derive(Debug)]
 pub struct ChannelLog {
     name: ChannelName,
     epoch: Epoch,
     messages: VecDeque<Arc<Message>>,
     capacity: usize,
+    /// Offset of the newest message readers can see.
     head: u64,
+    /// Offset of the newest message numbered (≥ `head` while commits are
+    /// in flight).
+    reserved: u64,
+    /// Messages committed ahead of a missing offset; empty in steady state.
+    stash: BTreeMap<u64, Arc<Message>>,
     /// Set once the channel has been removed from the hub; writers that raced
     /// the eviction must look the channel up again.
     evicted: bool,
@@ -64,8 +93,41 @@ impl ChannelLog {
             messages: VecDeque::with_capacity(capacity.clamp(1, 64)),
             capacity: capacity.max(1),
             head: 0,
+            reserved: 0,
+            stash: BTreeMap::new(),
             evicted: false,
         }
+    }
+
+    /// A channel restored from a backend: `messages` are the retained tail
+    /// of its history, contiguous and ending at `head` (older ones beyond
+    /// `capacity` are dropped).
+    pub fn restore(
+        name: ChannelName,
+        epoch: Epoch,
+        capacity: usize,
+        head: u64,
+        messages: impl IntoIterator<Item = Arc<Message>>,
+    ) -> Self {
+        let mut log = Self::new(name, epoch, capacity);
+        log.head = head;
+        log.reserved = head;
+        let first = messages.into_iter().collect::<Vec<_>>();
+        let keep = first.len().min(log.capacity);
+        let tail = &first[first.len() - keep..];
+        debug_assert!(
+            tail.iter()
+                .enumerate()
+                .all(|(i, m)| m.offset() + (keep - i) as u64 == head + 1),
+            "restored history must be contiguous and end at the head"
+        );
+        log.messages.extend(tail.iter().cloned());
+        log
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &ChannelName {
+        &self.name
     }
 
     /// The current epoch.
@@ -85,19 +147,57 @@ impl ChannelLog {
 
     /// Appends a message with the next offset and returns it.
     pub fn append(&mut self, data: &Data, now: u64) -> Arc<Message> {
-        self.head += 1;
-        let msg = Arc::new(Message::new(
+        let msg = self.reserve(data, now);
+        self.push(msg.clone());
+        msg
+    }
+
+    /// Numbers a message without making it visible; it must be passed to
+    /// [`Self::commit`] once the backend has made it durable.
+    pub fn reserve(&mut self, data: &Data, now: u64) -> Arc<Message> {
+        self.reserved = self.reserved.max(self.head) + 1;
+        Arc::new(Message::new(
             self.name.clone(),
             self.epoch.clone(),
-            self.head,
+            self.reserved,
             now,
             data,
-        ));
+        ))
+    }
+
+    /// Makes a numbered message visible to readers, in offset order: one
+    /// that arrives ahead of a missing offset waits until the gap is filled.
+    pub fn commit(&mut self, msg: Arc<Message>) -> Commit {
+        let offset = msg.offset();
+        if offset <= self.head {
+            return Commit::Duplicate;
+        }
+        if offset > self.head + 1 {
+            let from = self.head + 1;
+            self.stash.insert(offset, msg);
+            return Commit::Gap {
+                from,
+                to: offset - 1,
+            };
+        }
+        self.push(msg);
+        while let Some(next) = self.stash.remove(&(self.head + 1)) {
+            self.push(next);
+        }
+        Commit::Applied
+    }
+
+    /// Messages numbered or stashed but not yet visible.
+    pub fn pending(&self) -> u64 {
+        self.reserved.saturating_sub(self.head) + self.stash.len() as u64
+    }
+
+    fn push(&mut self, msg: Arc<Message>) {
+        self.head = msg.offset();
         if self.messages.len() == self.capacity {
             self.messages.pop_front();
         }
-        self.messages.push_back(msg.clone());
-        msg
+        self.messages.push_back(msg);
     }
 
     /// Resolves a client's position into a cursor.
@@ -258,6 +358,39 @@ mod tests {
                 truncated: trunc
             }
         );
+    }
+
+    #[test]
+    fn commits_become_visible_in_offset_order() {
+        let mut l = log(10);
+        let d = Data::parse(b"1", 64).unwrap();
+        let (a, b, c) = (l.reserve(&d, 0), l.reserve(&d, 0), l.reserve(&d, 0));
+        assert_eq!((l.head(), l.pending()), (0, 3));
+        assert_eq!(l.commit(c), Commit::Gap { from: 1, to: 2 });
+        assert_eq!(l.commit(a.clone()), Commit::Applied);
+        assert_eq!(l.head(), 1, "3 still waits for 2");
+        assert_eq!(l.commit(b), Commit::Applied);
+        assert_eq!((l.head(), l.pending()), (3, 0));
+        assert_eq!(l.commit(a), Commit::Duplicate);
+        assert_eq!(offsets(&l, 0, 10), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn restore_continues_the_numbering() {
+        let mut old = log(3);
+        publish(&mut old, 5);
+        let mut kept = Vec::new();
+        old.read_after(2, 10, &mut kept);
+        let mut l = ChannelLog::restore(
+            ChannelName::parse("c").unwrap(),
+            Epoch::new("e"),
+            2,
+            5,
+            kept,
+        );
+        assert_eq!((l.head(), l.oldest()), (5, 4));
+        assert_eq!(l.append(&Data::parse(b"1", 64).unwrap(), 0).offset(), 6);
+        assert_eq!(offsets(&l, 4, 10), vec![5, 6]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::watch;
 
@@ -44,6 +45,9 @@ pub struct Subscription {
     buf: VecDeque<Arc<Message>>,
     truncation: Option<Truncation>,
     lagged: bool,
+    /// The channel's interruption count when subscribed; a later one ends
+    /// this subscription with `Lagged` (see `Channel::interrupts`).
+    interrupts: u64,
 }
 
 impl Subscription {
@@ -55,6 +59,7 @@ impl Subscription {
         start: Start,
         rx: watch::Receiver<u64>,
     ) -> Self {
+        let interrupts = guard.0.interrupts.load(Ordering::Acquire);
         Self {
             guard,
             name,
@@ -65,6 +70,7 @@ impl Subscription {
             buf: VecDeque::new(),
             truncation: start.truncated,
             lagged: false,
+            interrupts,
         }
     }
 
@@ -102,6 +108,12 @@ impl Subscription {
         self.rx.borrow_and_update();
     }
 
+    /// Whether the backend interrupted delivery since this subscription
+    /// began.
+    pub(super) fn interrupted(&self) -> bool {
+        self.guard.0.interrupts.load(Ordering::Acquire) != self.interrupts
+    }
+
     /// Waits until something was published after the last `mark_seen`.
     pub(super) async fn changed(&mut self) {
         // The sender lives in the channel this subscription keeps alive, so
@@ -123,7 +135,10 @@ impl Subscription {
                 .0
                 .read()
                 .read_after(self.cursor, READ_BATCH, &mut self.buf);
-            self.lagged = outcome == ReadOutcome::Behind;
+            // An interruption ends the subscription after what the ring
+            // already holds, like falling behind does.
+            self.lagged =
+                outcome == ReadOutcome::Behind || (self.buf.is_empty() && self.interrupted());
         }
         if let Some(m) = self.buf.pop_front() {
             self.cursor = m.offset();

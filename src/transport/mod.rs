@@ -10,8 +10,8 @@
 pub mod polling;
 pub mod session;
 pub mod sse;
-pub mod webtransport;
 pub mod websocket;
+pub mod webtransport;
 
 use crate::hub::Position;
 use crate::protocol::{ErrorCode, ProtocolError};
@@ -42,4 +42,13 @@ pub fn parse_position(since: Option<&str>, epoch: Option<&str>) -> Result<Positi
         since,
         epoch: epoch.transpose()?,
     })
+}
+
+/// Sleeps until `deadline`, or forever when there is none (a token that
+/// never expires).
+pub async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }

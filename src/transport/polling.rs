@@ -8,15 +8,16 @@
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use bytes::{BufMut, BytesMut};
 use serde::Deserialize;
 
 use super::parse_position;
 use crate::context::Ctx;
-use crate::http::api::{channel_param, ensure_enabled, json_bytes};
+use crate::http::Peer;
+use crate::http::api::{channel_param, ensure_enabled, grant, json_bytes};
 use crate::hub::{ChannelName, Page};
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::stats::Transport;
@@ -64,10 +65,15 @@ fn parse_wait(s: &str) -> Result<Duration, ProtocolError> {
 pub async fn get(
     State(ctx): State<Ctx>,
     Path(channel): Path<String>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    uri: Uri,
     query: Result<Query<PollQuery>, QueryRejection>,
 ) -> Result<Response, ProtocolError> {
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
     let channel = channel_param(&channel)?;
+    let grant = grant(&ctx, &headers, &uri)?;
+    grant.can_subscribe(&channel)?;
     let pos = parse_position(q.since.as_deref(), q.epoch.as_deref())?;
     let limit = parse_limit(q.limit.as_deref())?;
     let page = match q.wait.as_deref() {
@@ -78,7 +84,22 @@ pub async fn get(
         }
         Some(w) => {
             ensure_enabled(&ctx, Transport::LongPoll)?;
-            let wait = parse_wait(w)?;
+            let mut wait = parse_wait(w)?;
+            // A waiting poll must not outlive the token that allowed it.
+            if let Some(left) = grant.remaining() {
+                wait = wait.min(left);
+            }
+            let _slot = match peer {
+                Some(Extension(Peer(addr))) => {
+                    Some(ctx.limits.long_polls.acquire(addr.ip()).ok_or_else(|| {
+                        ProtocolError::new(
+                            ErrorCode::RateLimited,
+                            "too many long polls waiting from this address",
+                        )
+                    })?)
+                }
+                None => None,
+            };
             let _open = ctx.stats.open(Transport::LongPoll);
             tokio::select! {
                 page = ctx.hub.read_wait(&channel, &pos, limit, wait) => page?,

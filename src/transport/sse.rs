@@ -8,15 +8,15 @@
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use super::parse_position;
+use super::{parse_position, sleep_until_opt};
 use crate::context::Ctx;
-use crate::http::api::{channel_param, ensure_enabled};
+use crate::http::api::{channel_param, ensure_enabled, grant};
 use crate::hub::{Event, Position, Subscription};
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::stats::{ConnGuard, Transport};
@@ -56,11 +56,14 @@ pub async fn get(
     State(ctx): State<Ctx>,
     Path(channel): Path<String>,
     headers: HeaderMap,
+    uri: Uri,
     query: Result<Query<SseQuery>, QueryRejection>,
 ) -> Result<Response, ProtocolError> {
     ensure_enabled(&ctx, Transport::Sse)?;
     let Query(q) = query.map_err(|e| ProtocolError::new(ErrorCode::BadRequest, e.body_text()))?;
     let channel = channel_param(&channel)?;
+    let grant = grant(&ctx, &headers, &uri)?;
+    grant.can_subscribe(&channel)?;
     let pos = match headers.get("last-event-id") {
         Some(v) => {
             let v = v.to_str().map_err(|_| {
@@ -77,6 +80,7 @@ pub async fn get(
         sub,
         guard: ctx.stats.open(Transport::Sse),
         heartbeat,
+        expires: grant.remaining().map(|left| Instant::now() + left),
         ctx: ctx.clone(),
         state: Phase::Start,
     };
@@ -108,6 +112,8 @@ struct EventStream {
     sub: Subscription,
     guard: ConnGuard,
     heartbeat: Interval,
+    /// When the token that opened the stream expires, the stream ends.
+    expires: Option<Instant>,
     ctx: Ctx,
     state: Phase,
 }
@@ -130,6 +136,12 @@ impl EventStream {
                 return None;
             }
             _ = self.heartbeat.tick() => return Some(Bytes::from_static(b": ping\n\n")),
+            () = sleep_until_opt(self.expires) => {
+                self.state = Phase::Done;
+                return Some(Bytes::from_static(
+                    b"event: error\ndata: {\"code\":\"unauthorized\",\"message\":\"token expired\"}\n\n",
+                ));
+            }
             ev = self.sub.next() => ev,
         };
         let first = self.encode(event);

@@ -63,7 +63,7 @@ use crate::context::Ctx;
 use crate::hub::{ChannelName, Event};
 use crate::protocol::{self, ClientOp, DeliveryMode, ErrorCode, Message, ProtocolError};
 use crate::quic::{CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN, CLOSE_SHUTDOWN_REASON};
-use crate::stats::{TransportStats, Transport};
+use crate::stats::{Transport, TransportStats};
 
 /// Stream code: the receive side was stopped after an oversized line.
 pub const STREAM_TOO_LARGE: u32 = 1;
@@ -179,8 +179,12 @@ struct UdpMeter {
 impl UdpMeter {
     fn sample(&mut self, conn: &Connection, stats: &TransportStats) {
         let s = conn.quic_connection().stats();
-        stats.bytes_out.inc_by(s.udp_tx.bytes.saturating_sub(self.tx));
-        stats.bytes_in.inc_by(s.udp_rx.bytes.saturating_sub(self.rx));
+        stats
+            .bytes_out
+            .inc_by(s.udp_tx.bytes.saturating_sub(self.tx));
+        stats
+            .bytes_in
+            .inc_by(s.udp_rx.bytes.saturating_sub(self.rx));
         self.tx = self.tx.max(s.udp_tx.bytes);
         self.rx = self.rx.max(s.udp_rx.bytes);
     }
@@ -346,8 +350,15 @@ impl StreamTask {
     fn send_datagram(&self, m: &Message) -> bool {
         let frame = m.op_frame();
         // The size changes with path MTU discovery: checked per send.
-        if self.conn.max_datagram_size().is_none_or(|max| frame.len() > max) {
-            debug!(len = frame.len(), "message too big for a datagram; sent on the stream");
+        if self
+            .conn
+            .max_datagram_size()
+            .is_none_or(|max| frame.len() > max)
+        {
+            debug!(
+                len = frame.len(),
+                "message too big for a datagram; sent on the stream"
+            );
             return false;
         }
         match self.conn.send_datagram(&frame) {

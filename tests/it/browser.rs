@@ -60,5 +60,9 @@ fn comparison_page_in_headless_chromium() {
         setup,
     );
     println!("{out}");
-    assert!(ok, "browser tests failed (node {}):\n{out}", node_version.trim());
+    assert!(
+        ok,
+        "browser tests failed (node {}):\n{out}",
+        node_version.trim()
+    );
 }

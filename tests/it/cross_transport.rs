@@ -31,28 +31,43 @@ async fn http_and_websocket_publishes_reach_every_rung_identically() -> Result<(
     let mut ws_pub = Ws::connect(&s).await?;
     for i in 0..3 {
         s.publish("x", json!({"via": "http", "i": i})).await?;
-        ws_pub.send(json!({"op":"publish","channel":"x","data":{"via":"ws","i":i}})).await?;
+        ws_pub
+            .send(json!({"op":"publish","channel":"x","data":{"via":"ws","i":i}}))
+            .await?;
         assert_eq!(ws_pub.recv().await?["op"], "published");
     }
     let via_ws = seen(&ws_sub.messages_until(6).await?);
     let via_sse = seen(&sse.messages_until(6).await?);
     let via_poll = seen(&poll_until(&s, "x", 0, None, 6).await?);
     let via_long = seen(&within("long poll loop", long).await???);
-    assert_eq!(via_ws.iter().map(|p| p.0).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>());
+    assert_eq!(
+        via_ws.iter().map(|p| p.0).collect::<Vec<_>>(),
+        (1..=6).collect::<Vec<_>>()
+    );
     assert_eq!(via_ws, via_sse);
     assert_eq!(via_ws, via_poll);
     assert_eq!(via_ws, via_long);
-    let sources: Vec<&str> = via_ws.iter().map(|p| p.1["via"].as_str().unwrap()).collect();
+    let sources: Vec<&str> = via_ws
+        .iter()
+        .map(|p| p.1["via"].as_str().unwrap())
+        .collect();
     assert!(sources.contains(&"http") && sources.contains(&"ws"));
     s.shutdown().await
 }
 
-async fn long_poll_all(base: &str, http: &reqwest::Client, ch: &str, last: u64) -> Result<Vec<Value>> {
+async fn long_poll_all(
+    base: &str,
+    http: &reqwest::Client,
+    ch: &str,
+    last: u64,
+) -> Result<Vec<Value>> {
     let mut since = 0;
     let mut out = Vec::new();
     while since < last {
         let body: Value = http
-            .get(format!("{base}/api/channels/{ch}/messages?since={since}&wait=20"))
+            .get(format!(
+                "{base}/api/channels/{ch}/messages?since={since}&wait=20"
+            ))
             .send()
             .await?
             .json()
@@ -86,7 +101,9 @@ async fn concurrent_publishers_reach_every_subscriber_exactly_once_in_order() ->
     for wait in [None, Some(20)] {
         for _ in 0..5 {
             let s = s.clone();
-            subs.push(tokio::spawn(async move { poll_until(&s, ch, 0, wait, TOTAL).await }));
+            subs.push(tokio::spawn(async move {
+                poll_until(&s, ch, 0, wait, TOTAL).await
+            }));
         }
     }
 
@@ -101,7 +118,8 @@ async fn concurrent_publishers_reach_every_subscriber_exactly_once_in_order() ->
             } else {
                 let mut ws = Ws::connect(&s).await?;
                 for i in 0..EACH {
-                    ws.send(json!({"op":"publish","channel":ch,"data":{"p":p,"i":i}})).await?;
+                    ws.send(json!({"op":"publish","channel":ch,"data":{"p":p,"i":i}}))
+                        .await?;
                     anyhow::ensure!(ws.recv().await?["op"] == "published");
                 }
             }

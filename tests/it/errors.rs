@@ -11,7 +11,11 @@ async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Resul
     assert_eq!(resp.headers()["content-type"], "application/json");
     let body: Value = resp.json().await?;
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
     Ok(())
 }
 
@@ -25,11 +29,29 @@ async fn http_errors_are_json_with_fitting_status() -> Result<()> {
     expect_error(post(msgs, b"{nope".to_vec()).await?, 400, "bad_json").await?;
     expect_error(post(msgs, b"".to_vec()).await?, 400, "bad_json").await?;
     expect_error(post(msgs, vec![0xff, 0xfe]).await?, 400, "bad_json").await?;
-    expect_error(post("/api/channels/no%20spaces/messages", b"1".to_vec()).await?, 400, "bad_channel").await?;
+    expect_error(
+        post("/api/channels/no%20spaces/messages", b"1".to_vec()).await?,
+        400,
+        "bad_channel",
+    )
+    .await?;
     let long = format!("/api/channels/{}/messages", "a".repeat(129));
     expect_error(get(&long).await?, 400, "bad_channel").await?;
-    expect_error(get("/api/channels/caf%C3%A9/events").await?, 400, "bad_channel").await?;
-    for q in ["since=-1", "since=x", "limit=0", "limit=1001", "wait=61", "wait=abc", "epoch="] {
+    expect_error(
+        get("/api/channels/caf%C3%A9/events").await?,
+        400,
+        "bad_channel",
+    )
+    .await?;
+    for q in [
+        "since=-1",
+        "since=x",
+        "limit=0",
+        "limit=1001",
+        "wait=61",
+        "wait=abc",
+        "epoch=",
+    ] {
         expect_error(get(&format!("{msgs}?{q}")).await?, 400, "bad_request").await?;
     }
     let bad_id = s
@@ -41,7 +63,12 @@ async fn http_errors_are_json_with_fitting_status() -> Result<()> {
     expect_error(bad_id, 400, "bad_request").await?;
     expect_error(get("/api/ws").await?, 400, "bad_request").await?;
     expect_error(get("/api/nope").await?, 404, "not_found").await?;
-    expect_error(s.http.delete(s.url(msgs)).send().await?, 405, "method_not_allowed").await?;
+    expect_error(
+        s.http.delete(s.url(msgs)).send().await?,
+        405,
+        "method_not_allowed",
+    )
+    .await?;
     let big = serde_json::to_vec(&json!("x".repeat(1500)))?;
     expect_error(post(msgs, big).await?, 413, "too_large").await?;
     let huge = vec![b' '; 10_000];
@@ -79,13 +106,29 @@ async fn capacity_limits_answer_429_and_503() -> Result<()> {
 #[tokio::test]
 async fn disabled_transports_answer_404() -> Result<()> {
     let s = TestServer::spawn_with(|c| {
-        c.disable = vec![ladder::stats::Transport::Sse, ladder::stats::Transport::WebSocket]
+        c.disable = vec![
+            ladder::stats::Transport::Sse,
+            ladder::stats::Transport::WebSocket,
+        ]
     })
     .await?;
-    expect_error(s.http.get(s.url("/api/channels/a/events")).send().await?, 404, "not_found").await?;
+    expect_error(
+        s.http.get(s.url("/api/channels/a/events")).send().await?,
+        404,
+        "not_found",
+    )
+    .await?;
     let (_, info) = s.get_json("/api/info").await?;
-    let names: Vec<&str> = info["transports"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    assert!(!names.contains(&"sse") && !names.contains(&"websocket"), "{names:?}");
+    let names: Vec<&str> = info["transports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        !names.contains(&"sse") && !names.contains(&"websocket"),
+        "{names:?}"
+    );
     assert!(names.contains(&"poll") && names.contains(&"longpoll"));
     s.shutdown().await
 }

@@ -59,10 +59,12 @@ impl TestServer {
 
     /// A server with the configuration adjusted by `f`.
     pub async fn spawn_with(f: impl FnOnce(&mut Config)) -> Result<Self> {
-        let mut cfg = Config::default();
-        cfg.http = "127.0.0.1:0".parse()?;
-        cfg.h3 = "127.0.0.1:0".parse()?;
-        cfg.certs_dir = temp_dir("certs");
+        let mut cfg = Config {
+            http: "127.0.0.1:0".parse()?,
+            h3: "127.0.0.1:0".parse()?,
+            certs_dir: temp_dir("certs"),
+            ..Config::default()
+        };
         f(&mut cfg);
         let server = Server::bind(cfg).await?;
         let base = format!("http://{}", server.http_addr());
@@ -72,7 +74,9 @@ impl TestServer {
         Ok(Self {
             base,
             ctx,
-            http: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()?,
             token,
             handle,
         })
@@ -150,7 +154,10 @@ impl TestServer {
 
 /// The offsets of a list of message objects.
 pub fn offsets(messages: &[Value]) -> Vec<u64> {
-    messages.iter().map(|m| m["offset"].as_u64().unwrap_or(0)).collect()
+    messages
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap_or(0))
+        .collect()
 }
 
 /// A WebSocket client speaking the JSON ops.
@@ -160,7 +167,11 @@ pub struct Ws {
 
 impl Ws {
     pub async fn connect(server: &TestServer) -> Result<Self> {
-        let (inner, _) = within("websocket connect", tokio_tungstenite::connect_async(server.ws_url())).await??;
+        let (inner, _) = within(
+            "websocket connect",
+            tokio_tungstenite::connect_async(server.ws_url()),
+        )
+        .await??;
         Ok(Self { inner })
     }
 
@@ -253,7 +264,8 @@ pub enum Block {
 
 /// An SSE client that also keeps comments and `retry:` lines.
 pub struct Sse {
-    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    stream:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     buf: String,
     /// Comment lines seen (e.g. `: ping`).
     pub comments: Vec<String>,
@@ -262,7 +274,12 @@ pub struct Sse {
 }
 
 impl Sse {
-    pub async fn connect(server: &TestServer, channel: &str, query: &str, last_event_id: Option<&str>) -> Result<Self> {
+    pub async fn connect(
+        server: &TestServer,
+        channel: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<Self> {
         let mut req = server
             .http
             .get(server.url(&format!("/api/channels/{channel}/events{query}")));
@@ -308,7 +325,11 @@ impl Sse {
                         }
                     }
                 }
-                return Ok(if is_event { Block::Event(ev) } else { Block::Other });
+                return Ok(if is_event {
+                    Block::Event(ev)
+                } else {
+                    Block::Other
+                });
             }
             match within("sse bytes", self.stream.next()).await? {
                 Some(chunk) => self.buf.push_str(std::str::from_utf8(&chunk?)?),
@@ -332,7 +353,9 @@ impl Sse {
     pub async fn messages_until(&mut self, last: u64) -> Result<Vec<Value>> {
         let mut out: Vec<Value> = Vec::new();
         while out.last().and_then(|m| m["offset"].as_u64()) != Some(last) {
-            let Some(ev) = self.next().await? else { bail!("stream ended after {:?}", offsets(&out)) };
+            let Some(ev) = self.next().await? else {
+                bail!("stream ended after {:?}", offsets(&out))
+            };
             if ev.event != "message" {
                 bail!("expected a message, got {ev:?}");
             }
@@ -344,7 +367,13 @@ impl Sse {
 
 /// Polls (`wait` = None) or long-polls until offset `last` has been seen,
 /// following `next`; returns all messages in order.
-pub async fn poll_until(server: &TestServer, channel: &str, since: u64, wait: Option<u32>, last: u64) -> Result<Vec<Value>> {
+pub async fn poll_until(
+    server: &TestServer,
+    channel: &str,
+    since: u64,
+    wait: Option<u32>,
+    last: u64,
+) -> Result<Vec<Value>> {
     let mut since = since;
     let mut out: Vec<Value> = Vec::new();
     within("polling", async {

@@ -1,8 +1,14 @@
 //! Integration tests: one binary, one module per area (see STYLE.md). Each
 //! test starts the real server on loopback with OS-chosen ports.
 
+// Test helpers are `pub` for sibling modules, not for export.
+#![allow(unreachable_pub)]
+
 mod helpers;
 
+mod auth;
+mod browser;
+mod backends;
 mod cross_transport;
 mod errors;
 mod polling;
@@ -10,3 +16,4 @@ mod shutdown;
 mod sse;
 mod stats;
 mod websocket;
+mod webtransport;

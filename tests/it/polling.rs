@@ -11,7 +11,9 @@ async fn short_poll_returns_what_is_retained_after_since() -> Result<()> {
     for i in 1..=5 {
         s.publish("p", json!({ "n": i })).await?;
     }
-    let (status, body) = s.get_json("/api/channels/p/messages?since=2&limit=2").await?;
+    let (status, body) = s
+        .get_json("/api/channels/p/messages?since=2&limit=2")
+        .await?;
     assert_eq!(status, 200);
     let msgs = body["messages"].as_array().unwrap();
     assert_eq!(offsets(msgs), vec![3, 4]);
@@ -34,13 +36,18 @@ async fn poll_tells_of_truncation_after_history_overrun_and_epoch_change() -> Re
     let s = TestServer::spawn_with(|c| c.history = 3).await?;
     let mut epoch = String::new();
     for i in 1..=6 {
-        epoch = s.publish("t", json!(i)).await?["epoch"].as_str().unwrap().to_owned();
+        epoch = s.publish("t", json!(i)).await?["epoch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
     }
     let (_, body) = s.get_json("/api/channels/t/messages?since=1").await?;
     assert_eq!(body["truncated"], json!({"oldest": 4, "epoch": epoch}));
     assert_eq!(offsets(body["messages"].as_array().unwrap()), vec![4, 5, 6]);
 
-    let (_, body) = s.get_json("/api/channels/t/messages?since=5&epoch=other").await?;
+    let (_, body) = s
+        .get_json("/api/channels/t/messages?since=5&epoch=other")
+        .await?;
     assert_eq!(body["truncated"]["epoch"], epoch.as_str());
     assert_eq!(offsets(body["messages"].as_array().unwrap()), vec![4, 5, 6]);
 
@@ -57,9 +64,16 @@ async fn long_poll_is_answered_by_a_publish() -> Result<()> {
     let s = TestServer::spawn().await?;
     let url = s.url("/api/channels/lp/messages?since=0&wait=30");
     let http = s.http.clone();
-    let waiting = tokio::spawn(async move { http.get(url).send().await?.json::<serde_json::Value>().await });
+    let waiting = tokio::spawn(async move {
+        http.get(url)
+            .send()
+            .await?
+            .json::<serde_json::Value>()
+            .await
+    });
     // Publish only once the poll is really waiting.
-    s.wait_stats("longpoll", |r| r["connections_open"] == 1).await?;
+    s.wait_stats("longpoll", |r| r["connections_open"] == 1)
+        .await?;
     s.publish("lp", json!("wake")).await?;
     let body = within("long poll answer", waiting).await???;
     assert_eq!(body["messages"][0]["data"], "wake");
@@ -74,7 +88,9 @@ async fn long_poll_is_answered_by_a_publish() -> Result<()> {
 async fn long_poll_with_nothing_new_answers_empty_after_the_wait() -> Result<()> {
     let s = TestServer::spawn().await?;
     s.publish("e", json!(1)).await?;
-    let (status, body) = s.get_json("/api/channels/e/messages?since=1&wait=0.2").await?;
+    let (status, body) = s
+        .get_json("/api/channels/e/messages?since=1&wait=0.2")
+        .await?;
     assert_eq!(status, 200);
     assert_eq!(body["messages"], json!([]));
     assert_eq!(body["next"], 1);
@@ -87,9 +103,11 @@ async fn a_long_poll_whose_client_goes_away_is_released() -> Result<()> {
     let url = s.url("/api/channels/gone/messages?wait=60");
     let client = reqwest::Client::new();
     let req = tokio::spawn(async move { client.get(url).send().await });
-    s.wait_stats("longpoll", |r| r["connections_open"] == 1).await?;
+    s.wait_stats("longpoll", |r| r["connections_open"] == 1)
+        .await?;
     req.abort();
     // The server notices the closed socket and drops the waiting poll.
-    s.wait_stats("longpoll", |r| r["connections_open"] == 0).await?;
+    s.wait_stats("longpoll", |r| r["connections_open"] == 0)
+        .await?;
     s.shutdown().await
 }

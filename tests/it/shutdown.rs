@@ -18,9 +18,13 @@ async fn open_clients_see_a_clean_end() -> Result<()> {
     let http = s.http.clone();
     let long = tokio::spawn(async move {
         let resp = http.get(url).send().await?;
-        anyhow::Ok((resp.status().as_u16(), resp.json::<serde_json::Value>().await?))
+        anyhow::Ok((
+            resp.status().as_u16(),
+            resp.json::<serde_json::Value>().await?,
+        ))
     });
-    s.wait_stats("longpoll", |r| r["connections_open"] == 1).await?;
+    s.wait_stats("longpoll", |r| r["connections_open"] == 1)
+        .await?;
 
     s.begin_shutdown();
     assert_eq!(ws.closed().await?, 1001, "WebSocket closes with 1001");
@@ -35,23 +39,35 @@ async fn open_clients_see_a_clean_end() -> Result<()> {
 async fn the_binary_prints_its_addresses_and_exits_zero_on_sigterm() -> Result<()> {
     let certs = temp_dir("bin");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ladder"))
-        .args(["--http", "127.0.0.1:0", "--h3", "127.0.0.1:0", "--certs-dir"])
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--h3",
+            "127.0.0.1:0",
+            "--certs-dir",
+        ])
         .arg(&certs)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
-    let line = within("start-up line", tokio::io::BufReader::new(stdout).lines().next_line())
-        .await??
-        .context("no start-up line")?;
+    let line = within(
+        "start-up line",
+        tokio::io::BufReader::new(stdout).lines().next_line(),
+    )
+    .await??
+    .context("no start-up line")?;
     let field = |k: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_owned))
     };
     let http = field("http").context("http=")?;
     let hash = field("cert_sha256").context("cert_sha256=")?;
-    assert!(http.starts_with("http://127.0.0.1:") && !http.ends_with(":0"), "{line}");
+    assert!(
+        http.starts_with("http://127.0.0.1:") && !http.ends_with(":0"),
+        "{line}"
+    );
     assert_eq!(hash.len(), 64);
     assert!(hash.chars().all(|c| c.is_ascii_hexdigit()));
     assert!(field("webtransport").is_some(), "{line}");
@@ -60,7 +76,9 @@ async fn the_binary_prints_its_addresses_and_exits_zero_on_sigterm() -> Result<(
     assert_eq!(resp.status(), 200);
 
     let pid = child.id().context("pid")?;
-    let kill = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
     assert!(kill.success());
     let status = within("exit after SIGTERM", child.wait()).await??;
     assert_eq!(status.code(), Some(0));

@@ -15,7 +15,10 @@ async fn sse_replays_then_streams_live_with_ids() -> Result<()> {
     assert_eq!(sse.retry, Some(2000), "retry: comes first");
     assert_eq!(first.id.as_deref(), Some(format!("{epoch}:1").as_str()));
     assert_eq!(first.event, "message");
-    assert_eq!(first.json(), json!({"channel":"s","offset":1,"data":"one","ts":first.json()["ts"]}));
+    assert_eq!(
+        first.json(),
+        json!({"channel":"s","offset":1,"data":"one","ts":first.json()["ts"]})
+    );
     s.publish("s", json!({"two": 2})).await?;
     let second = sse.next().await?.unwrap();
     assert_eq!(second.id.as_deref(), Some(format!("{epoch}:2").as_str()));
@@ -28,7 +31,10 @@ async fn last_event_id_resumes_exactly_after_that_message() -> Result<()> {
     let s = TestServer::spawn().await?;
     let mut epoch = String::new();
     for i in 1..=5 {
-        epoch = s.publish("r", json!(i)).await?["epoch"].as_str().unwrap().to_owned();
+        epoch = s.publish("r", json!(i)).await?["epoch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
     }
     // Last-Event-ID wins over the query's `since`.
     let mut sse = Sse::connect(&s, "r", "?since=0", Some(&format!("{epoch}:3"))).await?;
@@ -42,7 +48,10 @@ async fn sse_announces_truncation_for_overrun_and_stale_epoch() -> Result<()> {
     let s = TestServer::spawn_with(|c| c.history = 2).await?;
     let mut epoch = String::new();
     for i in 1..=4 {
-        epoch = s.publish("x", json!(i)).await?["epoch"].as_str().unwrap().to_owned();
+        epoch = s.publish("x", json!(i)).await?["epoch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
     }
     for last_id in ["1", "stale:3"] {
         let mut sse = Sse::connect(&s, "x", "", Some(last_id)).await?;
@@ -61,7 +70,11 @@ async fn idle_streams_get_heartbeat_comments() -> Result<()> {
     // Nothing is published, so the only blocks that can come are the
     // retry line and pings.
     while sse.comments.is_empty() {
-        assert_eq!(sse.next_block().await?, Block::Other, "no event was published");
+        assert_eq!(
+            sse.next_block().await?,
+            Block::Other,
+            "no event was published"
+        );
     }
     assert_eq!(sse.comments[0], "ping");
     s.shutdown().await

@@ -22,14 +22,19 @@ async fn raw_exchange(base: &str, request: &str) -> Result<(usize, Vec<u8>)> {
 async fn poll_bytes_are_the_bytes_on_the_wire() -> Result<()> {
     let s = TestServer::spawn().await?;
     s.publish("b", json!({"hello": "world"})).await?;
-    let req = "GET /api/channels/b/messages?since=0 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    let req =
+        "GET /api/channels/b/messages?since=0 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
     let (sent, got) = raw_exchange(&s.base, req).await?;
     let text = String::from_utf8(got.clone())?;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let row = s
         .wait_stats("poll", |r| r["bytes_in"].as_u64() == Some(sent as u64))
         .await?;
-    assert_eq!(row["bytes_out"].as_u64(), Some(got.len() as u64), "headers and body counted");
+    assert_eq!(
+        row["bytes_out"].as_u64(),
+        Some(got.len() as u64),
+        "headers and body counted"
+    );
     assert_eq!(row["requests"], 1);
     assert_eq!(row["messages_out"], 1);
     s.shutdown().await
@@ -48,7 +53,11 @@ async fn sse_bytes_include_every_field_and_chunk() -> Result<()> {
     // Read until both events have arrived.
     within("events", async {
         let mut buf = [0u8; 4096];
-        while String::from_utf8_lossy(&got).matches("event: message").count() < 2 {
+        while String::from_utf8_lossy(&got)
+            .matches("event: message")
+            .count()
+            < 2
+        {
             let n = tcp.read(&mut buf).await?;
             anyhow::ensure!(n > 0, "closed early");
             got.extend_from_slice(&buf[..n]);

@@ -16,18 +16,25 @@ async fn one_socket_subscribes_to_many_channels_publishes_and_echoes() -> Result
     assert_eq!(sub_a["offset"], 1, "the current head");
     assert!(sub_a["epoch"].is_string());
     let first = ws.recv().await?;
-    assert_eq!((first["op"].as_str(), first["offset"].as_u64()), (Some("message"), Some(1)));
+    assert_eq!(
+        (first["op"].as_str(), first["offset"].as_u64()),
+        (Some("message"), Some(1))
+    );
     let sub_b = ws.subscribe("b", None).await?;
     assert_eq!(sub_b["offset"], 0);
 
-    ws.send(json!({"op":"publish","channel":"b","data":{"x":1},"id":"req-1"})).await?;
+    ws.send(json!({"op":"publish","channel":"b","data":{"x":1},"id":"req-1"}))
+        .await?;
     // The ack and the delivery both come; order between them is not fixed.
-    let mut got = vec![ws.recv().await?, ws.recv().await?];
+    let mut got = [ws.recv().await?, ws.recv().await?];
     got.sort_by_key(|f| f["op"].as_str().unwrap_or_default().to_owned());
     assert_eq!(got[0]["op"], "message");
     assert_eq!(got[0]["data"], json!({"x": 1}));
     assert_eq!(got[0]["channel"], "b");
-    assert_eq!(got[1], json!({"op":"published","id":"req-1","channel":"b","epoch":sub_b["epoch"],"offset":1}));
+    assert_eq!(
+        got[1],
+        json!({"op":"published","id":"req-1","channel":"b","epoch":sub_b["epoch"],"offset":1})
+    );
 
     ws.send(json!({"op":"echo","data":[1,"two"]})).await?;
     assert_eq!(ws.recv().await?, json!({"op":"echo","data":[1,"two"]}));
@@ -38,7 +45,10 @@ async fn one_socket_subscribes_to_many_channels_publishes_and_echoes() -> Result
     s.publish("b", json!("b2")).await?;
     // Only b's message arrives: a was unsubscribed.
     let next = ws.recv().await?;
-    assert_eq!((next["channel"].as_str(), next["offset"].as_u64()), (Some("b"), Some(2)));
+    assert_eq!(
+        (next["channel"].as_str(), next["offset"].as_u64()),
+        (Some("b"), Some(2))
+    );
     s.shutdown().await
 }
 
@@ -48,12 +58,38 @@ async fn bad_frames_get_errors_and_the_socket_stays_open() -> Result<()> {
     let mut ws = Ws::connect(&s).await?;
     let cases = [
         (Message::text("not json"), "bad_json", None),
-        (Message::text(r#"{"op":"dance","id":7}"#), "bad_request", Some(json!(7))),
-        (Message::text(r#"{"op":"subscribe","channel":"no spaces"}"#), "bad_channel", None),
-        (Message::text(r#"{"op":"subscribe","channel":"a","since":-4}"#), "bad_request", None),
-        (Message::text(r#"{"op":"subscribe","channel":"a","delivery":"datagram"}"#), "bad_request", None),
-        (Message::text(r#"{"op":"publish","channel":"a"}"#), "bad_request", None),
-        (Message::text(json!({"op":"publish","channel":"a","data":"x".repeat(2000)}).to_string()), "too_large", None),
+        (
+            Message::text(r#"{"op":"dance","id":7}"#),
+            "bad_request",
+            Some(json!(7)),
+        ),
+        (
+            Message::text(r#"{"op":"subscribe","channel":"no spaces"}"#),
+            "bad_channel",
+            None,
+        ),
+        (
+            Message::text(r#"{"op":"subscribe","channel":"a","since":-4}"#),
+            "bad_request",
+            None,
+        ),
+        (
+            Message::text(r#"{"op":"subscribe","channel":"a","delivery":"datagram"}"#),
+            "bad_request",
+            None,
+        ),
+        (
+            Message::text(r#"{"op":"publish","channel":"a"}"#),
+            "bad_request",
+            None,
+        ),
+        (
+            Message::text(
+                json!({"op":"publish","channel":"a","data":"x".repeat(2000)}).to_string(),
+            ),
+            "too_large",
+            None,
+        ),
         (Message::binary(vec![1u8, 2, 3]), "bad_request", None),
     ];
     for (frame, code, id) in cases {
@@ -98,7 +134,8 @@ async fn resume_with_since_after_a_drop_loses_nothing() -> Result<()> {
         s.publish("r", json!(i)).await?;
     }
     let mut ws = Ws::connect(&s).await?;
-    ws.send(json!({"op":"subscribe","channel":"r","since":3,"epoch":sub["epoch"]})).await?;
+    ws.send(json!({"op":"subscribe","channel":"r","since":3,"epoch":sub["epoch"]}))
+        .await?;
     assert_eq!(ws.recv().await?["op"], "subscribed");
     let rest = ws.messages_until(6).await?;
     let all: Vec<u64> = offsets(&seen).into_iter().chain(offsets(&rest)).collect();
@@ -106,10 +143,14 @@ async fn resume_with_since_after_a_drop_loses_nothing() -> Result<()> {
 
     // With a stale epoch the client is told before anything else arrives.
     let mut ws = Ws::connect(&s).await?;
-    ws.send(json!({"op":"subscribe","channel":"r","since":6,"epoch":"gone"})).await?;
+    ws.send(json!({"op":"subscribe","channel":"r","since":6,"epoch":"gone"}))
+        .await?;
     assert_eq!(ws.recv().await?["op"], "subscribed");
     let t = ws.recv().await?;
-    assert_eq!(t, json!({"op":"truncated","channel":"r","oldest":1,"epoch":sub["epoch"]}));
+    assert_eq!(
+        t,
+        json!({"op":"truncated","channel":"r","oldest":1,"epoch":sub["epoch"]})
+    );
     s.shutdown().await
 }
 
@@ -136,19 +177,28 @@ async fn a_subscriber_that_stops_reading_is_told_lagged_and_can_resume() -> Resu
     };
     assert_eq!(ws.closed().await?, 4000);
     let last = lagged["offset"].as_u64().unwrap();
-    assert_eq!(seen, (1..=last).collect::<Vec<_>>(), "in order, no gap before the lag");
+    assert_eq!(
+        seen,
+        (1..=last).collect::<Vec<_>>(),
+        "in order, no gap before the lag"
+    );
     assert!(last < n);
-    s.wait_stats("websocket", |r| r["lagged"].as_u64() >= Some(1)).await?;
+    s.wait_stats("websocket", |r| r["lagged"].as_u64() >= Some(1))
+        .await?;
 
     // Resuming from the last offset: told of the gap, then the rest.
     let mut ws = Ws::connect(&s).await?;
-    ws.send(json!({"op":"subscribe","channel":"flood","since":last})).await?;
+    ws.send(json!({"op":"subscribe","channel":"flood","since":last}))
+        .await?;
     assert_eq!(ws.recv().await?["op"], "subscribed");
     let t = ws.recv().await?;
     assert_eq!(t["op"], "truncated");
     let oldest = t["oldest"].as_u64().unwrap();
     assert_eq!(oldest, n - 9);
-    assert_eq!(offsets(&ws.messages_until(n).await?), (oldest..=n).collect::<Vec<_>>());
+    assert_eq!(
+        offsets(&ws.messages_until(n).await?),
+        (oldest..=n).collect::<Vec<_>>()
+    );
     s.shutdown().await
 }
 
@@ -157,7 +207,8 @@ async fn foreign_origins_are_refused() -> Result<()> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let s = TestServer::spawn().await?;
     let mut req = s.ws_url().into_client_request()?;
-    req.headers_mut().insert("origin", "http://evil.example".parse()?);
+    req.headers_mut()
+        .insert("origin", "http://evil.example".parse()?);
     let err = tokio_tungstenite::connect_async(req).await.unwrap_err();
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 403),

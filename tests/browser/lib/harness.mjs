@@ -13,7 +13,7 @@ import { chromium } from 'playwright-core';
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const CHROMIUM = process.env.LADDER_CHROMIUM || '/usr/bin/chromium';
 
-const START_LINE = /http=(http:\/\/\S+).*webtransport=(https:\/\/\S+).*cert_sha256=([0-9a-fA-F]{64})/;
+const START_LINE = /http=(http:\/\/\S+).*webtransport=(\S+).*cert_sha256=([0-9a-fA-F]{64})/;
 
 /** Starts `ladder` with port 0 everywhere; resolves once its start line is printed. */
 export function startServer(extraArgs = [], { timeoutMs = 30000 } = {}) {

@@ -1,0 +1,230 @@
+//! Publish throughput and publish→deliver latency of every log backend, side
+//! by side, in one bounded run (well under a minute).
+//!
+//! Run with `cargo run --release --example backends_bench`. It starts
+//! in-process servers on loopback port 0 (and a `redis-server` of its own,
+//! when installed) and prints a Markdown table:
+//!
+//! - throughput: acknowledged publishes per second from 32 WebSocket
+//!   publishers on one node, each waiting for its ack before the next;
+//! - latency: one publisher, one WebSocket subscriber (on the other node for
+//!   "redis, 2 nodes"): time from sending a publish to the subscriber
+//!   receiving it, and to the publisher receiving its ack.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use ladder::config::Config;
+use ladder::hub::Fsync;
+use ladder::server::Server;
+use ladder::stats::Transport;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+const PUBLISHERS: usize = 32;
+const THROUGHPUT_FOR: Duration = Duration::from_secs(3);
+const LATENCY_SAMPLES: usize = 300;
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ladder-bench-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Starts a server with `f` applied; returns its WebSocket URL.
+async fn start(token: &CancellationToken, f: impl FnOnce(&mut Config)) -> Result<String> {
+    let mut cfg = Config::default();
+    cfg.http = "127.0.0.1:0".parse()?;
+    cfg.h3 = "127.0.0.1:0".parse()?;
+    cfg.certs_dir = scratch("certs");
+    cfg.disable = vec![Transport::WebTransport];
+    cfg.publish_rate = 0;
+    f(&mut cfg);
+    let server = Server::bind(cfg).await?;
+    let url = format!("ws://{}/api/ws", server.http_addr());
+    tokio::spawn(server.run(token.clone()));
+    Ok(url)
+}
+
+async fn ws(url: &str) -> Result<WsStream> {
+    Ok(tokio_tungstenite::connect_async(url).await?.0)
+}
+
+async fn recv(ws: &mut WsStream) -> Result<Value> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+            Some(Ok(_)) => continue,
+            other => bail!("websocket ended: {other:?}"),
+        }
+    }
+}
+
+async fn publish(ws: &mut WsStream, channel: &str, i: usize) -> Result<()> {
+    let op = json!({"op":"publish","channel":channel,"data":{"i":i,"pad":"0123456789abcdef0123456789abcdef"}});
+    ws.send(Message::text(op.to_string())).await?;
+    let ack = recv(ws).await?;
+    if ack["op"] != "published" {
+        bail!("publish refused: {ack}");
+    }
+    Ok(())
+}
+
+/// Acknowledged publishes per second, `PUBLISHERS` connections to `url`.
+async fn throughput(url: &str) -> Result<f64> {
+    let deadline = Instant::now() + THROUGHPUT_FOR;
+    let mut tasks = Vec::new();
+    for p in 0..PUBLISHERS {
+        let mut ws = ws(url).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while Instant::now() < deadline {
+                // Eight channels, so per-channel order and cross-channel
+                // batching are both exercised.
+                publish(&mut ws, &format!("tp{}", p % 8), n).await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let started = Instant::now();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// (ack p50, deliver p50, deliver p99) in ms.
+async fn latency(pub_url: &str, sub_url: &str) -> Result<(f64, f64, f64)> {
+    let mut publisher = ws(pub_url).await?;
+    let mut sub = ws(sub_url).await?;
+    sub.send(Message::text(
+        json!({"op":"subscribe","channel":"lat"}).to_string(),
+    ))
+    .await?;
+    if recv(&mut sub).await?["op"] != "subscribed" {
+        bail!("subscribe failed");
+    }
+    let (mut acks, mut delivers) = (Vec::new(), Vec::new());
+    for i in 0..LATENCY_SAMPLES {
+        let t0 = Instant::now();
+        let op = json!({"op":"publish","channel":"lat","data":{"i":i}});
+        publisher.send(Message::text(op.to_string())).await?;
+        // Whichever comes first; both are awaited before the next publish.
+        let (ack, msg) = tokio::join!(
+            async {
+                let v = recv(&mut publisher).await;
+                (v, t0.elapsed())
+            },
+            async {
+                let v = recv(&mut sub).await;
+                (v, t0.elapsed())
+            }
+        );
+        if ack.0?["op"] != "published" || msg.0?["op"] != "message" {
+            bail!("unexpected frame");
+        }
+        acks.push(ack.1);
+        delivers.push(msg.1);
+    }
+    acks.sort();
+    delivers.sort();
+    Ok((pct(&acks, 0.5), pct(&delivers, 0.5), pct(&delivers, 0.99)))
+}
+
+/// A throwaway `redis-server` on a free port, killed on drop.
+async fn redis() -> Result<(tokio::process::Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dir = scratch("redis");
+    std::fs::create_dir_all(&dir)?;
+    let child = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("redis-server (install it with scripts/setup)")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("redis-server did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((child, format!("redis://127.0.0.1:{port}")))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let token = CancellationToken::new();
+    let mut rows = Vec::new();
+    let durable = |fsync: Fsync| {
+        let dir = scratch(&format!("{fsync:?}"));
+        move |c: &mut Config| {
+            c.data_dir = Some(dir);
+            c.fsync = fsync;
+        }
+    };
+    let memory = start(&token, |_| {}).await?;
+    rows.push(("memory", memory.clone(), memory));
+    let group = start(&token, durable(Fsync::Group)).await?;
+    rows.push(("durable, fsync group (1 ms)", group.clone(), group));
+    let per = start(&token, durable(Fsync::PerPublish)).await?;
+    rows.push(("durable, fsync per-publish", per.clone(), per));
+    let redis = match redis().await {
+        Ok((child, url)) => {
+            let u = url.clone();
+            let a = start(&token, |c| c.redis = Some(u)).await?;
+            let b = start(&token, |c| c.redis = Some(url)).await?;
+            rows.push(("redis, 1 node", a.clone(), a.clone()));
+            rows.push(("redis, 2 nodes (publish A, deliver B)", a, b));
+            Some(child)
+        }
+        Err(e) => {
+            eprintln!("skipping Redis rows: {e:#}");
+            None
+        }
+    };
+    println!(
+        "| backend | publishes/s ({PUBLISHERS} WS publishers) | ack p50 ms | deliver p50 ms | deliver p99 ms |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (name, pub_url, sub_url) in rows {
+        let tp = throughput(&pub_url).await?;
+        let (ack, p50, p99) = latency(&pub_url, &sub_url).await?;
+        println!("| {name} | {tp:.0} | {ack:.3} | {p50:.3} | {p99:.3} |");
+    }
+    token.cancel();
+    // Let the servers close their files and connections before exiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(redis);
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! The Redis backend: several Ladder nodes share channels through one Redis.
+//!
+//! # Layout in Redis
+//!
+//! Per channel `C` (the braces keep a channel's keys in one cluster slot):
+//!
+//! - `ladder:{C}:head` — the last offset, advanced with `INCR`;
+//! - `ladder:{C}:epoch` — the epoch, set once with `SET NX`;
+//! - `ladder:{C}:log` — a stream holding the history; entry ID `0-<offset>`,
+//!   fields `t` (server ms) and `d` (the data), trimmed with `MAXLEN ~
+//!   --history` (at least that many kept).
+//!
+//! A publish is one Lua script ([`APPEND`]): number, append, trim and
+//! `PUBLISH` to `ladder:fanout` run atomically, so offsets are global and
+//! gap-free across nodes and the fan-out order equals offset order. A publish
+//! is acknowledged once the script has run (it is then in Redis; how long it
+//! survives a Redis restart is Redis's persistence setting) and this node's
+//! ring holds it, so a client reading the node it published to sees it.
+//!
+//! # Fan-out
+//!
+//! Each node keeps one pub/sub connection ([`listener`]). Messages for
+//! channels it caches are committed into their rings in offset order; a gap
+//! (a connection that dropped, a channel loaded just as a message flew by)
+//! is filled from the stream with `XRANGE` before anything after it.
+//!
+//! # When Redis is unreachable
+//!
+//! The node notices when its pub/sub connection drops. Until it has
+//! reconnected (with backoff) and caught every cached channel up from the
+//! streams, publishes, new subscriptions and polls are refused with `503
+//! unavailable`, and live subscriptions are ended with `lagged` carrying the
+//! last offset they got — the contract's way to say "resume with `since`".
+//! A publish whose script may or may not have run (timeout) is reported as
+//! failed and never retried by the node, so nothing acknowledged is lost and
+//! nothing is written twice by Ladder.
+
+mod listener;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script};
+use tokio_util::sync::CancellationToken;
+
+use super::{Appended, BackendError, LogBackend, Snapshot};
+use crate::hub::{Channel, ChannelName, Epoch, Inner, Published, ReaderGuard};
+use crate::protocol::{Data, Message};
+
+/// The pub/sub channel every publish is announced on.
+const FANOUT: &str = "ladder:fanout";
+
+/// How long one Redis call may take before the request fails.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Numbers, stores, trims and announces one message atomically.
+/// KEYS: head, epoch, log. ARGV: fresh epoch, history, ts, data, channel.
+const APPEND: &str = r"
+redis.call('SET', KEYS[2], ARGV[1], 'NX')
+local epoch = redis.call('GET', KEYS[2])
+local off = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], string.format('0-%d', off), 't', ARGV[3], 'd', ARGV[4])
+redis.call('PUBLISH', 'ladder:fanout', ARGV[5] .. '\n' .. epoch .. '\n' .. string.format('%d', off) .. '\n' .. ARGV[3] .. '\n' .. ARGV[4])
+return {epoch, off}
+";
+
+/// A consistent snapshot of a channel, creating its epoch if new.
+/// KEYS: head, epoch, log. ARGV: fresh epoch, count, first offset wanted.
+const LOAD: &str = r"
+redis.call('SET', KEYS[2], ARGV[1], 'NX')
+local epoch = redis.call('GET', KEYS[2])
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local entries
+if ARGV[3] == '' then
+  entries = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', ARGV[2])
+else
+  entries = redis.call('XRANGE', KEYS[3], '0-' .. ARGV[3], '+', 'COUNT', ARGV[2])
+end
+return {epoch, head, entries}
+";
+
+/// The keys of one channel.
+fn keys(name: &ChannelName) -> [String; 3] {
+    [
+        format!("ladder:{{{name}}}:head"),
+        format!("ladder:{{{name}}}:epoch"),
+        format!("ladder:{{{name}}}:log"),
+    ]
+}
+
+/// One stream entry as Redis returns it: ID and `[t, ts, d, data]`.
+type RawEntry = (String, Vec<String>);
+
+/// Turns stream entries into messages (IDs are `0-<offset>`).
+fn messages(
+    name: &ChannelName,
+    epoch: &Epoch,
+    raw: Vec<RawEntry>,
+) -> Result<Vec<Arc<Message>>, BackendError> {
+    let bad = |what: &str| {
+        BackendError::Unavailable(format!("channel {name}: malformed stream entry ({what})"))
+    };
+    raw.into_iter()
+        .map(|(id, fields)| {
+            let offset = id
+                .strip_prefix("0-")
+                .and_then(|o| o.parse().ok())
+                .ok_or_else(|| bad("id"))?;
+            let [t, ts, d, data] = <[String; 4]>::try_from(fields).map_err(|_| bad("fields"))?;
+            if t != "t" || d != "d" {
+                return Err(bad("field names"));
+            }
+            let ts = ts.parse().map_err(|_| bad("ts"))?;
+            let data = Data::parse(data.as_bytes(), usize::MAX).map_err(|_| bad("data"))?;
+            Ok(Arc::new(Message::new(
+                name.clone(),
+                epoch.clone(),
+                offset,
+                ts,
+                &data,
+            )))
+        })
+        .collect()
+}
+
+fn unreachable(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Unavailable(format!("redis unreachable: {e}"))
+}
+
+/// What the node and its listener task share.
+struct Shared {
+    client: Client,
+    conn: ConnectionManager,
+    append: Script,
+    load: Script,
+    history: usize,
+    /// True while the fan-out connection is up and caught up.
+    up: AtomicBool,
+    hub: OnceLock<Weak<Inner>>,
+    stop: CancellationToken,
+}
+
+/// The Redis backend of one node.
+pub(crate) struct RedisBackend {
+    shared: Arc<Shared>,
+    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("up", &self.shared.up.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn hub(&self) -> Option<Arc<Inner>> {
+        self.hub.get().and_then(Weak::upgrade)
+    }
+
+    /// Loads a channel: its epoch, head and up to `count` entries — the
+    /// newest ones, or those from offset `from` on.
+    async fn load(
+        &self,
+        name: &ChannelName,
+        fresh: &Epoch,
+        count: usize,
+        from: Option<u64>,
+    ) -> Result<(Epoch, u64, Vec<Arc<Message>>), BackendError> {
+        let [head, epoch, log] = keys(name);
+        let mut conn = self.conn.clone();
+        let mut call = self.load.prepare_invoke();
+        call.key(head)
+            .key(epoch)
+            .key(log)
+            .arg(fresh.as_str())
+            .arg(count);
+        call.arg(from.map(|f| f.to_string()).unwrap_or_default());
+        let (epoch, head, mut raw): (String, u64, Vec<RawEntry>) =
+            tokio::time::timeout(CALL_TIMEOUT, call.invoke_async(&mut conn))
+                .await
+                .map_err(unreachable)?
+                .map_err(unreachable)?;
+        if from.is_none() {
+            raw.reverse();
+        }
+        let epoch = Epoch::new(&epoch);
+        let msgs = messages(name, &epoch, raw)?;
+        Ok((epoch, head, msgs))
+    }
+
+    /// Brings a cached channel up to Redis's head. If Redis's numbering
+    /// restarted (its data was lost) or the missing part was trimmed away,
+    /// the channel is dropped from the cache instead, its subscribers told;
+    /// the next use loads it afresh and resuming clients get `truncated`.
+    async fn catch_up(&self, hub: &Inner, ch: &Arc<Channel>) -> Result<(), BackendError> {
+        let (name, epoch, head) = {
+            let log = ch.read();
+            (log_name(ch), log.epoch().clone(), log.head())
+        };
+        // A fresh epoch, never ours: if Redis lost the channel, numbering
+        // restarts under a new epoch, not silently under the old one.
+        let fresh = hub.new_epoch();
+        let (now_epoch, now_head, msgs) = self
+            .load(&name, &fresh, i64::MAX as usize, Some(head + 1))
+            .await?;
+        let first = msgs.first().map(|m| m.offset());
+        if now_epoch != epoch || now_head < head || (now_head > head && first != Some(head + 1)) {
+            tracing::warn!(channel = %name, "redis history does not continue this node's; reloading the channel");
+            hub.discard(&name, ch);
+            return Ok(());
+        }
+        for m in msgs {
+            ch.commit(m);
+        }
+        Ok(())
+    }
+}
+
+/// The channel's name, read from its log.
+fn log_name(ch: &Channel) -> ChannelName {
+    ch.read().name().clone()
+}
+
+impl RedisBackend {
+    /// Connects, subscribes to the fan-out and starts the listener.
+    pub(crate) async fn connect(url: &str, history: usize) -> Result<Self, BackendError> {
+        let fail = |e: &dyn std::fmt::Display| BackendError::Open(format!("redis at {url}: {e}"));
+        let client = Client::open(url).map_err(|e| fail(&e))?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CALL_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let conn = tokio::time::timeout(
+            CALL_TIMEOUT * 2,
+            ConnectionManager::new_with_config(client.clone(), cfg),
+        )
+        .await
+        .map_err(|e| fail(&e))?
+        .map_err(|e| fail(&e))?;
+        let shared = Arc::new(Shared {
+            client,
+            conn,
+            append: Script::new(APPEND),
+            load: Script::new(LOAD),
+            history: history.max(1),
+            up: AtomicBool::new(false),
+            hub: OnceLock::new(),
+            stop: CancellationToken::new(),
+        });
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(listener::run(shared.clone(), first_tx));
+        let first = tokio::time::timeout(CALL_TIMEOUT * 2, first_rx).await;
+        if !matches!(first, Ok(Ok(()))) {
+            shared.stop.cancel();
+            return Err(fail(&"could not subscribe to the fan-out channel"));
+        }
+        Ok(Self {
+            shared,
+            listener: Mutex::new(Some(task)),
+        })
+    }
+
+    /// Lets the listener deliver into the hub's channels.
+    pub(crate) fn attach(&self, hub: Weak<Inner>) {
+        let _ = self.shared.hub.set(hub);
+    }
+}
+
+impl LogBackend for RedisBackend {
+    async fn open(&self, name: &ChannelName, fresh: &Epoch) -> Result<Snapshot, BackendError> {
+        self.ready()?;
+        let (epoch, head, messages) = self
+            .shared
+            .load(name, fresh, self.shared.history, None)
+            .await?;
+        Ok(Snapshot {
+            epoch,
+            head,
+            messages,
+        })
+    }
+
+    async fn opened(&self, ch: &Arc<Channel>) -> Result<(), BackendError> {
+        // The listener dropped anything for this channel until it was in
+        // the map; whatever that was is in the stream by now.
+        match self.shared.hub() {
+            Some(hub) => self.shared.catch_up(&hub, ch).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn append(
+        &self,
+        ch: &Arc<Channel>,
+        data: &Data,
+        now: u64,
+    ) -> Result<Appended, BackendError> {
+        self.ready()?;
+        let (name, epoch, _reader, mut woken) = {
+            let log = ch.read();
+            if log.is_evicted() {
+                return Ok(Appended::Evicted);
+            }
+            // Counted as a reader while in flight, so the sweep keeps the
+            // ring this publish is about to be delivered into.
+            let reader = ReaderGuard::new(ch.clone());
+            (
+                log.name().clone(),
+                log.epoch().clone(),
+                reader,
+                ch.head_tx.subscribe(),
+            )
+        };
+        let Some(hub) = self.shared.hub() else {
+            return Err(BackendError::Unavailable("the hub is shutting down".into()));
+        };
+        let [k_head, k_epoch, k_log] = keys(&name);
+        let mut call = self.shared.append.prepare_invoke();
+        call.key(k_head).key(k_epoch).key(k_log);
+        // Used only if Redis no longer has the channel (see `catch_up`).
+        call.arg(hub.new_epoch().as_str())
+            .arg(self.shared.history)
+            .arg(now)
+            .arg(data.as_str())
+            .arg(name.as_str());
+        let mut conn = self.shared.conn.clone();
+        let (now_epoch, offset): (String, u64) =
+            tokio::time::timeout(CALL_TIMEOUT, call.invoke_async(&mut conn))
+                .await
+                .map_err(unreachable)?
+                .map_err(unreachable)?;
+        let now_epoch = Epoch::new(&now_epoch);
+        if now_epoch != epoch {
+            // Redis lost the channel and numbering restarted: this cache is
+            // stale. The message itself is safely in the new epoch.
+            hub.discard(&name, ch);
+        } else {
+            // Wait for the fan-out to bring it here (read-your-writes on
+            // this node); bounded, since it is acknowledged by Redis anyway.
+            let arrived = tokio::time::timeout(CALL_TIMEOUT, async {
+                loop {
+                    let done = {
+                        let log = ch.read();
+                        log.head() >= offset || log.is_evicted()
+                    };
+                    if done || woken.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            if arrived.is_err() {
+                tracing::warn!(channel = %name, offset, "published message not yet fanned out to this node");
+            }
+        }
+        Ok(Appended::Done(Published {
+            epoch: now_epoch,
+            offset,
+        }))
+    }
+
+    fn ready(&self) -> Result<(), BackendError> {
+        if self.shared.up.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(BackendError::Unavailable(
+                "redis unreachable; reconnecting (publishes and reads resume when it is back)"
+                    .into(),
+            ))
+        }
+    }
+
+    async fn close(&self) {
+        self.shared.stop.cancel();
+        self.shared.up.store(false, Ordering::Release);
+        let task = self
+            .listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
+    }
+}

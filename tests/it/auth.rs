@@ -1,0 +1,170 @@
+//! Tokens, channel permissions and per-client limits on the HTTP rungs.
+
+use anyhow::Result;
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const SECRET: &str = "test-secret";
+
+fn token(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn in_secs(s: u64) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + s
+}
+
+async fn code(resp: reqwest::Response) -> Result<(u16, String)> {
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await?;
+    Ok((
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn tokens_gate_publish_and_subscribe_by_channel_pattern() -> Result<()> {
+    let s = TestServer::spawn_with(|c| c.jwt_secret = Some(SECRET.into())).await?;
+    let good =
+        token(json!({"exp": in_secs(600), "subscribe": ["room:*"], "publish": ["room:mine"]}));
+    let post = |ch: &str, tok: Option<&str>| {
+        let mut r = s
+            .http
+            .post(s.url(&format!("/api/channels/{ch}/messages")))
+            .body("1");
+        if let Some(t) = tok {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(
+        code(post("room:mine", None).await?).await?,
+        (401, "unauthorized".into())
+    );
+    assert_eq!(
+        code(post("room:mine", Some("not.a.jwt")).await?).await?,
+        (401, "unauthorized".into())
+    );
+    let expired = token(json!({"exp": 1000, "publish": ["*"]}));
+    assert_eq!(
+        code(post("room:mine", Some(&expired)).await?).await?,
+        (401, "unauthorized".into())
+    );
+    let wrong_key = jsonwebtoken::encode(
+        &Header::default(),
+        &json!({"exp": in_secs(60), "publish": ["*"]}),
+        &EncodingKey::from_secret(b"other"),
+    )?;
+    assert_eq!(
+        code(post("room:mine", Some(&wrong_key)).await?).await?,
+        (401, "unauthorized".into())
+    );
+    assert_eq!(
+        code(post("room:yours", Some(&good)).await?).await?,
+        (403, "forbidden".into())
+    );
+    assert_eq!(post("room:mine", Some(&good)).await?.status(), 201);
+
+    // Browsers' EventSource cannot set headers: the token rides in the query.
+    let (status, body) = s
+        .get_json(&format!(
+            "/api/channels/room:mine/messages?since=0&token={good}"
+        ))
+        .await?;
+    assert_eq!(status, 200);
+    assert_eq!(body["messages"].as_array().unwrap().len(), 1);
+    let (status, body) = s
+        .get_json(&format!("/api/channels/lobby/messages?token={good}"))
+        .await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let (status, _) = s.get_json("/api/channels/room:mine/messages").await?;
+    assert_eq!(status, 401);
+    let mut sse = Sse::connect(&s, "room:mine", &format!("?since=0&token={good}"), None).await?;
+    assert_eq!(sse.messages_until(1).await?.len(), 1);
+    assert!(
+        Sse::connect(&s, "room:mine", "?since=0", None)
+            .await
+            .is_err()
+    );
+    s.shutdown().await
+}
+
+#[tokio::test]
+async fn an_event_stream_ends_when_its_token_expires() -> Result<()> {
+    let s = TestServer::spawn_with(|c| c.jwt_secret = Some(SECRET.into())).await?;
+    let short = token(json!({"exp": in_secs(3), "subscribe": ["*"]}));
+    let mut sse = Sse::connect(&s, "t", &format!("?token={short}"), None).await?;
+    let ev = sse.next().await?.expect("an event before the end");
+    assert_eq!(ev.event, "error");
+    assert_eq!(ev.json()["code"], "unauthorized");
+    assert_eq!(sse.next().await?, None);
+    s.shutdown().await
+}
+
+#[tokio::test]
+async fn per_ip_limits_answer_429() -> Result<()> {
+    let s = TestServer::spawn_with(|c| {
+        c.publish_rate = 5;
+        c.max_long_polls_per_ip = 1;
+    })
+    .await?;
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let r = s
+            .http
+            .post(s.url("/api/channels/r/messages"))
+            .body(i.to_string())
+            .send()
+            .await?;
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|&&c| c == 201).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&429));
+
+    let url = s.url("/api/channels/lp/messages?wait=30");
+    let http = s.http.clone();
+    let first = tokio::spawn(async move { http.get(url).send().await });
+    s.wait_stats("longpoll", |r| r["connections_open"] == 1)
+        .await?;
+    let (status, body) = s.get_json("/api/channels/lp/messages?wait=30").await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
+    first.abort();
+    s.shutdown().await
+}
+
+#[tokio::test]
+async fn connections_per_ip_are_limited() -> Result<()> {
+    let s = TestServer::spawn_with(|c| c.max_connections_per_ip = 1).await?;
+    let _held = Sse::connect(&s, "a", "", None).await?;
+    let resp = reqwest::Client::new()
+        .get(s.url("/api/info"))
+        .send()
+        .await?;
+    assert_eq!(code(resp).await?, (429, "rate_limited".into()));
+    Ok(())
+}
