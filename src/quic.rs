@@ -46,9 +46,11 @@ use wtransport::endpoint::endpoint_side::Server;
 use wtransport::quinn::VarInt as QuicVarInt;
 use wtransport::{Endpoint, ServerConfig, VarInt};
 
+use crate::auth::token_from;
 use crate::config::Config;
 use crate::context::{Ctx, WebTransportInfo};
 use crate::tls::{CertSource, TlsError, TlsMaterial};
+use crate::transport::session::Credentials;
 
 /// Session close code on server shutdown.
 pub const CLOSE_SHUTDOWN: u32 = 0;
@@ -229,8 +231,25 @@ async fn accept(incoming: IncomingSession, ctx: Ctx, permits: Arc<Semaphore>) {
         debug!(origin = request.origin(), "origin not allowed; 403");
         return request.forbidden().await;
     }
+    // wtransport can answer 403 but not 401, so every token failure on this
+    // transport is a 403 (browsers do not expose the status anyway).
+    let token = token_from(
+        request.headers().get("authorization").map(String::as_str),
+        request.path().split_once('?').map(|(_, q)| q),
+    );
+    let grant = match ctx.auth.check(token.as_deref()) {
+        Ok(grant) => grant,
+        Err(error) => {
+            debug!(%error, "session refused; 403");
+            return request.forbidden().await;
+        }
+    };
     let Ok(permit) = permits.try_acquire_owned() else {
         debug!("session limit reached; 429");
+        return request.too_many_requests().await;
+    };
+    let Some(per_ip) = ctx.limits.sessions.acquire(request.remote_address().ip()) else {
+        debug!("sessions per address limit reached; 429");
         return request.too_many_requests().await;
     };
     let origin = request.origin().map(str::to_owned);
@@ -239,8 +258,9 @@ async fn accept(incoming: IncomingSession, ctx: Ctx, permits: Arc<Semaphore>) {
         Err(error) => return debug!(%error, "session accept failed"),
     };
     debug!(origin, "session accepted");
-    crate::transport::webtransport::run_session(ctx, conn).await;
-    drop(permit);
+    let creds = Credentials::new(&ctx, grant);
+    crate::transport::webtransport::run_session(ctx, conn, creds).await;
+    drop((permit, per_ip));
 }
 
 /// The full endpoint config for `tls`. Rotation rebuilds it whole, since

@@ -6,11 +6,13 @@
 //! framing; this module decides meaning.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio_stream::StreamMap;
 
+use crate::auth::Grant;
 use crate::context::Ctx;
 use crate::hub::{ChannelName, Event, Position};
 use crate::protocol::{self, ClientOp, DeliveryMode, ErrorCode, ProtocolError};
@@ -18,10 +20,60 @@ use crate::stats::Transport;
 
 type Events = Pin<Box<dyn Stream<Item = (DeliveryMode, Event)> + Send>>;
 
+/// Who is talking: what their token allows and their publish-rate budget.
+/// One per connection (a WebSocket, a WebTransport session); cloning shares
+/// the budget, so a session's streams draw from one rate.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// What the connection's token allows.
+    pub grant: Grant,
+    publish_limiter: Option<Arc<governor::DefaultDirectRateLimiter>>,
+}
+
+impl Credentials {
+    /// Credentials for a new connection holding `grant`.
+    pub fn new(ctx: &Ctx, grant: Grant) -> Self {
+        Self {
+            grant,
+            publish_limiter: crate::limits::connection_publish_limiter(ctx.cfg.publish_rate)
+                .map(Arc::new),
+        }
+    }
+
+    /// When the grant runs out, as a timer deadline (`None` = never).
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.grant
+            .remaining()
+            .map(|left| tokio::time::Instant::now() + left)
+    }
+
+    fn may_publish(&self, ctx: &Ctx) -> Result<(), ProtocolError> {
+        match &self.publish_limiter {
+            Some(l) if l.check().is_err() => Err(ProtocolError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} publishes per second on this connection",
+                    ctx.cfg.publish_rate
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The error sent when a connection's token runs out.
+pub fn token_expired() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::Unauthorized,
+        "token expired; reconnect with a new token",
+    )
+}
+
 /// One conversation's state: its subscriptions.
 pub struct OpSession {
     ctx: Ctx,
     transport: Transport,
+    creds: Credentials,
     subs: StreamMap<ChannelName, Events>,
 }
 
@@ -35,11 +87,12 @@ impl std::fmt::Debug for OpSession {
 }
 
 impl OpSession {
-    /// A session with no subscriptions yet.
-    pub fn new(ctx: Ctx, transport: Transport) -> Self {
+    /// A session with no subscriptions yet, acting with `creds`.
+    pub fn new(ctx: Ctx, transport: Transport, creds: Credentials) -> Self {
         Self {
             ctx,
             transport,
+            creds,
             subs: StreamMap::new(),
         }
     }
@@ -92,6 +145,7 @@ impl OpSession {
                         "datagram delivery needs WebTransport",
                     ));
                 }
+                self.creds.grant.can_subscribe(&channel)?;
                 let limit = self.ctx.cfg.max_subscriptions;
                 if self.subs.len() >= limit && !self.subs.contains_key(&channel) {
                     return Err(ProtocolError::new(
@@ -118,11 +172,18 @@ impl OpSession {
                 Ok(protocol::unsubscribed_frame(&channel))
             }
             ClientOp::Publish { channel, data } => {
+                self.creds.grant.can_publish(&channel)?;
+                self.creds.may_publish(&self.ctx)?;
                 let p = self.ctx.hub.publish(&channel, &data).await?;
                 Ok(protocol::published_frame(id, &channel, &p.epoch, p.offset))
             }
             ClientOp::Echo { data } => Ok(protocol::echo_frame(&data)),
         }
+    }
+
+    /// Drops every subscription (the token that allowed them expired).
+    pub fn unsubscribe_all(&mut self) {
+        self.subs.clear();
     }
 
     /// Waits for the next event of any subscription. Cancel-safe.

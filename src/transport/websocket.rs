@@ -2,7 +2,8 @@
 //! [`super::session`], one op per text frame.
 //!
 //! Close codes: 1001 on server shutdown or a dead peer (no pong), 4000 when
-//! the client lagged (it was sent `{"op":"lagged"}` first), 1009 from the
+//! the client lagged (it was sent `{"op":"lagged"}` first), 4001 when the
+//! connection's token expired (after an `unauthorized` error frame), 1009 from the
 //! WebSocket layer for a frame over the hard cap. A bad frame below the cap
 //! gets an `{"op":"error"}` frame and the socket stays open.
 
@@ -12,16 +13,17 @@ use std::time::Duration;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::debug;
 
-use super::session::OpSession;
+use super::session::{Credentials, OpSession, token_expired};
+use super::sleep_until_opt;
 use crate::context::Ctx;
-use crate::http::api::ensure_enabled;
+use crate::http::api::{ensure_enabled, grant};
 use crate::http::meter::Meter;
 use crate::hub::Event;
 use crate::protocol::{self, ErrorCode, ProtocolError};
@@ -29,6 +31,8 @@ use crate::stats::{ConnGuard, Transport};
 
 /// Close code sent after `{"op":"lagged"}`.
 pub const CLOSE_LAGGED: u16 = 4000;
+/// Close code sent when the token that opened the socket expires.
+pub const CLOSE_EXPIRED: u16 = 4001;
 /// Most frames coalesced into one flush.
 const COALESCE_FRAMES: usize = 64;
 
@@ -37,9 +41,11 @@ pub async fn upgrade(
     State(ctx): State<Ctx>,
     meter: Option<Extension<Arc<Meter>>>,
     headers: HeaderMap,
+    uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ProtocolError> {
     ensure_enabled(&ctx, Transport::WebSocket)?;
+    let creds = Credentials::new(&ctx, grant(&ctx, &headers, &uri)?);
     let ws = ws.map_err(|e| ProtocolError::new(ErrorCode::BadRequest, e.body_text()))?;
     let origin = headers.get("origin").and_then(|o| o.to_str().ok());
     if !ctx.origin_allowed(origin) {
@@ -63,7 +69,7 @@ pub async fn upgrade(
         .on_upgrade(move |socket| async move {
             let _keep = keep;
             let meter = meter.map(|Extension(m)| m);
-            Handler::new(ctx, socket, guard, meter).run().await;
+            Handler::new(ctx, socket, guard, meter, creds).run().await;
         })
         .into_response())
 }
@@ -76,6 +82,8 @@ struct Handler {
     guard: ConnGuard,
     meter: Option<Arc<Meter>>,
     last_pong: Instant,
+    /// When the token that opened the socket expires.
+    expires: Option<Instant>,
 }
 
 enum Flow {
@@ -85,9 +93,16 @@ enum Flow {
 }
 
 impl Handler {
-    fn new(ctx: Ctx, socket: WebSocket, guard: ConnGuard, meter: Option<Arc<Meter>>) -> Self {
+    fn new(
+        ctx: Ctx,
+        socket: WebSocket,
+        guard: ConnGuard,
+        meter: Option<Arc<Meter>>,
+        creds: Credentials,
+    ) -> Self {
         Self {
-            session: OpSession::new(ctx.clone(), Transport::WebSocket),
+            expires: creds.deadline(),
+            session: OpSession::new(ctx.clone(), Transport::WebSocket, creds),
             ctx,
             socket,
             guard,
@@ -103,6 +118,12 @@ impl Handler {
         let flow = loop {
             let flow = tokio::select! {
                 () = self.ctx.shutdown.cancelled() => Flow::Close(1001, "server shutting down"),
+                () = sleep_until_opt(self.expires) => {
+                    self.session.unsubscribe_all();
+                    let frame = text_frame(protocol::error_frame(&token_expired(), None));
+                    let _ = timed(self.ctx.cfg.send_timeout(), &self.guard, self.socket.send(frame)).await;
+                    Flow::Close(CLOSE_EXPIRED, "token expired")
+                }
                 frame = self.socket.recv() => match frame {
                     Some(Ok(msg)) => self.on_frame(msg).await,
                     Some(Err(e)) => {

@@ -58,7 +58,8 @@ use tracing::{Instrument, debug, info_span};
 use wtransport::error::SendDatagramError;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
-use super::session::OpSession;
+use super::session::{Credentials, OpSession, token_expired};
+use super::sleep_until_opt;
 use crate::context::Ctx;
 use crate::hub::{ChannelName, Event};
 use crate::protocol::{self, ClientOp, DeliveryMode, ErrorCode, Message, ProtocolError};
@@ -83,7 +84,7 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one accepted session until the client leaves, breaks the
 /// protocol, or the server shuts down.
-pub async fn run_session(ctx: Ctx, conn: Connection) {
+pub async fn run_session(ctx: Ctx, conn: Connection, creds: Credentials) {
     let guard = ctx.stats.open(Transport::WebTransport);
     let stats = guard.stats().clone();
     stats.requests.inc();
@@ -103,7 +104,7 @@ pub async fn run_session(ctx: Ctx, conn: Connection) {
                 Ok((send, recv)) => {
                     stats.streams_total.inc();
                     let id = send.id();
-                    let stream = StreamTask::new(ctx.clone(), conn.clone(), send, stats.clone());
+                    let stream = StreamTask::new(ctx.clone(), conn.clone(), send, stats.clone(), creds.clone());
                     ctx.tasks.spawn(
                         stream
                             .run(recv, done.clone())
@@ -211,14 +212,23 @@ struct StreamTask {
     send: SendStream,
     stats: TransportStats,
     session: OpSession,
+    /// When the session's token expires.
+    creds_deadline: Option<tokio::time::Instant>,
     /// Lines ready to be written in one go.
     out: Vec<u8>,
 }
 
 impl StreamTask {
-    fn new(ctx: Ctx, conn: Connection, send: SendStream, stats: TransportStats) -> Self {
+    fn new(
+        ctx: Ctx,
+        conn: Connection,
+        send: SendStream,
+        stats: TransportStats,
+        creds: Credentials,
+    ) -> Self {
         Self {
-            session: OpSession::new(ctx.clone(), Transport::WebTransport),
+            creds_deadline: creds.deadline(),
+            session: OpSession::new(ctx.clone(), Transport::WebTransport, creds),
             ctx,
             conn,
             send,
@@ -231,9 +241,17 @@ impl StreamTask {
         let mut lines = LineBuf::new(self.ctx.cfg.max_message_bytes() + 1024);
         let mut chunk = vec![0u8; READ_CHUNK];
         let mut reading = true;
+        let expires = self.creds_deadline;
         let end = loop {
             let flow = tokio::select! {
                 () = done.cancelled() => Flow::Drop,
+                () = sleep_until_opt(expires) => {
+                    // The token ran out: its subscriptions end, the client
+                    // is told why, and the stream finishes.
+                    self.session.unsubscribe_all();
+                    self.push_line(&protocol::error_frame(&token_expired(), None));
+                    Flow::Finish
+                }
                 read = recv.read(&mut chunk), if reading => match read {
                     Ok(Some(n)) => {
                         lines.push(&chunk[..n]);

@@ -168,3 +168,109 @@ async fn connections_per_ip_are_limited() -> Result<()> {
     assert_eq!(code(resp).await?, (429, "rate_limited".into()));
     Ok(())
 }
+
+#[tokio::test]
+async fn websocket_needs_a_token_and_ops_are_checked_one_by_one() -> Result<()> {
+    let s = TestServer::spawn_with(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.publish_rate = 3;
+    })
+    .await?;
+    let err = tokio_tungstenite::connect_async(s.ws_url())
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let t = token(json!({"exp": in_secs(600), "subscribe": ["news:*"], "publish": ["news:*"]}));
+    let (inner, _) = tokio_tungstenite::connect_async(format!("{}?token={t}", s.ws_url())).await?;
+    let mut ws = Ws { inner };
+    ws.subscribe("news:1", None).await?;
+    ws.send(json!({"op":"subscribe","channel":"secret","id":1}))
+        .await?;
+    let e = ws.recv().await?;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_i64()),
+        (Some("forbidden"), Some(1))
+    );
+    ws.send(json!({"op":"publish","channel":"secret","data":1}))
+        .await?;
+    assert_eq!(ws.recv().await?["code"], "forbidden");
+    // Nothing was published by the refused op.
+    let (_, body) = s
+        .get_json(&format!(
+            "/api/channels/secret/messages?since=0&token={}",
+            token(json!({"exp": in_secs(60), "subscribe": ["*"]}))
+        ))
+        .await?;
+    assert_eq!(body["messages"], json!([]));
+
+    // The publish rate: 3 per second per connection, then `rate_limited`.
+    let mut codes = Vec::new();
+    for i in 0..6 {
+        ws.send(json!({"op":"publish","channel":"news:2","data":i}))
+            .await?;
+        let r = ws.recv().await?;
+        codes.push(
+            r["op"].as_str().unwrap_or_default().to_owned()
+                + ":"
+                + r["code"].as_str().unwrap_or(""),
+        );
+    }
+    assert_eq!(
+        codes.iter().filter(|c| c.starts_with("published")).count(),
+        3,
+        "{codes:?}"
+    );
+    assert!(
+        codes.contains(&"error:rate_limited".to_owned()),
+        "{codes:?}"
+    );
+    s.shutdown().await
+}
+
+#[tokio::test]
+async fn a_websocket_is_closed_when_its_token_expires() -> Result<()> {
+    let s = TestServer::spawn_with(|c| c.jwt_secret = Some(SECRET.into())).await?;
+    let t = token(json!({"exp": in_secs(3), "subscribe": ["*"]}));
+    let (inner, _) = tokio_tungstenite::connect_async(format!("{}?token={t}", s.ws_url())).await?;
+    let mut ws = Ws { inner };
+    ws.subscribe("x", None).await?;
+    let e = ws.recv().await?;
+    assert_eq!(
+        (e["op"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("unauthorized"))
+    );
+    assert_eq!(ws.closed().await?, 4001);
+    s.shutdown().await
+}
+
+#[tokio::test]
+async fn webtransport_sessions_need_a_token_and_end_with_it() -> Result<()> {
+    use crate::webtransport::Wt;
+    let s = TestServer::spawn_with(|c| c.jwt_secret = Some(SECRET.into())).await?;
+    assert!(
+        Wt::connect(&s).await.is_err(),
+        "no token: the session is refused"
+    );
+    assert!(Wt::connect_with_query(&s, "?token=bogus").await.is_err());
+    let t = token(json!({"exp": in_secs(3), "subscribe": ["ok"], "publish": ["ok"]}));
+    let wt = Wt::connect_with_query(&s, &format!("?token={t}")).await?;
+    let mut lines = wt.stream().await?;
+    lines
+        .subscribe(json!({"op":"subscribe","channel":"ok"}))
+        .await?;
+    lines
+        .send(json!({"op":"publish","channel":"nope","data":1,"id":"p"}))
+        .await?;
+    let e = lines.recv().await?;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("forbidden"), Some("p"))
+    );
+    // At expiry the stream is told and finished.
+    let e = lines.recv().await?;
+    assert_eq!(e["code"], "unauthorized", "{e}");
+    s.shutdown().await
+}

@@ -7,8 +7,8 @@
 mod helpers;
 
 mod auth;
-mod browser;
 mod backends;
+mod browser;
 mod cross_transport;
 mod errors;
 mod polling;

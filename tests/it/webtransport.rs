@@ -17,7 +17,7 @@ use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
 use crate::helpers::*;
 
 /// The URL and pinned hash `/api/info` serves.
-async fn info(s: &TestServer) -> Result<(String, String)> {
+pub async fn info(s: &TestServer) -> Result<(String, String)> {
     let (status, body) = s.get_json("/api/info").await?;
     ensure!(status == 200, "/api/info answered {status}");
     let wt = &body["webtransport"];
@@ -43,7 +43,7 @@ fn hex(d: &Sha256Digest) -> String {
 }
 
 /// A client endpoint that trusts exactly the certificate with `hash`.
-fn client(hash: &str) -> Result<Endpoint<Client>> {
+pub fn client(hash: &str) -> Result<Endpoint<Client>> {
     let cfg = ClientConfig::builder()
         .with_bind_default()
         .with_server_certificate_hashes([digest(hash)?])
@@ -52,16 +52,22 @@ fn client(hash: &str) -> Result<Endpoint<Client>> {
 }
 
 /// A WebTransport session to the server's `/wt`, trusting `/api/info`'s hash.
-struct Wt {
-    conn: Connection,
+pub struct Wt {
+    pub conn: Connection,
     url: String,
     /// Kept so the client socket outlives the session.
     _endpoint: Endpoint<Client>,
 }
 
 impl Wt {
-    async fn connect(s: &TestServer) -> Result<Self> {
+    pub async fn connect(s: &TestServer) -> Result<Self> {
+        Self::connect_with_query(s, "").await
+    }
+
+    /// Connects to the session URL with `query` (e.g. `?token=…`) appended.
+    pub async fn connect_with_query(s: &TestServer, query: &str) -> Result<Self> {
         let (url, hash) = info(s).await?;
+        let url = format!("{url}{query}");
         let endpoint = client(&hash)?;
         let conn = within("wt connect", endpoint.connect(&url)).await??;
         Ok(Self {
@@ -71,13 +77,13 @@ impl Wt {
         })
     }
 
-    async fn stream(&self) -> Result<Lines> {
+    pub async fn stream(&self) -> Result<Lines> {
         Lines::open(&self.conn).await
     }
 }
 
 /// One bidirectional stream speaking `\n`-terminated JSON lines.
-struct Lines {
+pub struct Lines {
     send: SendStream,
     recv: RecvStream,
     buf: Vec<u8>,
@@ -85,14 +91,14 @@ struct Lines {
 
 /// How reading a stream ended when no line came.
 #[derive(Debug, PartialEq)]
-enum End {
+pub enum End {
     Finished,
     Reset(u64),
     Gone,
 }
 
 impl Lines {
-    async fn open(conn: &Connection) -> Result<Self> {
+    pub async fn open(conn: &Connection) -> Result<Self> {
         let (send, recv) = within("open_bi", async {
             anyhow::Ok(conn.open_bi().await?.await?)
         })
@@ -104,17 +110,17 @@ impl Lines {
         })
     }
 
-    async fn send(&mut self, op: Value) -> Result<()> {
+    pub async fn send(&mut self, op: Value) -> Result<()> {
         self.send_raw(format!("{op}\n").as_bytes()).await
     }
 
-    async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
         within("stream write", self.send.write_all(bytes)).await??;
         Ok(())
     }
 
     /// The next line as JSON, or how the stream ended.
-    async fn next(&mut self) -> Result<Result<Value, End>> {
+    pub async fn next(&mut self) -> Result<Result<Value, End>> {
         loop {
             if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=i).collect();
@@ -130,14 +136,14 @@ impl Lines {
         }
     }
 
-    async fn recv(&mut self) -> Result<Value> {
+    pub async fn recv(&mut self) -> Result<Value> {
         match self.next().await? {
             Ok(v) => Ok(v),
             Err(end) => bail!("stream ended: {end:?}"),
         }
     }
 
-    async fn subscribe(&mut self, op: Value) -> Result<Value> {
+    pub async fn subscribe(&mut self, op: Value) -> Result<Value> {
         self.send(op).await?;
         let reply = self.recv().await?;
         ensure!(
@@ -147,7 +153,7 @@ impl Lines {
         Ok(reply)
     }
 
-    async fn echo(&mut self, data: Value) -> Result<()> {
+    pub async fn echo(&mut self, data: Value) -> Result<()> {
         self.send(json!({"op": "echo", "data": data})).await?;
         let reply = self.recv().await?;
         ensure!(
@@ -158,7 +164,7 @@ impl Lines {
     }
 
     /// Collects `message` lines until offset `last`.
-    async fn messages_until(&mut self, last: u64) -> Result<Vec<Value>> {
+    pub async fn messages_until(&mut self, last: u64) -> Result<Vec<Value>> {
         let mut out: Vec<Value> = Vec::new();
         while out.last().and_then(|m| m["offset"].as_u64()) != Some(last) {
             let line = self.recv().await?;
