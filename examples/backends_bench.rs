@@ -6,7 +6,8 @@
 //! when installed) and prints a Markdown table:
 //!
 //! - throughput: acknowledged publishes per second from 32 WebSocket
-//!   publishers on one node, each waiting for its ack before the next;
+//!   publishers (split over both nodes for "redis, 2 nodes"), each waiting
+//!   for its ack before the next, over eight channels;
 //! - latency: one publisher, one WebSocket subscriber (on the other node for
 //!   "redis, 2 nodes"): time from sending a publish to the subscriber
 //!   receiving it, and to the publisher receiving its ack.
@@ -77,12 +78,13 @@ async fn publish(ws: &mut WsStream, channel: &str, i: usize) -> Result<()> {
     Ok(())
 }
 
-/// Acknowledged publishes per second, `PUBLISHERS` connections to `url`.
-async fn throughput(url: &str) -> Result<f64> {
+/// Acknowledged publishes per second, `PUBLISHERS` connections spread over
+/// `urls`.
+async fn throughput(urls: &[String]) -> Result<f64> {
     let deadline = Instant::now() + THROUGHPUT_FOR;
     let mut tasks = Vec::new();
     for p in 0..PUBLISHERS {
-        let mut ws = ws(url).await?;
+        let mut ws = ws(&urls[p % urls.len()]).await?;
         tasks.push(tokio::spawn(async move {
             let mut n = 0;
             while Instant::now() < deadline {
@@ -186,26 +188,29 @@ async fn redis() -> Result<(tokio::process::Child, String)> {
 async fn main() -> Result<()> {
     let token = CancellationToken::new();
     let mut rows = Vec::new();
-    let durable = |fsync: Fsync| {
-        let dir = scratch(&format!("{fsync:?}"));
+    let durable = |fsync: Fsync, window_ms: u64| {
+        let dir = scratch(&format!("{fsync:?}-{window_ms}"));
         move |c: &mut Config| {
             c.data_dir = Some(dir);
             c.fsync = fsync;
+            c.group_commit_ms = window_ms;
         }
     };
     let memory = start(&token, |_| {}).await?;
-    rows.push(("memory", memory.clone(), memory));
-    let group = start(&token, durable(Fsync::Group)).await?;
-    rows.push(("durable, fsync group (1 ms)", group.clone(), group));
-    let per = start(&token, durable(Fsync::PerPublish)).await?;
-    rows.push(("durable, fsync per-publish", per.clone(), per));
+    rows.push(("memory", vec![memory.clone()], memory.clone(), memory));
+    let group = start(&token, durable(Fsync::Group, 1)).await?;
+    rows.push(("durable, fsync group, 1 ms window", vec![group.clone()], group.clone(), group));
+    let group0 = start(&token, durable(Fsync::Group, 0)).await?;
+    rows.push(("durable, fsync group, 0 ms window", vec![group0.clone()], group0.clone(), group0));
+    let per = start(&token, durable(Fsync::PerPublish, 0)).await?;
+    rows.push(("durable, fsync per-publish", vec![per.clone()], per.clone(), per));
     let redis = match redis().await {
         Ok((child, url)) => {
             let u = url.clone();
             let a = start(&token, |c| c.redis = Some(u)).await?;
             let b = start(&token, |c| c.redis = Some(url)).await?;
-            rows.push(("redis, 1 node", a.clone(), a.clone()));
-            rows.push(("redis, 2 nodes (publish A, deliver B)", a, b));
+            rows.push(("redis, 1 node", vec![a.clone()], a.clone(), a.clone()));
+            rows.push(("redis, 2 nodes (latency: publish A, deliver B)", vec![a.clone(), b.clone()], a, b));
             Some(child)
         }
         Err(e) => {
@@ -217,8 +222,8 @@ async fn main() -> Result<()> {
         "| backend | publishes/s ({PUBLISHERS} WS publishers) | ack p50 ms | deliver p50 ms | deliver p99 ms |"
     );
     println!("|---|---:|---:|---:|---:|");
-    for (name, pub_url, sub_url) in rows {
-        let tp = throughput(&pub_url).await?;
+    for (name, pub_urls, pub_url, sub_url) in rows {
+        let tp = throughput(&pub_urls).await?;
         let (ack, p50, p99) = latency(&pub_url, &sub_url).await?;
         println!("| {name} | {tp:.0} | {ack:.3} | {p50:.3} | {p99:.3} |");
     }

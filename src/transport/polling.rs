@@ -42,7 +42,8 @@ fn bad(msg: String) -> ProtocolError {
     ProtocolError::new(ErrorCode::BadRequest, msg)
 }
 
-fn parse_limit(s: Option<&str>) -> Result<usize, ProtocolError> {
+/// Parses the `limit` query parameter (default [`DEFAULT_LIMIT`]).
+pub fn parse_limit(s: Option<&str>) -> Result<usize, ProtocolError> {
     let Some(s) = s else { return Ok(DEFAULT_LIMIT) };
     match s.parse::<usize>() {
         Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
@@ -52,7 +53,8 @@ fn parse_limit(s: Option<&str>) -> Result<usize, ProtocolError> {
     }
 }
 
-fn parse_wait(s: &str) -> Result<Duration, ProtocolError> {
+/// Parses the `wait` query parameter: seconds, 0 to [`MAX_WAIT_SECS`].
+pub fn parse_wait(s: &str) -> Result<Duration, ProtocolError> {
     match s.parse::<f64>() {
         Ok(w) if (0.0..=MAX_WAIT_SECS).contains(&w) => Ok(Duration::from_secs_f64(w)),
         _ => Err(bad(format!(

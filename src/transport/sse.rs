@@ -38,7 +38,7 @@ pub struct SseQuery {
 //# the last event ID string
 /// Parses a `Last-Event-ID` we issued (`epoch:offset`); a bare offset is
 /// accepted too.
-fn parse_last_event_id(id: &str) -> Result<Position, ProtocolError> {
+pub fn parse_last_event_id(id: &str) -> Result<Position, ProtocolError> {
     let bad = || {
         ProtocolError::new(
             ErrorCode::BadRequest,

@@ -128,7 +128,7 @@ impl Handler {
                     Some(Ok(msg)) => self.on_frame(msg).await,
                     Some(Err(e)) => {
                         debug!(error = %e, "websocket read failed");
-                        Flow::Drop
+                        read_failure(e)
                     }
                     None => Flow::Drop,
                 },
@@ -289,6 +289,16 @@ async fn timed<E>(
             guard.stats().lagged.inc();
             false
         }
+    }
+}
+
+/// What to do after the WebSocket layer failed to read a frame: a frame over
+/// the hard cap gets close 1009 (RFC 6455 "message too big"); anything else
+/// means the connection is unusable.
+fn read_failure(e: axum::Error) -> Flow {
+    match e.into_inner().downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => Flow::Close(1009, "message too big"),
+        _ => Flow::Drop,
     }
 }
 

@@ -152,7 +152,7 @@ fn on_datagram(ctx: &Ctx, conn: &Connection, stats: &TransportStats, payload: &[
 }
 
 /// The reply to a datagram: echo for `echo`, an error frame otherwise.
-fn datagram_reply(payload: &[u8], max_data: usize) -> Bytes {
+pub fn datagram_reply(payload: &[u8], max_data: usize) -> Bytes {
     let Ok(text) = std::str::from_utf8(payload) else {
         let e = ProtocolError::new(ErrorCode::BadJson, "datagram is not UTF-8");
         return protocol::error_frame(&e, None);
@@ -426,7 +426,7 @@ impl StreamTask {
 /// Splits a byte stream into lines, refusing to buffer a line longer than
 /// `limit` (so a client cannot make us hold a gigabyte without a newline).
 #[derive(Debug)]
-struct LineBuf {
+pub struct LineBuf {
     buf: Vec<u8>,
     /// Bytes of `buf` already searched for a newline.
     scanned: usize,
@@ -434,7 +434,8 @@ struct LineBuf {
 }
 
 impl LineBuf {
-    fn new(limit: usize) -> Self {
+    /// An empty buffer that refuses lines longer than `limit` bytes.
+    pub fn new(limit: usize) -> Self {
         Self {
             buf: Vec::new(),
             scanned: 0,
@@ -442,13 +443,14 @@ impl LineBuf {
         }
     }
 
-    fn push(&mut self, bytes: &[u8]) {
+    /// Appends bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
 
     /// The next complete line without its `\n`; `Err(limit)` when a line
     /// is longer than the limit.
-    fn next_line(&mut self) -> Result<Option<Vec<u8>>, usize> {
+    pub fn next_line(&mut self) -> Result<Option<Vec<u8>>, usize> {
         match self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
             Some(i) => {
                 let end = self.scanned + i;

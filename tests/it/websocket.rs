@@ -220,3 +220,40 @@ async fn foreign_origins_are_refused() -> Result<()> {
     tokio_tungstenite::connect_async(req).await?;
     s.shutdown().await
 }
+
+#[tokio::test]
+async fn the_server_pings_and_closes_on_frames_beyond_the_hard_cap() -> Result<()> {
+    use futures_util::StreamExt;
+    let s = TestServer::spawn_with(|c| {
+        c.heartbeat = 1;
+        c.max_message_bytes = 1024;
+    })
+    .await?;
+    let mut ws = Ws::connect(&s).await?;
+    // Keep-alive: a ping arrives without anything being sent (the client
+    // library answers it with a pong on its next write or flush).
+    loop {
+        match within("a ping", ws.inner.next()).await? {
+            Some(Ok(Message::Ping(_))) => break,
+            other => panic!("expected a ping, got {other:?}"),
+        }
+    }
+    // A frame over the hard cap (max(4 × limit, 1 MiB)) is not buffered: the
+    // server sends close 1009 (message too big) and drops the socket. The
+    // client may see the close frame, or — as it is still writing the rest
+    // of the frame — a reset that overtakes it; either way the socket ends.
+    let _ = ws.send_raw(Message::text("x".repeat(2 << 20))).await;
+    let end = loop {
+        match within("the socket to end", ws.inner.next()).await? {
+            Some(Ok(Message::Close(c))) => break c.map(|c| u16::from(c.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => break None,
+        }
+    };
+    assert!(matches!(end, Some(1009) | None), "{end:?}");
+    // Everyone else is unaffected.
+    let mut other = Ws::connect(&s).await?;
+    other.send(json!({"op":"echo","data":1})).await?;
+    assert_eq!(other.recv().await?["data"], 1);
+    s.shutdown().await
+}

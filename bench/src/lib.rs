@@ -1,0 +1,28 @@
+//! `ladder-bench`: the load and comparison harness for Ladder.
+//!
+//! # Layout
+//!
+//! - [`load`]: the fan-out workload — N subscribers on one transport, one
+//!   publisher at a fixed rate or as fast as possible for a bounded count —
+//!   and what it measures ([`load::LoadResult`]).
+//! - [`idle`]: N idle connections, memory per connection.
+//! - [`quic_base`]: raw quinn vs a Ladder WebTransport stream (bulk, echo).
+//! - [`clients`]: one small client per transport (and the Node peers'
+//!   protocols: plain `ws` and hand-framed Socket.IO v4).
+//! - [`probe`]: the server process (started here or given by pid), its CPU
+//!   time and RSS from `/proc`, and `/api/stats` deltas.
+//! - [`track`]: per-subscriber loss / duplicate / reorder accounting from
+//!   offsets, and the shared HDR latency histogram.
+//! - [`sys`]: file-descriptor limit, CPU pinning, source addresses.
+//! - [`report`]: the human table and the one-JSON-line-per-run output.
+//!
+//! Every run is bounded in count and time and talks to loopback only.
+
+pub mod clients;
+pub mod idle;
+pub mod load;
+pub mod probe;
+pub mod quic_base;
+pub mod report;
+pub mod sys;
+pub mod track;

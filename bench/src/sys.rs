@@ -1,0 +1,91 @@
+//! Process-level helpers: the file-descriptor limit, CPU pinning, the
+//! wall clock carried in messages, and TCP connections from a chosen
+//! 127.0.0.x source address (so 50 000 connections do not run out of
+//! ephemeral ports on one address pair).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Microseconds since the Unix epoch (one machine, one clock).
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Raises `RLIMIT_NOFILE` to its hard limit; returns the new soft limit.
+/// A server started by the tool inherits it.
+pub fn raise_nofile() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur
+    }
+}
+
+/// Pins the calling process (all threads created afterwards) to `cpus`.
+pub fn pin_self(cpus: &[usize]) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            anyhow::bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// How many CPUs this process may run on.
+pub fn allowed_cpus() -> usize {
+    // SAFETY: as in pin_self.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return 1;
+        }
+        (libc::CPU_COUNT(&set) as usize).max(1)
+    }
+}
+
+/// Parses a CPU list such as `1` or `0,1`.
+pub fn parse_cpus(s: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .map(|c| c.trim().parse().with_context(|| format!("cpu {c:?}")))
+        .collect()
+}
+
+/// The source address of client `i` when spreading over `k` addresses:
+/// 127.0.0.1 … 127.0.0.k.
+pub fn src_ip(i: usize, k: usize) -> IpAddr {
+    let k = k.clamp(1, 250);
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, (i % k) as u8 + 1))
+}
+
+/// A TCP connection to `dst` from `src`:0, with Nagle off (as browsers do).
+pub async fn tcp_connect(src: IpAddr, dst: SocketAddr) -> Result<TcpStream> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(src, 0))
+        .with_context(|| format!("bind {src}"))?;
+    let s = sock
+        .connect(dst)
+        .await
+        .with_context(|| format!("connect {dst} from {src}"))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
