@@ -41,12 +41,15 @@ fn scratch(tag: &str) -> PathBuf {
 
 /// Starts a server with `f` applied; returns its WebSocket URL.
 async fn start(token: &CancellationToken, f: impl FnOnce(&mut Config)) -> Result<String> {
-    let mut cfg = Config::default();
-    cfg.http = "127.0.0.1:0".parse()?;
-    cfg.h3 = "127.0.0.1:0".parse()?;
-    cfg.certs_dir = scratch("certs");
-    cfg.disable = vec![Transport::WebTransport];
-    cfg.publish_rate = 0;
+    let mut cfg = Config {
+        http: "127.0.0.1:0".parse()?,
+        h3: "127.0.0.1:0".parse()?,
+        certs_dir: scratch("certs"),
+        disable: vec![Transport::WebTransport],
+        // Measure the backends, not the per-connection publish limit.
+        publish_rate: 0,
+        ..Config::default()
+    };
     f(&mut cfg);
     let server = Server::bind(cfg).await?;
     let url = format!("ws://{}/api/ws", server.http_addr());
@@ -199,18 +202,38 @@ async fn main() -> Result<()> {
     let memory = start(&token, |_| {}).await?;
     rows.push(("memory", vec![memory.clone()], memory.clone(), memory));
     let group = start(&token, durable(Fsync::Group, 1)).await?;
-    rows.push(("durable, fsync group, 1 ms window", vec![group.clone()], group.clone(), group));
+    rows.push((
+        "durable, fsync group, 1 ms window",
+        vec![group.clone()],
+        group.clone(),
+        group,
+    ));
     let group0 = start(&token, durable(Fsync::Group, 0)).await?;
-    rows.push(("durable, fsync group, 0 ms window", vec![group0.clone()], group0.clone(), group0));
+    rows.push((
+        "durable, fsync group, 0 ms window",
+        vec![group0.clone()],
+        group0.clone(),
+        group0,
+    ));
     let per = start(&token, durable(Fsync::PerPublish, 0)).await?;
-    rows.push(("durable, fsync per-publish", vec![per.clone()], per.clone(), per));
+    rows.push((
+        "durable, fsync per-publish",
+        vec![per.clone()],
+        per.clone(),
+        per,
+    ));
     let redis = match redis().await {
         Ok((child, url)) => {
             let u = url.clone();
             let a = start(&token, |c| c.redis = Some(u)).await?;
             let b = start(&token, |c| c.redis = Some(url)).await?;
             rows.push(("redis, 1 node", vec![a.clone()], a.clone(), a.clone()));
-            rows.push(("redis, 2 nodes (latency: publish A, deliver B)", vec![a.clone(), b.clone()], a, b));
+            rows.push((
+                "redis, 2 nodes (latency: publish A, deliver B)",
+                vec![a.clone(), b.clone()],
+                a,
+                b,
+            ));
             Some(child)
         }
         Err(e) => {

@@ -157,9 +157,10 @@ pub struct Config {
     #[arg(long, env = "LADDER_FSYNC", value_enum, default_value_t = Fsync::Group)]
     pub fsync: Fsync,
 
-    /// With --fsync group: longest wait, in ms, for more publishes to join a
-    /// commit.
-    #[arg(long, env = "LADDER_GROUP_COMMIT_MS", default_value_t = 1,
+    /// With --fsync group: longest extra wait, in ms, for more publishes to
+    /// join a commit. 0 = no extra wait: a commit takes every publish queued
+    /// while the previous fsync ran (batching without added latency).
+    #[arg(long, env = "LADDER_GROUP_COMMIT_MS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub group_commit_ms: u64,
 

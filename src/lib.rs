@@ -16,7 +16,8 @@
 //! # Layout
 //!
 //! - [`hub`]: the pub/sub core. A pure ring buffer per channel
-//!   ([`hub::ChannelLog`]) plus the async handle [`hub::Hub`].
+//!   ([`hub::ChannelLog`]) plus the async handle [`hub::Hub`], over a log
+//!   backend ([`hub::backend`]): memory, an embedded durable file, or Redis.
 //! - [`protocol`]: the one wire format; messages are encoded once.
 //! - [`transport`]: one adapter per rung, translating framing to hub calls.
 //! - [`http`]: the HTTP/1.1 listener, its routes and byte metering.

@@ -28,15 +28,13 @@
 pub mod backend;
 mod channel;
 mod name;
+mod state;
 mod subscription;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use tokio::sync::watch;
 
 pub use backend::{BackendConfig, BackendError, Fsync};
 pub use channel::{ChannelLog, Commit, ReadOutcome, Start, Truncation};
@@ -44,6 +42,7 @@ pub use name::{ChannelName, Epoch, MAX_CHANNEL_LEN, NameError, Position};
 pub use subscription::{Event, Subscription};
 
 use self::backend::{Appended, Backend};
+use self::state::{Channel, ReaderGuard};
 use crate::protocol::{Data, ErrorCode, Message, ProtocolError};
 
 /// What the hub needs to know from the configuration.
@@ -118,92 +117,6 @@ pub struct Page {
     pub next: u64,
 }
 
-/// Shared state of one channel.
-#[derive(Debug)]
-struct Channel {
-    log: RwLock<ChannelLog>,
-    /// Carries the head offset; its only job is waking readers, who then
-    /// read the log itself (the log, not this value, is the truth).
-    head_tx: watch::Sender<u64>,
-    /// Live subscriptions and waiting long polls; a channel is evicted only
-    /// at zero.
-    readers: AtomicUsize,
-    /// Unix ms of the last publish or the last reader leaving.
-    last_active: AtomicU64,
-    /// Bumped when the backend lost contact (Redis down): subscriptions
-    /// that started before are ended with `lagged` so their clients learn
-    /// delivery was interrupted and resume from their last offset.
-    interrupts: AtomicU64,
-}
-
-impl Channel {
-    fn new(log: ChannelLog) -> Self {
-        let head = log.head();
-        Self {
-            log: RwLock::new(log),
-            head_tx: watch::Sender::new(head),
-            readers: AtomicUsize::new(0),
-            last_active: AtomicU64::new(now_ms()),
-            interrupts: AtomicU64::new(0),
-        }
-    }
-
-    /// Wakes readers after the head moved to `head`.
-    fn notify(&self, head: u64) {
-        self.last_active.fetch_max(now_ms(), Ordering::Relaxed);
-        self.head_tx.send_modify(|h| *h = (*h).max(head));
-    }
-
-    /// Makes a numbered message visible (in offset order) and wakes readers.
-    fn commit(&self, msg: Arc<Message>) -> Commit {
-        let (outcome, head) = {
-            let mut log = self.write();
-            let outcome = log.commit(msg);
-            (outcome, log.head())
-        };
-        if outcome == Commit::Applied {
-            self.notify(head);
-        }
-        outcome
-    }
-
-    /// Ends current subscriptions with `lagged` (see `interrupts`).
-    fn interrupt(&self) {
-        self.interrupts.fetch_add(1, Ordering::AcqRel);
-        self.head_tx.send_modify(|_| {});
-    }
-
-    fn read(&self) -> RwLockReadGuard<'_, ChannelLog> {
-        // A panic while holding the lock cannot leave the ring inconsistent
-        // (every mutation is a single push/pop), so poisoning is ignored.
-        self.log.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, ChannelLog> {
-        self.log.write().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Counts a reader of a channel for as long as it lives.
-#[derive(Debug)]
-struct ReaderGuard(Arc<Channel>);
-
-impl ReaderGuard {
-    /// Registers a reader. Called with the channel's log lock held, so the
-    /// eviction sweep (which takes the write lock) cannot interleave.
-    fn new(channel: Arc<Channel>) -> Self {
-        channel.readers.fetch_add(1, Ordering::AcqRel);
-        Self(channel)
-    }
-}
-
-impl Drop for ReaderGuard {
-    fn drop(&mut self) {
-        self.0.last_active.fetch_max(now_ms(), Ordering::Relaxed);
-        self.0.readers.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// The pub/sub hub. Cloning is shallow: every clone is the same hub.
 #[derive(Debug, Clone)]
 pub struct Hub {
@@ -228,49 +141,6 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-impl Inner {
-    fn map(&self) -> RwLockReadGuard<'_, HashMap<ChannelName, Arc<Channel>>> {
-        self.channels.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn map_mut(&self) -> RwLockWriteGuard<'_, HashMap<ChannelName, Arc<Channel>>> {
-        self.channels
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A new epoch, different from every other this process or (with
-    /// overwhelming likelihood) any other node hands out.
-    fn new_epoch(&self) -> Epoch {
-        let mut h = self.epoch_keys.build_hasher();
-        h.write_u64(self.epoch_counter.fetch_add(1, Ordering::Relaxed));
-        h.write_u64(now_ms());
-        Epoch::new(&format!("{:012x}", h.finish() & 0xffff_ffff_ffff))
-    }
-
-    /// The cached channel of that name, if any.
-    fn lookup(&self, name: &ChannelName) -> Option<Arc<Channel>> {
-        self.map().get(name).cloned()
-    }
-
-    /// Every cached channel.
-    fn cached(&self) -> Vec<Arc<Channel>> {
-        self.map().values().cloned().collect()
-    }
-
-    /// Drops a channel from the cache at once, readers or not, telling its
-    /// subscribers (used when the backend says its numbering restarted).
-    fn discard(&self, name: &ChannelName, ch: &Arc<Channel>) {
-        let mut map = self.map_mut();
-        if map.get(name).is_some_and(|c| Arc::ptr_eq(c, ch)) {
-            map.remove(name);
-        }
-        drop(map);
-        ch.write().mark_evicted();
-        ch.interrupt();
-    }
 }
 
 impl Hub {

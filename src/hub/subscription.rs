@@ -23,8 +23,9 @@ pub enum Event {
     /// The requested position could not be honoured; delivery continues from
     /// `oldest` in `epoch`. Only ever the first event.
     Truncated(Truncation),
-    /// The subscriber fell behind the retained history and is dropped; it
-    /// can resume with `since = last`. Every later call returns this again.
+    /// The subscriber fell behind the retained history, or the backend
+    /// interrupted delivery (Redis unreachable), and is dropped; it can
+    /// resume with `since = last`. Every later call returns this again.
     Lagged {
         /// The last offset it was given.
         last: u64,

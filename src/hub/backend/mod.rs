@@ -19,12 +19,12 @@
 //!
 //! Entry point: [`BackendConfig`], turned into a running backend by
 //! [`Hub::open`](super::Hub::open). The boundary itself is the crate-private
-//! [`LogBackend`] trait; [`Backend`] dispatches to it statically so the
+//! `LogBackend` trait; `Backend` dispatches to it statically so the
 //! memory path pays for no boxing.
 
-mod durable;
-mod memory;
-mod redis;
+pub mod durable;
+pub mod memory;
+pub mod redis;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};

@@ -13,8 +13,10 @@
 //!
 //! [`Fsync::Group`] (the default) puts every publish queued while the
 //! previous commit ran, plus those arriving within `--group-commit-ms` of
-//! the first, into one transaction: one fsync for many publishes.
-//! [`Fsync::PerPublish`] commits each publish on its own.
+//! the first (default 0: no extra wait), into one transaction: one fsync
+//! for many publishes, at most 4096 per commit. [`Fsync::PerPublish`]
+//! commits each publish on its own. Both acknowledge only after the fsync;
+//! they differ in throughput under concurrency, not in what survives.
 //!
 //! # Eviction
 //!

@@ -10,7 +10,7 @@
 //!   fields `t` (server ms) and `d` (the data), trimmed with `MAXLEN ~
 //!   --history` (at least that many kept).
 //!
-//! A publish is one Lua script ([`APPEND`]): number, append, trim and
+//! A publish is one Lua script (`APPEND`): number, append, trim and
 //! `PUBLISH` to `ladder:fanout` run atomically, so offsets are global and
 //! gap-free across nodes and the fan-out order equals offset order. A publish
 //! is acknowledged once the script has run (it is then in Redis; how long it
@@ -19,7 +19,7 @@
 //!
 //! # Fan-out
 //!
-//! Each node keeps one pub/sub connection ([`listener`]). Messages for
+//! Each node keeps one pub/sub connection (`listener`). Messages for
 //! channels it caches are committed into their rings in offset order; a gap
 //! (a connection that dropped, a channel loaded just as a message flew by)
 //! is filled from the stream with `XRANGE` before anything after it.
@@ -267,7 +267,7 @@ impl RedisBackend {
     }
 
     /// Lets the listener deliver into the hub's channels.
-    pub(crate) fn attach(&self, hub: Weak<Inner>) {
+    pub(in crate::hub) fn attach(&self, hub: Weak<Inner>) {
         let _ = self.shared.hub.set(hub);
     }
 }

@@ -1,0 +1,96 @@
+//! WebTransport subscribers: one session each, spread over a few client
+//! endpoints (UDP sockets on different 127.0.0.x addresses), subscribing on
+//! one bidirectional stream; messages arrive as lines on that stream or, in
+//! datagram mode, as datagrams (and on the stream when one does not fit).
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result, bail};
+use wtransport::endpoint::endpoint_side::Client;
+use wtransport::tls::Sha256Digest;
+use wtransport::{ClientConfig, Endpoint};
+
+use super::{Kind, Ready, SubCtx, complete, deliver, set_ready};
+use crate::sys::src_ip;
+use crate::track::Tracker;
+
+/// Parses a lowercase-hex SHA-256.
+pub fn digest(hex: &str) -> Result<Sha256Digest> {
+    if hex.len() != 64 {
+        bail!("hash {hex:?} is not 64 hex digits");
+    }
+    let mut b = [0u8; 32];
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
+    }
+    Ok(Sha256Digest::new(b))
+}
+
+/// `n` client endpoints trusting exactly the certificate `hash`.
+pub fn endpoints(n: usize, src_ips: usize, hash: &str) -> Result<Vec<Endpoint<Client>>> {
+    (0..n)
+        .map(|k| {
+            let cfg = ClientConfig::builder()
+                .with_bind_address(SocketAddr::new(src_ip(k, src_ips), 0))
+                .with_server_certificate_hashes([digest(hash)?])
+                .keep_alive_interval(Some(std::time::Duration::from_secs(5)))
+                .build();
+            Ok(Endpoint::client(cfg)?)
+        })
+        .collect()
+}
+
+pub(super) async fn subscriber(
+    ctx: &SubCtx,
+    i: usize,
+    ready: &mut Option<Ready>,
+    t: &mut Tracker,
+) -> Result<()> {
+    let (url, _) = ctx.target.wt.as_ref().context("no WebTransport URL")?;
+    let ep = &ctx.wt_endpoints[i % ctx.wt_endpoints.len()];
+    let conn = ep.connect(url.as_str()).await.context("wt connect")?;
+    let (mut send, mut recv) = conn.open_bi().await?.await?;
+    let dgram = ctx.kind == Kind::WtDatagram;
+    let delivery = if dgram { ",\"delivery\":\"datagram\"" } else { "" };
+    let sub = format!(
+        "{{\"op\":\"subscribe\",\"channel\":\"{}\",\"since\":0{delivery}}}\n",
+        ctx.channel
+    );
+    send.write_all(sub.as_bytes()).await?;
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut stop = ctx.stop.clone();
+    let mut subscribed = false;
+    while !complete(ctx, t) {
+        tokio::select! {
+            _ = stop.changed() => break,
+            d = conn.receive_datagram(), if dgram && subscribed => {
+                let d = d?;
+                deliver(ctx, i, t, &d.payload());
+            }
+            n = recv.read(&mut chunk) => {
+                let Some(n) = n? else { bail!("stream finished") };
+                buf.extend_from_slice(&chunk[..n]);
+                let mut start = 0;
+                while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+                    let line = &buf[start..start + nl];
+                    start += nl + 1;
+                    if line.starts_with(b"{\"op\":\"message\"") {
+                        deliver(ctx, i, t, line);
+                    } else if line.starts_with(b"{\"op\":\"subscribed\"") {
+                        subscribed = true;
+                        set_ready(ready);
+                    } else if line.starts_with(b"{\"op\":\"lagged\"") {
+                        t.lagged = true;
+                        return Ok(());
+                    } else if line.starts_with(b"{\"op\":\"error\"") {
+                        bail!("{}", String::from_utf8_lossy(line));
+                    }
+                }
+                buf.drain(..start);
+            }
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! Idle mode: N subscribed connections that receive nothing; memory per
+//! connection = (server RSS with them − RSS before) / N.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use crate::clients::Kind;
+use crate::load::{LoadSpec, Subscribers, fresh_channel};
+use crate::probe::Target;
+
+/// Opens `spec.subs` idle subscribers, measures, closes them.
+pub async fn run(target: &Target, spec: &LoadSpec, settle: Duration) -> Result<Value> {
+    let before = target.sample();
+    let stats0 = target.stats().await;
+    let subs = Subscribers::connect(
+        target,
+        spec.kind,
+        fresh_channel("idle"),
+        0,
+        spec.subs,
+        spec,
+    )
+    .await?;
+    let connect = subs.connect_time;
+    let failed = subs.failed.clone();
+    tokio::time::sleep(settle).await;
+    let after = target.sample();
+    let stats1 = target.stats().await;
+    let key = spec.kind.stats_key();
+    let open = |s: &Value| s["transports"][key]["connections_open"].as_i64();
+    let held = match (open(&stats0), open(&stats1)) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let _ = subs.finish(Instant::now()).await;
+    let ok = spec.subs - failed.0;
+    let per_conn = match (before, after) {
+        (Some(a), Some(b)) => Some((b.rss_kib as f64 - a.rss_kib as f64) / ok.max(1) as f64),
+        _ => None,
+    };
+    Ok(json!({
+        "kind": "idle",
+        "label": spec.label,
+        "peer": target.peer.name(),
+        "transport": spec.kind.name(),
+        "conns": spec.subs,
+        "connected": ok,
+        "failed": failed.0,
+        "first_error": failed.1,
+        "server_reports_open": held,
+        "connect_s": connect.as_secs_f64(),
+        "rss_kib_before": before.map(|s| s.rss_kib),
+        "rss_kib_after": after.map(|s| s.rss_kib),
+        "kib_per_conn": per_conn,
+    }))
+}
+
+/// One human line for an idle result.
+pub fn row(v: &Value) -> String {
+    format!(
+        "idle {:<9} {:<21} conns={:<6} ok={:<6} connect={:.2}s RSS {}→{} KiB  {:.2} KiB/conn{}",
+        v["peer"].as_str().unwrap_or(""),
+        v["transport"].as_str().unwrap_or(""),
+        v["conns"],
+        v["connected"],
+        v["connect_s"].as_f64().unwrap_or(0.0),
+        v["rss_kib_before"],
+        v["rss_kib_after"],
+        v["kib_per_conn"].as_f64().unwrap_or(f64::NAN),
+        v["first_error"]
+            .as_str()
+            .map(|e| format!("  first error: {e}"))
+            .unwrap_or_default(),
+    )
+}
+
+/// Whether idle mode makes sense for `kind` (short polls hold nothing).
+pub fn supported(kind: Kind) -> bool {
+    kind != Kind::Poll
+}

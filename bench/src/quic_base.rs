@@ -1,0 +1,237 @@
+//! The cost of HTTP/3 + WebTransport framing (and of Ladder on top) as a
+//! ratio: the same bulk download and echo over a plain quinn bidirectional
+//! stream (a tiny raw-quinn server, `ladder-bench quinn-server`, run as its
+//! own process so it can be pinned like Ladder) and over a Ladder
+//! WebTransport stream.
+//!
+//! - bulk download: raw quinn writes N bytes; Ladder replays a channel
+//!   whose history holds N bytes of large messages (`since=0`).
+//! - bulk echo: M payloads of S bytes written and read back concurrently;
+//!   Ladder answers `{"op":"echo"}` lines.
+//! - echo round trip: one small payload at a time, p50/p99.
+//!
+//! Both sides use the TLS and transport settings wtransport builds (the
+//! raw-quinn configs are taken from wtransport's builders), so the ratio is
+//! framing and application, not congestion or crypto settings.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use wtransport::quinn;
+use wtransport::tls::{Certificate, CertificateChain, PrivateKey};
+use wtransport::{ClientConfig, Identity, ServerConfig};
+
+use crate::clients::wt::digest;
+use crate::probe::Target;
+
+/// Serves raw quinn on `addr` until killed: a stream whose first line is
+/// `get N` receives N bytes; any other stream is echoed back. Prints
+/// `quinn addr=… cert_sha256=…` once ready.
+pub async fn serve(addr: SocketAddr) -> Result<()> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
+    let cert = Certificate::from_der(ck.cert.der().to_vec())?;
+    let hash = cert.hash();
+    let key = PrivateKey::from_der_pkcs8(ck.signing_key.serialize_der());
+    let identity = Identity::new(CertificateChain::single(cert), key);
+    let cfg = ServerConfig::builder()
+        .with_bind_address(addr)
+        .with_identity(identity)
+        .build();
+    let ep = quinn::Endpoint::server(cfg.quic_config().clone(), addr)?;
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    println!("quinn addr={} cert_sha256={hex}", ep.local_addr()?);
+    while let Some(inc) = ep.accept().await {
+        tokio::spawn(async move {
+            let Ok(conn) = inc.await else { return };
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                tokio::spawn(stream(send, recv));
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn stream(mut send: quinn::SendStream, recv: quinn::RecvStream) -> Result<()> {
+    let mut recv = BufReader::with_capacity(64 * 1024, recv);
+    let first = recv.fill_buf().await?;
+    if first.starts_with(b"get ") {
+        let mut line = String::new();
+        recv.read_line(&mut line).await?;
+        let n: usize = line[4..].trim().parse()?;
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(chunk.len());
+            send.write_all(&chunk[..k]).await?;
+            left -= k;
+        }
+    } else {
+        tokio::io::copy(&mut recv, &mut send).await?;
+    }
+    send.finish()?;
+    let _ = send.stopped().await;
+    Ok(())
+}
+
+/// A raw-quinn client connection to the `quinn-server`.
+async fn quinn_conn(addr: SocketAddr, hash: &str) -> Result<(quinn::Endpoint, quinn::Connection)> {
+    let cfg = ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([digest(hash)?])
+        .build();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    ep.set_default_client_config(cfg.quic_config().clone());
+    let conn = ep.connect(addr, "localhost")?.await?;
+    Ok((ep, conn))
+}
+
+fn gbit(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 * 8.0 / d.as_secs_f64() / 1e9
+}
+
+/// Echo `m` payloads of `s` bytes through `(send, recv)`, writing and
+/// reading concurrently; returns the elapsed time.
+async fn echo_bulk<W, R>(mut send: W, mut recv: R, frame: Vec<u8>, m: usize) -> Result<Duration>
+where
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let total = frame.len() * m;
+    let t0 = Instant::now();
+    let writer = tokio::spawn(async move {
+        for _ in 0..m {
+            send.write_all(&frame).await?;
+        }
+        anyhow::Ok(send)
+    });
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0;
+    while got < total {
+        let n = recv.read(&mut buf).await?;
+        if n == 0 {
+            bail!("echo stream ended after {got} of {total} bytes");
+        }
+        got += n;
+    }
+    let d = t0.elapsed();
+    let _ = writer.await?;
+    Ok(d)
+}
+
+/// Sequential round trips of one small frame; (p50, p99) in µs.
+async fn echo_rtt<W, R>(send: &mut W, recv: &mut R, frame: &[u8], n: usize) -> Result<(u64, u64)>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut buf = vec![0u8; frame.len()];
+    for _ in 0..n {
+        let t0 = Instant::now();
+        send.write_all(frame).await?;
+        recv.read_exact(&mut buf).await?;
+        h.saturating_record(t0.elapsed().as_micros() as u64);
+    }
+    Ok((h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
+}
+
+/// The parameters of one baseline run.
+#[derive(Debug, Clone)]
+pub struct BaseSpec {
+    /// Bytes downloaded in bulk.
+    pub bulk_bytes: usize,
+    /// Payload size for bulk echo and download messages.
+    pub payload: usize,
+    /// Payloads echoed in bulk.
+    pub echoes: usize,
+    /// Round trips measured.
+    pub rtts: usize,
+}
+
+/// Runs the baseline against a raw-quinn server and Ladder; one JSON value.
+pub async fn compare(quinn_addr: SocketAddr, quinn_hash: &str, ladder: &Target, spec: &BaseSpec) -> Result<Value> {
+    // Raw quinn.
+    let (_ep, conn) = quinn_conn(quinn_addr, quinn_hash).await?;
+    let (mut s, mut r) = conn.open_bi().await?;
+    s.write_all(format!("get {}\n", spec.bulk_bytes).as_bytes()).await?;
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0;
+    while let Some(n) = r.read(&mut buf).await? {
+        got += n;
+    }
+    let q_dl = gbit(got as u64, t0.elapsed());
+    let (s, r) = conn.open_bi().await?;
+    let q_echo = echo_bulk(s, r, vec![b'x'; spec.payload], spec.echoes).await?;
+    let q_echo = gbit((spec.payload * spec.echoes) as u64, q_echo);
+    let (mut s, mut r) = conn.open_bi().await?;
+    let q_rtt = echo_rtt(&mut s, &mut r, &[b'x'; 64], spec.rtts).await?;
+    conn.close(0u32.into(), b"done");
+
+    // Ladder WebTransport.
+    let (url, hash) = ladder.wt.clone().context("Ladder offers no WebTransport")?;
+    let ep = crate::clients::wt::endpoints(1, 1, &hash)?.remove(0);
+    let wt = ep.connect(url.as_str()).await?;
+    // Fill a channel with the bulk bytes, as `payload`-sized messages.
+    let channel = crate::load::fresh_channel("bulk");
+    let n_msgs = spec.bulk_bytes.div_ceil(spec.payload).max(1);
+    let http = reqwest::Client::new();
+    let body = format!("\"{}\"", "x".repeat(spec.payload.saturating_sub(2)));
+    for _ in 0..n_msgs {
+        let r = http
+            .post(format!("http://{}/api/channels/{channel}/messages", ladder.http))
+            .body(body.clone())
+            .send()
+            .await?;
+        if r.status() != 201 {
+            bail!("bulk publish answered {}", r.status());
+        }
+    }
+    let (mut s, r) = wt.open_bi().await?.await?;
+    s.write_all(format!("{{\"op\":\"subscribe\",\"channel\":\"{channel}\",\"since\":0}}\n").as_bytes())
+        .await?;
+    let mut r = BufReader::with_capacity(256 * 1024, r);
+    let mut line = Vec::new();
+    r.read_until(b'\n', &mut line).await?; // subscribed
+    let t0 = Instant::now();
+    let mut bytes = 0u64;
+    let mut seen = 0;
+    while seen < n_msgs {
+        line.clear();
+        let n = r.read_until(b'\n', &mut line).await?;
+        if n == 0 {
+            bail!("ladder stream ended after {seen} messages");
+        }
+        bytes += n as u64;
+        if line.starts_with(b"{\"op\":\"message\"") {
+            seen += 1;
+        }
+    }
+    let l_dl = gbit(bytes, t0.elapsed());
+    let (s, r) = wt.open_bi().await?.await?;
+    let frame = format!(
+        "{{\"op\":\"echo\",\"data\":\"{}\"}}\n",
+        "x".repeat(spec.payload.saturating_sub(24))
+    );
+    let l_echo = echo_bulk(s, r, frame.clone().into_bytes(), spec.echoes).await?;
+    let l_echo = gbit((frame.len() * spec.echoes) as u64, l_echo);
+    let (mut s, mut r) = wt.open_bi().await?.await?;
+    let small = b"{\"op\":\"echo\",\"data\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}\n";
+    let l_rtt = echo_rtt(&mut s, &mut r, small, spec.rtts).await?;
+    wt.close(0u32.into(), b"done");
+
+    Ok(json!({
+        "kind": "quinn-baseline",
+        "bulk_bytes": spec.bulk_bytes, "payload": spec.payload, "echoes": spec.echoes,
+        "raw_quinn": {"download_gbit_s": q_dl, "echo_gbit_s": q_echo,
+                      "rtt_us_p50": q_rtt.0, "rtt_us_p99": q_rtt.1},
+        "ladder_wt": {"download_gbit_s": l_dl, "echo_gbit_s": l_echo,
+                      "rtt_us_p50": l_rtt.0, "rtt_us_p99": l_rtt.1},
+        "ratio": {"download": l_dl / q_dl, "echo": l_echo / q_echo,
+                  "rtt_p50": l_rtt.0 as f64 / q_rtt.0.max(1) as f64},
+    }))
+}

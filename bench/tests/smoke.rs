@@ -1,0 +1,62 @@
+//! CI smoke test: Ladder in-process on port 0, the bench's load function at
+//! a tiny size over every transport path (both WebTransport deliveries,
+//! WebSocket, SSE, long poll, short poll), plus idle mode once. Asserts no
+//! loss, duplicate or reordering and that figures were produced; no timing
+//! assertions.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use ladder::config::Config;
+use ladder::server::Server;
+use ladder_bench::clients::Kind;
+use ladder_bench::load::{self, LoadSpec};
+use ladder_bench::probe::{Peer, Target};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transport_tiny_load() -> Result<()> {
+    let certs = std::env::temp_dir().join(format!("ladder-bench-smoke-{}", std::process::id()));
+    let cfg = Config {
+        http: "127.0.0.1:0".parse()?,
+        h3: "127.0.0.1:0".parse()?,
+        certs_dir: certs,
+        publish_rate: 0,
+        ..Config::default()
+    };
+    let server = Server::bind(cfg).await?;
+    let http = server.http_addr();
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(server.run(token.clone()));
+    // The server runs in this process, so /proc figures are ours: fine for
+    // checking that they are produced.
+    let target = Target::discover(http, Peer::Ladder, Some(std::process::id())).await?;
+    assert!(target.wt.is_some(), "WebTransport URL from /api/info");
+
+    for kind in Kind::LADDER {
+        let spec = LoadSpec::tiny(kind, 4, 20);
+        let r = tokio::time::timeout(Duration::from_secs(30), load::run(&target, &spec))
+            .await??;
+        r.print();
+        let j = &r.json;
+        assert_eq!(r.errors, 0, "{}: {}", kind.name(), j);
+        assert_eq!((r.lost, r.dups, r.reorders, r.lagged), (0, 0, 0, 0), "{j}");
+        assert_eq!(r.deliveries, 4 * 20, "{j}");
+        assert_eq!(r.complete, 4, "{j}");
+        assert!(j["latency_ms"]["p99"].as_f64().is_some(), "{j}");
+        assert!(j["server_cpu_s"].as_f64().is_some(), "{j}");
+        assert!(j["rss_kib_after"].as_u64().is_some(), "{j}");
+        assert!(j["bytes_out_per_delivery"].as_f64().unwrap_or(0.0) > 0.0, "{j}");
+        assert!(j["connect_s"].as_f64().is_some(), "{j}");
+    }
+
+    let spec = LoadSpec::tiny(Kind::Ws, 10, 0);
+    let v = ladder_bench::idle::run(&target, &spec, Duration::from_millis(200)).await?;
+    assert_eq!(v["connected"], 10, "{v}");
+    assert_eq!(v["server_reports_open"], 10, "{v}");
+    assert!(v["kib_per_conn"].as_f64().is_some(), "{v}");
+
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(20), handle).await??;
+    Ok(())
+}
