@@ -249,6 +249,23 @@ impl Hub {
         }
     }
 
+    /// Runs `f` on a channel's live (not evicted) log under its read lock,
+    /// looking the channel up again if the sweep evicted it meanwhile.
+    async fn with_log<T>(
+        &self,
+        name: &ChannelName,
+        f: impl Fn(&Arc<Channel>, &ChannelLog) -> T,
+    ) -> Result<T, HubError> {
+        loop {
+            self.inner.backend.ready()?;
+            let ch = self.channel(name).await?;
+            let log = ch.read();
+            if !log.is_evicted() {
+                return Ok(f(&ch, &log));
+            }
+        }
+    }
+
     /// Subscribes to a channel from `pos`: retained history first (or a
     /// truncation notice), then live messages, with no gap between them.
     pub async fn subscribe(
@@ -256,29 +273,19 @@ impl Hub {
         name: &ChannelName,
         pos: &Position,
     ) -> Result<Subscription, HubError> {
-        loop {
-            self.inner.backend.ready()?;
-            let ch = self.channel(name).await?;
-            let log = ch.read();
-            if log.is_evicted() {
-                drop(log);
-                continue;
-            }
-            let start = log.start(pos);
-            let epoch = log.epoch().clone();
-            let head = log.head();
-            let rx = ch.head_tx.subscribe();
-            let guard = ReaderGuard::new(ch.clone());
-            drop(log);
-            return Ok(Subscription::new(
-                guard,
+        self.with_log(name, |ch, log| {
+            // Registered under the read lock, so no publish (which takes the
+            // write lock) falls between the start position and the wake-up.
+            Subscription::new(
+                ReaderGuard::new(ch.clone()),
                 name.clone(),
-                epoch,
-                head,
-                start,
-                rx,
-            ));
-        }
+                log.epoch().clone(),
+                log.head(),
+                log.start(pos),
+                ch.head_tx.subscribe(),
+            )
+        })
+        .await
     }
 
     /// Reads up to `limit` messages after `pos` without waiting.
@@ -288,16 +295,7 @@ impl Hub {
         pos: &Position,
         limit: usize,
     ) -> Result<Page, HubError> {
-        loop {
-            self.inner.backend.ready()?;
-            let ch = self.channel(name).await?;
-            let log = ch.read();
-            if log.is_evicted() {
-                drop(log);
-                continue;
-            }
-            return Ok(read_page(&log, pos, limit));
-        }
+        self.with_log(name, |_, log| read_page(log, pos, limit)).await
     }
 
     /// Like [`Hub::read`], but when there is nothing to return waits up to
