@@ -121,7 +121,9 @@ impl OpSession {
             Ok(parsed) => parsed,
             Err(e) => return protocol::error_frame(&e.error, e.id.as_deref()),
         };
-        match self.run(op, id.as_deref()).await {
+        // Boxed: the hub's futures (backend I/O included) are large, and
+        // inline they would sit in every idle connection's task forever.
+        match Box::pin(self.run(op, id.as_deref())).await {
             Ok(reply) => reply,
             Err(e) => protocol::error_frame(&e, id.as_deref()),
         }

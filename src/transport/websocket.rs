@@ -60,8 +60,11 @@ pub async fn upgrade(
     let hard_cap = (ctx.cfg.max_message_bytes() * 4).max(1 << 20);
     let guard = ctx.stats.open(Transport::WebSocket);
     let keep = ctx.tasks.token();
+    // Small read buffer: it is allocated per socket up front and zero-filled
+    // on every read attempt, and inbound traffic is small ops (large frames
+    // still arrive, in more reads).
     Ok(ws
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(4 * 1024 * 1024)
         .max_message_size(hard_cap)

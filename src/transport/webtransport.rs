@@ -215,7 +215,9 @@ struct StreamTask {
     /// When the session's token expires.
     creds_deadline: Option<tokio::time::Instant>,
     /// Lines ready to be written in one go.
-    out: Vec<u8>,
+    out: Vec<Bytes>,
+    /// Bytes queued in `out`.
+    out_len: usize,
 }
 
 impl StreamTask {
@@ -234,6 +236,7 @@ impl StreamTask {
             send,
             stats,
             out: Vec::new(),
+            out_len: 0,
         }
     }
 
@@ -249,7 +252,7 @@ impl StreamTask {
                     // The token ran out: its subscriptions end, the client
                     // is told why, and the stream finishes.
                     self.session.unsubscribe_all();
-                    self.push_line(&protocol::error_frame(&token_expired(), None));
+                    self.push_line(protocol::error_frame(&token_expired(), None));
                     Flow::Finish
                 }
                 read = recv.read(&mut chunk), if reading => match read {
@@ -308,7 +311,7 @@ impl StreamTask {
                 Ok(Some(line)) => {
                     let Ok(text) = std::str::from_utf8(&line) else {
                         let e = ProtocolError::new(ErrorCode::BadJson, "line is not UTF-8");
-                        self.push_line(&protocol::error_frame(&e, None));
+                        self.push_line(protocol::error_frame(&e, None));
                         continue;
                     };
                     let text = text.trim();
@@ -316,7 +319,7 @@ impl StreamTask {
                         continue;
                     }
                     let reply = self.session.handle(text).await;
-                    self.push_line(&reply);
+                    self.push_line(reply);
                 }
                 Ok(None) => return Flow::Continue,
                 Err(len) => {
@@ -327,7 +330,7 @@ impl StreamTask {
                             "line exceeds {len} bytes; message data is limited to {max}; closing this stream"
                         ),
                     );
-                    self.push_line(&protocol::error_frame(&e, None));
+                    self.push_line(protocol::error_frame(&e, None));
                     return Flow::TooLarge;
                 }
             }
@@ -343,20 +346,20 @@ impl StreamTask {
                 Event::Message(m) => {
                     self.stats.messages_out.inc();
                     if mode != DeliveryMode::Datagram || !self.send_datagram(&m) {
-                        self.out.extend_from_slice(m.op_line());
+                        self.push_chunk(m.op_line().clone());
                     }
                 }
                 Event::Truncated(t) => {
-                    self.push_line(&protocol::truncated_frame(&channel, t.oldest, &t.epoch));
+                    self.push_line(protocol::truncated_frame(&channel, t.oldest, &t.epoch));
                 }
                 Event::Lagged { last } => {
                     self.stats.lagged.inc();
-                    self.push_line(&protocol::lagged_frame(&channel, last));
+                    self.push_line(protocol::lagged_frame(&channel, last));
                     return Flow::Finish;
                 }
             }
             n += 1;
-            if n < COALESCE_EVENTS && self.out.len() < COALESCE_BYTES {
+            if n < COALESCE_EVENTS && self.out_len < COALESCE_BYTES {
                 next = self.session.try_next_event();
             }
         }
@@ -390,9 +393,15 @@ impl StreamTask {
         }
     }
 
-    fn push_line(&mut self, frame: &[u8]) {
-        self.out.extend_from_slice(frame);
-        self.out.push(b'\n');
+    fn push_line(&mut self, frame: Bytes) {
+        self.push_chunk(frame);
+        self.push_chunk(Bytes::from_static(b"\n"));
+    }
+
+    /// Queues shared bytes for the next write; messages are not copied.
+    fn push_chunk(&mut self, chunk: Bytes) {
+        self.out_len += chunk.len();
+        self.out.push(chunk);
     }
 
     /// Writes the buffered lines under the send timeout, so a client that
@@ -402,8 +411,12 @@ impl StreamTask {
             return Ok(());
         }
         let limit = self.ctx.cfg.send_timeout();
-        let written = tokio::time::timeout(limit, self.send.write_all(&self.out)).await;
+        // quinn takes the chunks as they are (reference-counted), so a
+        // message's shared line is never copied per stream.
+        let stream = self.send.quic_stream_mut();
+        let written = tokio::time::timeout(limit, stream.write_all_chunks(&mut self.out)).await;
         self.out.clear();
+        self.out_len = 0;
         match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => {
