@@ -14,15 +14,8 @@ use crate::probe::Target;
 pub async fn run(target: &Target, spec: &LoadSpec, settle: Duration) -> Result<Value> {
     let before = target.sample();
     let stats0 = target.stats().await;
-    let subs = Subscribers::connect(
-        target,
-        spec.kind,
-        fresh_channel("idle"),
-        0,
-        spec.subs,
-        spec,
-    )
-    .await?;
+    let subs =
+        Subscribers::connect(target, spec.kind, fresh_channel("idle"), 0, spec.subs, spec).await?;
     let connect = subs.connect_time;
     let failed = subs.failed.clone();
     tokio::time::sleep(settle).await;

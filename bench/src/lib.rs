@@ -6,6 +6,7 @@
 //!   publisher at a fixed rate or as fast as possible for a bounded count —
 //!   and what it measures ([`load::LoadResult`]).
 //! - [`idle`]: N idle connections, memory per connection.
+//! - [`floor`]: the one-`send()`-per-delivery floor of this machine.
 //! - [`quic_base`]: raw quinn vs a Ladder WebTransport stream (bulk, echo).
 //! - [`clients`]: one small client per transport (and the Node peers'
 //!   protocols: plain `ws` and hand-framed Socket.IO v4).
@@ -19,6 +20,7 @@
 //! Every run is bounded in count and time and talks to loopback only.
 
 pub mod clients;
+pub mod floor;
 pub mod idle;
 pub mod load;
 pub mod probe;

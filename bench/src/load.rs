@@ -46,6 +46,8 @@ pub struct LoadSpec {
     pub wt_endpoints: usize,
     /// A label for the report (e.g. "saturation").
     pub label: String,
+    /// WebSocket subscribers that stop reading once subscribed.
+    pub slow: usize,
 }
 
 impl LoadSpec {
@@ -64,6 +66,7 @@ impl LoadSpec {
             window: 64,
             wt_endpoints: 1,
             label: "smoke".into(),
+            slow: 0,
         }
     }
 }
@@ -113,6 +116,7 @@ impl Subscribers {
             src_ips: spec.src_ips,
             poll_interval: spec.poll_interval,
             stop: stop_rx,
+            slow: spec.slow,
             wt_endpoints,
         });
         let gate = Arc::new(Semaphore::new(spec.connect_concurrency.max(1)));
@@ -219,13 +223,17 @@ pub async fn run(target: &Target, spec: &LoadSpec) -> Result<LoadResult> {
 }
 
 /// The change in one transport's `/api/stats` row (and the `api` row).
-fn delta(a: &Value, b: &Value, key: &str) -> Option<(f64, f64, f64)> {
+fn delta(a: &Value, b: &Value, key: &str) -> Option<(f64, f64, f64, f64, f64)> {
     let d = |f: &str| -> Option<f64> {
-        Some(
-            b["transports"][key][f].as_f64()? - a["transports"][key][f].as_f64()?,
-        )
+        Some(b["transports"][key][f].as_f64()? - a["transports"][key][f].as_f64()?)
     };
-    Some((d("bytes_out")?, d("requests")?, d("messages_out")?))
+    Some((
+        d("bytes_out")?,
+        d("requests")?,
+        d("messages_out")?,
+        d("lagged")?,
+        d("bytes_in")?,
+    ))
 }
 
 /// Publishes `spec.count` messages over one WebSocket (Ladder ops, or
@@ -245,7 +253,7 @@ pub async fn publish(target: &Target, spec: &LoadSpec, channel: &str) -> Result<
     let reader = tokio::spawn(async move {
         let mut acks = 0u64;
         while acks < count {
-            match tokio::time::timeout(Duration::from_secs(30), rx.next()).await {
+            match tokio::time::timeout(Duration::from_secs(60), rx.next()).await {
                 Ok(Some(Ok(Message::Text(f)))) => {
                     if f.as_str() == "2" {
                         let _ = pong_tx.send(());
@@ -280,7 +288,10 @@ pub async fn publish(target: &Target, spec: &LoadSpec, channel: &str) -> Result<
         .await
         .context("publish")?;
     }
-    let acks = tokio::time::timeout(Duration::from_secs(30), acks_rx)
+    // Acks still missing after the drain period are not waited for (a
+    // saturated peer may be seconds behind); the subscribers' drain starts
+    // after this, so the run stays bounded by about 2 × drain.
+    let acks = tokio::time::timeout(spec.drain, acks_rx)
         .await
         .map(Result::unwrap_or_default)
         .unwrap_or(0);

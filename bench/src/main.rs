@@ -10,10 +10,13 @@ use ladder_bench::clients::Kind;
 use ladder_bench::load::{self, LoadSpec};
 use ladder_bench::probe::{Peer, Spawned, Target};
 use ladder_bench::report::LoadResult;
-use ladder_bench::{idle, quic_base, sys};
+use ladder_bench::{floor, idle, quic_base, sys};
 
 #[derive(Parser)]
-#[command(name = "ladder-bench", about = "Load and comparison harness for Ladder")]
+#[command(
+    name = "ladder-bench",
+    about = "Load and comparison harness for Ladder"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -45,6 +48,9 @@ enum Cmd {
         /// Unacknowledged publishes allowed with --rate 0.
         #[arg(long, default_value_t = 256)]
         window: usize,
+        /// WebSocket subscribers that stop reading once subscribed.
+        #[arg(long, default_value_t = 0)]
+        slow: usize,
     },
     /// N idle subscribed connections per transport; server KiB per connection.
     Idle {
@@ -67,11 +73,40 @@ enum Cmd {
         #[arg(long, default_value_t = 60_000)]
         payload: usize,
         /// Payloads echoed in bulk.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 1000)]
         echoes: usize,
         /// Round trips timed.
         #[arg(long, default_value_t = 2000)]
         rtts: usize,
+    },
+    /// The fan-out syscall floor: a blocking server writing a 66 B frame per
+    /// socket per message (or `--batch` frames per write).
+    Floor {
+        #[command(flatten)]
+        server: ServerOpts,
+        /// Sockets.
+        #[arg(long, default_value_t = 1000)]
+        subs: usize,
+        /// Messages per second.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Messages.
+        #[arg(long, default_value_t = 500)]
+        count: u64,
+        /// Frames coalesced per write.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+    },
+    /// (internal) The floor measurement's server.
+    FloorServer {
+        #[arg(long)]
+        subs: usize,
+        #[arg(long)]
+        rate: f64,
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        batch: usize,
     },
     /// (internal) The raw-quinn server of the baseline.
     QuinnServer {
@@ -144,18 +179,44 @@ impl LoadOpts {
     }
 }
 
-/// A server for one run, started here or attached to.
+/// A server for one run, started here or attached to. A start is retried
+/// twice: the free port probed for it can be taken by a client's ephemeral
+/// port before the server binds it.
 async fn server(o: &ServerOpts) -> Result<(Target, Option<Spawned>)> {
-    let spawned = match (&o.server_bin, &o.server_cmd) {
-        (Some(bin), _) => Some(Spawned::ladder(bin, o.server_cpu.as_deref(), &o.server_args).await?),
-        (None, Some(cmd)) => Some(Spawned::command(cmd, o.server_cpu.as_deref()).await?),
-        (None, None) => None,
+    let mut tries = 0;
+    let spawned = loop {
+        let r = match (&o.server_bin, &o.server_cmd) {
+            (Some(bin), _) => Spawned::ladder(bin, o.server_cpu.as_deref(), &o.server_args)
+                .await
+                .map(Some),
+            (None, Some(cmd)) => Spawned::command(cmd, o.server_cpu.as_deref())
+                .await
+                .map(Some),
+            (None, None) => Ok(None),
+        };
+        match r {
+            Ok(s) => break s,
+            Err(e) if tries < 2 => {
+                eprintln!("# server start failed ({e:#}); retrying");
+                tries += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
     };
     let (http, pid) = match &spawned {
         Some(s) => (s.http, Some(s.pid)),
-        None => (o.http.context("give --server-bin, --server-cmd or --http")?, o.server_pid),
+        None => (
+            o.http
+                .context("give --server-bin, --server-cmd or --http")?,
+            o.server_pid,
+        ),
     };
-    let peer = if o.server_bin.is_some() { Peer::Ladder } else { o.peer };
+    let peer = if o.server_bin.is_some() {
+        Peer::Ladder
+    } else {
+        o.peer
+    };
     Ok((Target::discover(http, peer, pid).await?, spawned))
 }
 
@@ -168,10 +229,11 @@ async fn stop(s: Option<Spawned>) {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let client_cpu = match &cli.cmd {
-        Cmd::Fanout { server, .. } | Cmd::Idle { server, .. } | Cmd::Quinn { server, .. } => {
-            server.client_cpu.clone()
-        }
-        Cmd::QuinnServer { .. } => None,
+        Cmd::Fanout { server, .. }
+        | Cmd::Idle { server, .. }
+        | Cmd::Quinn { server, .. }
+        | Cmd::Floor { server, .. } => server.client_cpu.clone(),
+        Cmd::QuinnServer { .. } | Cmd::FloorServer { .. } => None,
     };
     if let Some(c) = client_cpu {
         sys::pin_self(&sys::parse_cpus(&c)?)?;
@@ -187,6 +249,30 @@ fn main() -> Result<()> {
 async fn async_main(cli: Cli, nofile: u64) -> Result<()> {
     match cli.cmd {
         Cmd::QuinnServer { addr } => quic_base::serve(addr).await,
+        Cmd::FloorServer {
+            subs,
+            rate,
+            count,
+            batch,
+        } => tokio::task::spawn_blocking(move || floor::serve(subs, rate, count, batch)).await?,
+        Cmd::Floor {
+            server: so,
+            subs,
+            rate,
+            count,
+            batch,
+        } => {
+            let v = floor::run(so.server_cpu.as_deref(), subs, rate, count, batch).await?;
+            println!(
+                "floor: {} sockets, {} msg/s, batch {}: {:.2} µs server CPU per delivery",
+                subs,
+                rate,
+                batch,
+                v["server_cpu_us_per_delivery"].as_f64().unwrap_or(f64::NAN)
+            );
+            println!("JSON {v}");
+            Ok(())
+        }
         Cmd::Fanout {
             server: so,
             load: lo,
@@ -196,8 +282,12 @@ async fn async_main(cli: Cli, nofile: u64) -> Result<()> {
             poll_interval_ms,
             drain_s,
             window,
+            slow,
         } => {
-            eprintln!("# RLIMIT_NOFILE={nofile} client threads={}", sys::allowed_cpus());
+            eprintln!(
+                "# RLIMIT_NOFILE={nofile} client threads={}",
+                sys::allowed_cpus()
+            );
             println!("{}", LoadResult::header());
             for kind in &lo.transport {
                 let spec = LoadSpec {
@@ -207,9 +297,20 @@ async fn async_main(cli: Cli, nofile: u64) -> Result<()> {
                     poll_interval: Duration::from_millis(poll_interval_ms),
                     drain: Duration::from_secs(drain_s),
                     window,
+                    slow,
                     ..lo.spec(*kind)
                 };
-                let (target, spawned) = server(&so).await?;
+                let (target, spawned) = match server(&so).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        println!(
+                            "{} {}: server did not start: {e:#}",
+                            spec.label,
+                            kind.name()
+                        );
+                        continue;
+                    }
+                };
                 let r = load::run(&target, &spec).await;
                 stop(spawned).await;
                 match r {
@@ -229,7 +330,13 @@ async fn async_main(cli: Cli, nofile: u64) -> Result<()> {
                 if !idle::supported(*kind) {
                     continue;
                 }
-                let (target, spawned) = server(&so).await?;
+                let (target, spawned) = match server(&so).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        println!("idle {}: server did not start: {e:#}", kind.name());
+                        continue;
+                    }
+                };
                 let r = idle::run(&target, &lo.spec(*kind), Duration::from_secs(settle_s)).await;
                 stop(spawned).await;
                 match r {
@@ -250,7 +357,7 @@ async fn async_main(cli: Cli, nofile: u64) -> Result<()> {
             rtts,
         } => {
             let (target, spawned) = server(&so).await?;
-            let qs = quinn_server(so.server_cpu.as_deref()).await?;
+            let qs = quic_base::spawn_server(so.server_cpu.as_deref()).await?;
             let spec = quic_base::BaseSpec {
                 bulk_bytes: bulk_mib << 20,
                 payload,
@@ -260,50 +367,18 @@ async fn async_main(cli: Cli, nofile: u64) -> Result<()> {
             let r = quic_base::compare(qs.0, &qs.1, &target, &spec).await;
             stop(spawned).await;
             let v = r?;
-            println!(
-                "raw quinn: download {:.2} Gbit/s, echo {:.2} Gbit/s, rtt p50 {} µs",
-                v["raw_quinn"]["download_gbit_s"], v["raw_quinn"]["echo_gbit_s"], v["raw_quinn"]["rtt_us_p50"]
-            );
-            println!(
-                "ladder wt: download {:.2} Gbit/s, echo {:.2} Gbit/s, rtt p50 {} µs",
-                v["ladder_wt"]["download_gbit_s"], v["ladder_wt"]["echo_gbit_s"], v["ladder_wt"]["rtt_us_p50"]
-            );
+            for (name, k) in [("raw quinn", "raw_quinn"), ("ladder wt", "ladder_wt")] {
+                let f = |x: &str| v[k][x].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "{name}: download {:.2} Gbit/s, echo {:.2} Gbit/s, rtt p50 {:.0} µs p99 {:.0} µs",
+                    f("download_gbit_s"),
+                    f("echo_gbit_s"),
+                    f("rtt_us_p50"),
+                    f("rtt_us_p99"),
+                );
+            }
             println!("JSON {v}");
             Ok(())
         }
     }
-}
-
-/// Starts `ladder-bench quinn-server` (this executable) pinned like the
-/// server; returns its address and certificate hash. It dies with us.
-async fn quinn_server(cpu: Option<&str>) -> Result<(std::net::SocketAddr, String, tokio::process::Child)> {
-    use tokio::io::AsyncBufReadExt;
-    let exe = std::env::current_exe()?;
-    let mut cmd = match cpu {
-        Some(c) => {
-            let mut c2 = tokio::process::Command::new("taskset");
-            c2.args(["-c", c]).arg(&exe);
-            c2
-        }
-        None => tokio::process::Command::new(&exe),
-    };
-    let mut child = cmd
-        .arg("quinn-server")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let out = child.stdout.take().context("stdout")?;
-    let mut lines = tokio::io::BufReader::new(out).lines();
-    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await??
-        .context("quinn-server printed nothing")?;
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .map(str::to_owned)
-    };
-    let (Some(addr), Some(hash)) = (field("addr="), field("cert_sha256=")) else {
-        bail!("bad quinn-server line {line:?}")
-    };
-    Ok((addr.parse()?, hash, child))
 }

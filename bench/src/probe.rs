@@ -97,6 +97,8 @@ pub struct ProcSample {
     pub cpu_s: f64,
     /// Resident set, KiB.
     pub rss_kib: u64,
+    /// Peak resident set so far (`VmHWM`), KiB.
+    pub hwm_kib: u64,
     /// When taken.
     pub at: Option<Instant>,
 }
@@ -113,14 +115,18 @@ impl ProcSample {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        let (rss_kib, hwm_kib) = (field("VmRSS:"), field("VmHWM:"));
         Ok(Self {
             cpu_s: ticks as f64 / hz,
             rss_kib,
+            hwm_kib,
             at: Some(Instant::now()),
         })
     }

@@ -32,10 +32,21 @@ use crate::probe::Target;
 /// `get N` receives N bytes; any other stream is echoed back. Prints
 /// `quinn addr=… cert_sha256=…` once ready.
 pub async fn serve(addr: SocketAddr) -> Result<()> {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
-    let cert = Certificate::from_der(ck.cert.der().to_vec())?;
+    // Certificate hashes are accepted only for ECDSA certificates valid at
+    // most 14 days (the W3C rule wtransport enforces): yesterday + 10 days.
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?;
+    let today = crate::sys::now_us() / 86_400_000_000;
+    let ymd = |days: u64| {
+        let (y, m, d) = civil(days as i64);
+        rcgen::date_time_ymd(y, m, d)
+    };
+    params.not_before = ymd(today - 1);
+    params.not_after = ymd(today + 10);
+    let key_pair = rcgen::KeyPair::generate()?;
+    let rc = params.self_signed(&key_pair)?;
+    let cert = Certificate::from_der(rc.der().to_vec())?;
     let hash = cert.hash();
-    let key = PrivateKey::from_der_pkcs8(ck.signing_key.serialize_der());
+    let key = PrivateKey::from_der_pkcs8(key_pair.serialize_der());
     let identity = Identity::new(CertificateChain::single(cert), key);
     let cfg = ServerConfig::builder()
         .with_bind_address(addr)
@@ -55,6 +66,20 @@ pub async fn serve(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// Days since 1970-01-01 → (year, month, day) (H. Hinnant's algorithm).
+fn civil(z: i64) -> (i32, u8, u8) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+    (y, m, d)
+}
+
 async fn stream(mut send: quinn::SendStream, recv: quinn::RecvStream) -> Result<()> {
     let mut recv = BufReader::with_capacity(64 * 1024, recv);
     let first = recv.fill_buf().await?;
@@ -70,7 +95,7 @@ async fn stream(mut send: quinn::SendStream, recv: quinn::RecvStream) -> Result<
             left -= k;
         }
     } else {
-        tokio::io::copy(&mut recv, &mut send).await?;
+        tokio::io::copy_buf(&mut recv, &mut send).await?;
     }
     send.finish()?;
     let _ = send.stopped().await;
@@ -153,11 +178,17 @@ pub struct BaseSpec {
 }
 
 /// Runs the baseline against a raw-quinn server and Ladder; one JSON value.
-pub async fn compare(quinn_addr: SocketAddr, quinn_hash: &str, ladder: &Target, spec: &BaseSpec) -> Result<Value> {
+pub async fn compare(
+    quinn_addr: SocketAddr,
+    quinn_hash: &str,
+    ladder: &Target,
+    spec: &BaseSpec,
+) -> Result<Value> {
     // Raw quinn.
     let (_ep, conn) = quinn_conn(quinn_addr, quinn_hash).await?;
     let (mut s, mut r) = conn.open_bi().await?;
-    s.write_all(format!("get {}\n", spec.bulk_bytes).as_bytes()).await?;
+    s.write_all(format!("get {}\n", spec.bulk_bytes).as_bytes())
+        .await?;
     let t0 = Instant::now();
     let mut buf = vec![0u8; 256 * 1024];
     let mut got = 0;
@@ -183,7 +214,10 @@ pub async fn compare(quinn_addr: SocketAddr, quinn_hash: &str, ladder: &Target, 
     let body = format!("\"{}\"", "x".repeat(spec.payload.saturating_sub(2)));
     for _ in 0..n_msgs {
         let r = http
-            .post(format!("http://{}/api/channels/{channel}/messages", ladder.http))
+            .post(format!(
+                "http://{}/api/channels/{channel}/messages",
+                ladder.http
+            ))
             .body(body.clone())
             .send()
             .await?;
@@ -192,8 +226,10 @@ pub async fn compare(quinn_addr: SocketAddr, quinn_hash: &str, ladder: &Target, 
         }
     }
     let (mut s, r) = wt.open_bi().await?.await?;
-    s.write_all(format!("{{\"op\":\"subscribe\",\"channel\":\"{channel}\",\"since\":0}}\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("{{\"op\":\"subscribe\",\"channel\":\"{channel}\",\"since\":0}}\n").as_bytes(),
+    )
+    .await?;
     let mut r = BufReader::with_capacity(256 * 1024, r);
     let mut line = Vec::new();
     r.read_until(b'\n', &mut line).await?; // subscribed
@@ -234,4 +270,40 @@ pub async fn compare(quinn_addr: SocketAddr, quinn_hash: &str, ladder: &Target, 
         "ratio": {"download": l_dl / q_dl, "echo": l_echo / q_echo,
                   "rtt_p50": l_rtt.0 as f64 / q_rtt.0.max(1) as f64},
     }))
+}
+
+/// Starts `ladder-bench quinn-server` (this executable) pinned like the
+/// server; returns its address and certificate hash. It dies with us.
+pub async fn spawn_server(
+    cpu: Option<&str>,
+) -> Result<(std::net::SocketAddr, String, tokio::process::Child)> {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe()?;
+    let mut cmd = match cpu {
+        Some(c) => {
+            let mut c2 = tokio::process::Command::new("taskset");
+            c2.args(["-c", c]).arg(&exe);
+            c2
+        }
+        None => tokio::process::Command::new(&exe),
+    };
+    let mut child = cmd
+        .arg("quinn-server")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let out = child.stdout.take().context("stdout")?;
+    let mut lines = tokio::io::BufReader::new(out).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await??
+        .context("quinn-server printed nothing")?;
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .map(str::to_owned)
+    };
+    let (Some(addr), Some(hash)) = (field("addr="), field("cert_sha256=")) else {
+        bail!("bad quinn-server line {line:?}")
+    };
+    Ok((addr.parse()?, hash, child))
 }

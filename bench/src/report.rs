@@ -47,14 +47,19 @@ impl LoadResult {
         elapsed: Duration,
         acked: u64,
         proc: (Option<ProcSample>, Option<ProcSample>),
-        stats: Option<(f64, f64, f64)>,
+        stats: Option<(f64, f64, f64, f64, f64)>,
     ) -> Self {
         let h = lat.merged();
         let deliveries = h.len();
         let mut lost = 0;
         let (mut dups, mut reorders, mut lagged, mut errors, mut complete) = (0, 0, 0, 0, 0);
         let mut first_error = None;
+        let mut slow = 0;
         for t in trackers {
+            if t.slow {
+                slow += 1;
+                continue;
+            }
             dups += t.dups;
             reorders += t.reorders;
             if t.lagged {
@@ -71,9 +76,14 @@ impl LoadResult {
             }
         }
         let secs = elapsed.as_secs_f64().max(1e-9);
-        let (cpu_s, rss0, rss1) = match proc {
-            (Some(a), Some(b)) => (Some(b.cpu_s - a.cpu_s), Some(a.rss_kib), Some(b.rss_kib)),
-            _ => (None, None, None),
+        let (cpu_s, rss0, rss1, hwm) = match proc {
+            (Some(a), Some(b)) => (
+                Some(b.cpu_s - a.cpu_s),
+                Some(a.rss_kib),
+                Some(b.rss_kib),
+                Some(b.hwm_kib),
+            ),
+            _ => (None, None, None, None),
         };
         let per_delivery_us = cpu_s.map(|c| c * 1e6 / deliveries.max(1) as f64);
         let q = |p: f64| ms(h.value_at_quantile(p));
@@ -106,10 +116,15 @@ impl LoadResult {
             "server_cpu_s_per_million": per_delivery_us,
             "server_cpu_us_per_delivery": per_delivery_us,
             "server_cpu_util": cpu_s.map(|c| c / secs),
-            "rss_kib_before": rss0, "rss_kib_after": rss1,
+            "rss_kib_before": rss0, "rss_kib_after": rss1, "rss_kib_peak": hwm,
             "bytes_out_per_delivery": stats.map(|s| s.0 / deliveries.max(1) as f64),
             "requests_per_delivery": stats.map(|s| s.1 / deliveries.max(1) as f64),
             "server_messages_out": stats.map(|s| s.2),
+            "server_lagged": stats.map(|s| s.3),
+            "slow_subs": slow,
+            "requests_per_s": stats.map(|s| s.1 / secs),
+            "bytes_out_per_s": stats.map(|s| s.0 / secs),
+            "bytes_in_per_s": stats.map(|s| s.4 / secs),
         });
         Self {
             json,
@@ -127,9 +142,26 @@ impl LoadResult {
     pub fn header() -> String {
         format!(
             "{:<10} {:<9} {:<21} {:>6} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5}/{:<3}/{:<3} {:>4} {:>7} {:>7} {:>9} {:>7} {:>7}",
-            "label", "peer", "transport", "subs", "rate", "deliv/s", "p50ms", "p90ms", "p99ms",
-            "p999ms", "maxms", "loss", "dup", "ord", "lag", "µs/dlv", "cpu%", "RSS MiB",
-            "B/dlv", "req/dlv",
+            "label",
+            "peer",
+            "transport",
+            "subs",
+            "rate",
+            "deliv/s",
+            "p50ms",
+            "p90ms",
+            "p99ms",
+            "p999ms",
+            "maxms",
+            "loss",
+            "dup",
+            "ord",
+            "lag",
+            "µs/dlv",
+            "cpu%",
+            "RSS MiB",
+            "B/dlv",
+            "req/dlv",
         )
     }
 
@@ -144,7 +176,9 @@ impl LoadResult {
             j["peer"].as_str().unwrap_or(""),
             j["transport"].as_str().unwrap_or(""),
             j["subs"],
-            j["rate"].as_f64().map_or("max".into(), |r| format!("{r:.0}")),
+            j["rate"]
+                .as_f64()
+                .map_or("max".into(), |r| format!("{r:.0}")),
             j["deliveries_per_s"].as_f64().unwrap_or(0.0),
             f(&l["p50"], 2),
             f(&l["p90"], 2),
@@ -156,7 +190,9 @@ impl LoadResult {
             self.reorders,
             self.lagged,
             f(&j["server_cpu_us_per_delivery"], 2),
-            j["server_cpu_util"].as_f64().map_or("-".into(), |x| format!("{:.0}", x * 100.0)),
+            j["server_cpu_util"]
+                .as_f64()
+                .map_or("-".into(), |x| format!("{:.0}", x * 100.0)),
             match (j["rss_kib_before"].as_u64(), j["rss_kib_after"].as_u64()) {
                 (Some(a), Some(b)) => format!("{:.0}→{:.0}", a as f64 / 1024.0, b as f64 / 1024.0),
                 _ => "-".into(),

@@ -17,9 +17,15 @@ pub fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// Raises `RLIMIT_NOFILE` to its hard limit; returns the new soft limit.
-/// A server started by the tool inherits it.
+/// Raises `RLIMIT_NOFILE` as far as allowed: to `fs.nr_open` (up to
+/// 1 048 576) when privileged, else to the hard limit. Returns the new soft
+/// limit. A server started by the tool inherits it.
 pub fn raise_nofile() -> u64 {
+    let want: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20)
+        .min(1 << 20);
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
     unsafe {
         let mut r = libc::rlimit {
@@ -29,8 +35,14 @@ pub fn raise_nofile() -> u64 {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
             return 0;
         }
-        r.rlim_cur = r.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        let hard = r.rlim_max;
+        r.rlim_cur = want;
+        r.rlim_max = want.max(hard);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+            r.rlim_cur = hard;
+            r.rlim_max = hard;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
         r.rlim_cur
     }

@@ -80,6 +80,8 @@ pub struct Tracker {
     pub max: u64,
     /// The subscriber was dropped by the server's slow-consumer policy.
     pub lagged: bool,
+    /// A deliberately stalled subscriber (never reads after subscribing).
+    pub slow: bool,
     /// Why the subscriber stopped early, if it did.
     pub error: Option<String>,
 }
@@ -121,7 +123,7 @@ pub fn field_u64(buf: &[u8], key: &[u8]) -> Option<u64> {
         if c.is_ascii_digit() {
             n = n * 10 + u64::from(c - b'0');
             any = true;
-        } else if !(c == b' ' && !any) {
+        } else if c != b' ' || any {
             break;
         }
     }

@@ -35,8 +35,7 @@ async fn every_transport_tiny_load() -> Result<()> {
 
     for kind in Kind::LADDER {
         let spec = LoadSpec::tiny(kind, 4, 20);
-        let r = tokio::time::timeout(Duration::from_secs(30), load::run(&target, &spec))
-            .await??;
+        let r = tokio::time::timeout(Duration::from_secs(30), load::run(&target, &spec)).await??;
         r.print();
         let j = &r.json;
         assert_eq!(r.errors, 0, "{}: {}", kind.name(), j);
@@ -46,7 +45,10 @@ async fn every_transport_tiny_load() -> Result<()> {
         assert!(j["latency_ms"]["p99"].as_f64().is_some(), "{j}");
         assert!(j["server_cpu_s"].as_f64().is_some(), "{j}");
         assert!(j["rss_kib_after"].as_u64().is_some(), "{j}");
-        assert!(j["bytes_out_per_delivery"].as_f64().unwrap_or(0.0) > 0.0, "{j}");
+        assert!(
+            j["bytes_out_per_delivery"].as_f64().unwrap_or(0.0) > 0.0,
+            "{j}"
+        );
         assert!(j["connect_s"].as_f64().is_some(), "{j}");
     }
 

@@ -51,7 +51,9 @@ fuzz_target!(|bytes: &[u8]| {
         let Ok(name) = ChannelName::parse(channel) else {
             continue;
         };
-        let want = patterns.iter().any(|p| glob(p.as_bytes(), channel.as_bytes()));
+        let want = patterns
+            .iter()
+            .any(|p| glob(p.as_bytes(), channel.as_bytes()));
         assert_eq!(
             grant.can_subscribe(&name).is_ok(),
             want,

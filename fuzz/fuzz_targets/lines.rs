@@ -58,7 +58,14 @@ fuzz_target!(|input: &[u8]| {
         let next = expected.get(got.len()).copied().unwrap_or(trailing);
         assert!(next.len() > limit, "refused a line within the limit");
     } else {
-        assert_eq!(got.len(), expected.len(), "a complete line was not returned");
-        assert!(trailing.len() <= limit, "an over-long partial line was buffered");
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "a complete line was not returned"
+        );
+        assert!(
+            trailing.len() <= limit,
+            "an over-long partial line was buffered"
+        );
     }
 });

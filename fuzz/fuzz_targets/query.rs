@@ -38,9 +38,9 @@ fuzz_target!(|bytes: &[u8]| {
     let _ = parse_last_event_id(&text);
     // What we issue must come back exactly.
     if !a.is_empty() && a.len() <= 64 {
-        let offset = bytes
-            .iter()
-            .fold(0u64, |acc, &x| acc.wrapping_mul(131).wrapping_add(u64::from(x)));
+        let offset = bytes.iter().fold(0u64, |acc, &x| {
+            acc.wrapping_mul(131).wrapping_add(u64::from(x))
+        });
         let p = parse_last_event_id(&format!("{a}:{offset}")).expect("our own id parses");
         assert_eq!(p.since, Some(offset));
         assert_eq!(p.epoch.as_deref(), Some(&*a));

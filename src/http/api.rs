@@ -3,12 +3,14 @@
 //! The rungs themselves live in `crate::transport`.
 
 use axum::Router;
+use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::StreamExt;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -77,9 +79,13 @@ pub fn json_bytes(status: StatusCode, body: impl Into<Bytes>) -> Response {
         .into_response()
 }
 
-/// Parses the `{channel}` path segment.
-pub fn channel_param(raw: &str) -> Result<ChannelName, ProtocolError> {
-    Ok(ChannelName::parse(raw)?)
+/// Parses the `{channel}` path segment; one that is not even UTF-8 after
+/// percent-decoding is a `bad_channel` too (not axum's plain-text 400).
+pub fn channel_param(
+    raw: Result<Path<String>, PathRejection>,
+) -> Result<ChannelName, ProtocolError> {
+    let Path(raw) = raw.map_err(|e| ProtocolError::new(ErrorCode::BadChannel, e.body_text()))?;
+    Ok(ChannelName::parse(&raw)?)
 }
 
 /// Verifies the request's token (header or `token` query parameter) and
@@ -117,13 +123,13 @@ async fn method_not_allowed() -> ProtocolError {
 
 async fn publish(
     State(ctx): State<Ctx>,
-    Path(channel): Path<String>,
+    channel: Result<Path<String>, PathRejection>,
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     uri: Uri,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ProtocolError> {
-    let channel = channel_param(&channel)?;
+    let channel = channel_param(channel)?;
     grant(&ctx, &headers, &uri)?.can_publish(&channel)?;
     if let Some(Extension(Peer(addr))) = peer
         && !ctx.limits.http_publish_allowed(addr.ip())
@@ -136,12 +142,7 @@ async fn publish(
             ),
         ));
     }
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ProtocolError::new(ErrorCode::TooLarge, "request body is too large")
-        }
-        _ => ProtocolError::new(ErrorCode::BadRequest, e.body_text()),
-    })?;
+    let body = read_body(&ctx, body).await?;
     let data = Data::parse(&body, ctx.cfg.max_message_bytes())?;
     let published = ctx.hub.publish(&channel, &data).await?;
     #[derive(Serialize)]
@@ -159,6 +160,36 @@ async fn publish(
         StatusCode::CREATED,
         serde_json::to_vec(&ack).unwrap_or_default(),
     ))
+}
+
+/// Reads a request body of at most twice the message limit (pretty-printed
+/// JSON compacts to within it), within 3 × `--header-timeout` in all:
+/// `RequestBodyTimeoutLayer` only bounds the gap between chunks, so a body
+/// trickled a byte at a time would otherwise never be cut off.
+async fn read_body(ctx: &Ctx, body: Body) -> Result<Bytes, ProtocolError> {
+    let limit = ctx.cfg.max_message_bytes() * 2 + 1024;
+    let too_large = || ProtocolError::new(ErrorCode::TooLarge, "request body is too large");
+    let total = Duration::from_secs(ctx.cfg.header_timeout.max(1) * 3);
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ProtocolError::new(ErrorCode::BadRequest, format!("reading the body: {e}"))
+            })?;
+            if buf.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(buf))
+    };
+    tokio::time::timeout(total, read).await.map_err(|_| {
+        ProtocolError::new(
+            ErrorCode::BadRequest,
+            format!("request body not received within {} s", total.as_secs()),
+        )
+    })?
 }
 
 async fn info(State(ctx): State<Ctx>) -> Response {

@@ -14,8 +14,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 use crate::stats::{Stats, Transport};
 
@@ -67,17 +69,62 @@ impl Meter {
     }
 }
 
-/// A stream whose traffic is counted by a [`Meter`].
+/// A stream whose traffic is counted by a [`Meter`], and whose writes fail
+/// once they have been blocked for the send timeout.
 #[derive(Debug)]
 pub struct MeteredIo<S> {
     inner: S,
     meter: Arc<Meter>,
+    /// How long a write may stay blocked; `None` = forever.
+    send_timeout: Option<Duration>,
+    /// Armed when a write first blocks, disarmed by any progress.
+    stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> MeteredIo<S> {
     /// Wraps `inner`, counting into `meter`.
     pub fn new(inner: S, meter: Arc<Meter>) -> Self {
-        Self { inner, meter }
+        Self {
+            inner,
+            meter,
+            send_timeout: None,
+            stalled: None,
+        }
+    }
+
+    /// Fails writes that stay blocked for `limit`: a client that stops
+    /// reading (an SSE subscriber, a big response) is cut off and counted
+    /// as lagged instead of holding its connection forever.
+    pub fn with_send_timeout(mut self, limit: Duration) -> Self {
+        self.send_timeout = Some(limit);
+        self
+    }
+
+    /// Tracks a write's outcome against the send timeout.
+    fn check_stall<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        res: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let Poll::Pending = res else {
+            self.stalled = None;
+            return res;
+        };
+        let Some(limit) = self.send_timeout else {
+            return res;
+        };
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            self.meter.stats.of(self.meter.current()).lagged.inc();
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "send timeout: the client stopped reading",
+            )));
+        }
+        res
     }
 }
 
@@ -113,7 +160,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MeteredIo<S> {
         if let Poll::Ready(Ok(n)) = res {
             self.meter.wrote(n);
         }
-        res
+        self.check_stall(cx, res)
     }
 
     fn poll_write_vectored(
@@ -125,7 +172,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MeteredIo<S> {
         if let Poll::Ready(Ok(n)) = res {
             self.meter.wrote(n);
         }
-        res
+        self.check_stall(cx, res)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -133,7 +180,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MeteredIo<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        self.check_stall(cx, res)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

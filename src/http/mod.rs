@@ -80,7 +80,9 @@ async fn serve(
 ) {
     let meter = Arc::new(Meter::new(ctx.stats.clone()));
     let shutdown = ctx.shutdown.clone();
-    let io = TokioIo::new(MeteredIo::new(stream, meter.clone()));
+    let io = TokioIo::new(
+        MeteredIo::new(stream, meter.clone()).with_send_timeout(ctx.cfg.send_timeout()),
+    );
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let t = classify(&req);
         meter.begin(t);

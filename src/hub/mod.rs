@@ -295,7 +295,8 @@ impl Hub {
         pos: &Position,
         limit: usize,
     ) -> Result<Page, HubError> {
-        self.with_log(name, |_, log| read_page(log, pos, limit)).await
+        self.with_log(name, |_, log| read_page(log, pos, limit))
+            .await
     }
 
     /// Like [`Hub::read`], but when there is nothing to return waits up to

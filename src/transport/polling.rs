@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
@@ -66,14 +66,14 @@ pub fn parse_wait(s: &str) -> Result<Duration, ProtocolError> {
 /// `GET /api/channels/{channel}/messages`.
 pub async fn get(
     State(ctx): State<Ctx>,
-    Path(channel): Path<String>,
+    channel: Result<Path<String>, PathRejection>,
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     uri: Uri,
     query: Result<Query<PollQuery>, QueryRejection>,
 ) -> Result<Response, ProtocolError> {
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
-    let channel = channel_param(&channel)?;
+    let channel = channel_param(channel)?;
     let grant = grant(&ctx, &headers, &uri)?;
     grant.can_subscribe(&channel)?;
     let pos = parse_position(q.since.as_deref(), q.epoch.as_deref())?;

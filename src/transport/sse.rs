@@ -6,7 +6,7 @@
 //! would wait forever on an open event stream).
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -54,14 +54,14 @@ pub fn parse_last_event_id(id: &str) -> Result<Position, ProtocolError> {
 /// `GET /api/channels/{channel}/events`.
 pub async fn get(
     State(ctx): State<Ctx>,
-    Path(channel): Path<String>,
+    channel: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     uri: Uri,
     query: Result<Query<SseQuery>, QueryRejection>,
 ) -> Result<Response, ProtocolError> {
     ensure_enabled(&ctx, Transport::Sse)?;
     let Query(q) = query.map_err(|e| ProtocolError::new(ErrorCode::BadRequest, e.body_text()))?;
-    let channel = channel_param(&channel)?;
+    let channel = channel_param(channel)?;
     let grant = grant(&ctx, &headers, &uri)?;
     grant.can_subscribe(&channel)?;
     let pos = match headers.get("last-event-id") {

@@ -8,11 +8,13 @@ mod helpers;
 
 mod auth;
 mod backends;
+mod bad_input;
 mod browser;
 mod cross_transport;
 mod errors;
 mod polling;
 mod shutdown;
+mod soak;
 mod sse;
 mod stats;
 mod websocket;

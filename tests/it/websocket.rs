@@ -233,7 +233,10 @@ async fn the_server_pings_and_closes_on_frames_beyond_the_hard_cap() -> Result<(
     // Keep-alive: a ping arrives without anything being sent (the client
     // library answers it with a pong on its next write or flush).
     let first = within("a ping", ws.inner.next()).await?;
-    assert!(matches!(first, Some(Ok(Message::Ping(_)))), "expected a ping, got {first:?}");
+    assert!(
+        matches!(first, Some(Ok(Message::Ping(_)))),
+        "expected a ping, got {first:?}"
+    );
     // A frame over the hard cap (max(4 × limit, 1 MiB)) is not buffered: the
     // server sends close 1009 (message too big) and drops the socket. The
     // client may see the close frame, or — as it is still writing the rest

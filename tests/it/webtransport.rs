@@ -119,6 +119,18 @@ impl Lines {
         Ok(())
     }
 
+    /// Finishes the client's send side.
+    pub async fn finish(&mut self) -> Result<()> {
+        within("stream finish", self.send.finish()).await??;
+        Ok(())
+    }
+
+    /// Resets the client's send side with `code`.
+    pub fn reset(&mut self, code: u32) -> Result<()> {
+        self.send.reset(wtransport::VarInt::from_u32(code))?;
+        Ok(())
+    }
+
     /// The next line as JSON, or how the stream ended.
     pub async fn next(&mut self) -> Result<Result<Value, End>> {
         loop {

@@ -125,12 +125,7 @@ pub(super) async fn poll(
             // Re-serialising only the two numbers is enough for the tracker.
             let off = m["offset"].as_u64().unwrap_or(0);
             let ts = m["data"]["t"].as_u64().unwrap_or(0);
-            deliver(
-                ctx,
-                i,
-                t,
-                format!("\"offset\":{off},\"t\":{ts}").as_bytes(),
-            );
+            deliver(ctx, i, t, format!("\"offset\":{off},\"t\":{ts}").as_bytes());
         }
         since = v["next"].as_u64().context("next")?;
         if !long && !complete(ctx, t) {

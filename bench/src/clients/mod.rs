@@ -12,8 +12,8 @@
 //! are compared under the same client).
 
 pub mod http;
-pub mod wt;
 pub mod ws;
+pub mod wt;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +106,8 @@ pub struct SubCtx {
     pub poll_interval: Duration,
     /// Flips to `true` when the run ends.
     pub stop: watch::Receiver<bool>,
+    /// Subscribers 0..slow stop reading once subscribed (slow consumers).
+    pub slow: usize,
     /// WebTransport client endpoints (sessions are spread over them).
     pub wt_endpoints: Vec<Endpoint<Client>>,
 }
@@ -125,12 +127,8 @@ pub async fn subscriber(ctx: Arc<SubCtx>, i: usize, ready: Ready) -> Tracker {
     };
     if let Err(e) = r {
         let msg = format!("{e:#}");
-        match ready.take() {
-            Some(tx) => {
-                let _ = tx.send(Err(msg.clone()));
-            }
-            None if *ctx.stop.borrow() => {}
-            None => {}
+        if let Some(tx) = ready.take() {
+            let _ = tx.send(Err(msg.clone()));
         }
         t.error = Some(msg);
     }

@@ -90,7 +90,9 @@ pub fn publish_frame(kind: Kind, channel: &str, data: &str, id: u64) -> String {
         Kind::SocketIo => {
             format!("42{id}[\"publish\",{{\"channel\":\"{channel}\",\"data\":{data}}}]")
         }
-        _ => format!("{{\"op\":\"publish\",\"channel\":\"{channel}\",\"data\":{data},\"id\":{id}}}"),
+        _ => {
+            format!("{{\"op\":\"publish\",\"channel\":\"{channel}\",\"data\":{data},\"id\":{id}}}")
+        }
     }
 }
 
@@ -122,6 +124,12 @@ pub(super) async fn subscriber(
     }
     set_ready(ready);
     let mut stop = ctx.stop.clone();
+    if i < ctx.slow {
+        // A stalled reader: keep the socket open, never read it.
+        t.slow = true;
+        let _ = stop.changed().await;
+        return Ok(());
+    }
     while !complete(ctx, t) {
         let msg = tokio::select! {
             _ = stop.changed() => break,

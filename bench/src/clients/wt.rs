@@ -51,7 +51,11 @@ pub(super) async fn subscriber(
     let conn = ep.connect(url.as_str()).await.context("wt connect")?;
     let (mut send, mut recv) = conn.open_bi().await?.await?;
     let dgram = ctx.kind == Kind::WtDatagram;
-    let delivery = if dgram { ",\"delivery\":\"datagram\"" } else { "" };
+    let delivery = if dgram {
+        ",\"delivery\":\"datagram\""
+    } else {
+        ""
+    };
     let sub = format!(
         "{{\"op\":\"subscribe\",\"channel\":\"{}\",\"since\":0{delivery}}}\n",
         ctx.channel
