@@ -48,6 +48,12 @@ const DEFAULTS = {
   remember: true,
   wtUrl: null,
   publishTimeoutMs: 10000,
+  // WebTransport liveness: QUIC over UDP gets no reset when the server dies,
+  // so a silent session would only end at the QUIC idle timeout. An echo on
+  // the control stream every livenessMs that is not answered within
+  // livenessTimeoutMs ends the session at once and the client reconnects.
+  livenessMs: 5000,
+  livenessTimeoutMs: 3000,
 };
 
 const PROBE_CHANNEL = 'ladder.probe';
@@ -778,6 +784,32 @@ class WebTransportTransport extends Duplex {
       throw new Error(`WebTransport handshake failed: ${describe(err)}`);
     }
     if (this.closed) throw new Error('WebTransport closed while connecting');
+    const every = this.ladder.options.livenessMs;
+    if (every > 0) this._liveness = setInterval(() => this._checkAlive(), every);
+  }
+
+  /** Echoes on the control stream; no answer in time means the session is dead. */
+  async _checkAlive() {
+    if (this.closed || this._checking) return;
+    this._checking = true;
+    const id = `live${this._nextId++}`;
+    const answered = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => this._settle(id, new Error('no answer to a liveness echo')), this.ladder.options.livenessTimeoutMs);
+      this._pending.set(id, { resolve, reject, timer });
+    });
+    try {
+      await this._send({ op: 'echo', data: { id } });
+      await answered;
+    } catch (err) {
+      this._lost(`WebTransport session unresponsive: ${describe(err)}`);
+    } finally {
+      this._checking = false;
+    }
+  }
+
+  _lost(reason) {
+    clearInterval(this._liveness);
+    super._lost(reason);
   }
 
   async _control() {
@@ -853,6 +885,7 @@ class WebTransportTransport extends Duplex {
   }
 
   close() {
+    clearInterval(this._liveness);
     if (this.closed) return;
     this.closed = true;
     this._failAll('closed');

@@ -226,6 +226,56 @@ async function scenarioFallback(browser, name, serverArgs, expected, { query = '
   }
 }
 
+/**
+ * The server dies (SIGKILL) under a page whose clients sit on every rung and
+ * comes back on the same ports with a new certificate and no history. QUIC
+ * gets no reset from a dead process, so the WebTransport clients must notice
+ * by their own liveness check (the server's idle timeout is set far beyond
+ * the wait here), fetch the new certificate hash, and resume; every rung is
+ * told `truncated` rather than skipped, and delivers the next run in full.
+ */
+async function scenarioCrash(browser) {
+  const idle = ['--wt-idle-timeout', '300'];
+  let server = await startServer(idle);
+  let ctx;
+  try {
+    const { context, page } = await openPage(browser, `${server.http}/`);
+    ctx = context;
+    await waitState(page, 'auto panel open', () => window.ladderState.panels.auto?.state === 'open', null, 15000);
+    const before = await ladderState(page);
+    await tally.check('crash: clients come back after a SIGKILL and a restart on the same ports', async () => {
+      const killedAt = Date.now();
+      server.proc.kill('SIGKILL');
+      await new Promise((r) => (server.exited ? r() : server.proc.once('exit', r)));
+      const http = server.http.replace(/^http:\/\//, '');
+      const h3 = new URL(server.wt).host;
+      server = await startServer(idle, { http, h3 });
+      // The connection-holding rungs must have noticed and reconnected; the
+      // HTTP rungs simply retry their next request (EventSource on its own).
+      const ids = Object.keys(before.panels);
+      const held = ids.filter((id) => ['webtransport', 'websocket'].includes(before.panels[id].transport));
+      await waitState(page, 'every panel open again, the WebTransport and WebSocket ones after a reconnect',
+        ([ids, held, prev]) => ids.every((id) => {
+          const p = window.ladderState.panels[id];
+          return p.state === 'open' && (!held.includes(id) || p.reconnects > prev[id]);
+        }),
+        [ids, held, Object.fromEntries(ids.map((id) => [id, before.panels[id].reconnects]))], 40000);
+      const st = await ladderState(page);
+      tally.expect(st.panels.auto.transport === 'webtransport', `auto came back on ${st.panels.auto.transport}`);
+      return `auto back on ${st.panels.auto.transport}, all back ${Date.now() - killedAt} ms after the kill`;
+    });
+    await tally.check('crash: every rung delivers the next run in full', async () => {
+      await startRun(page, { k: 40, rate: 100 });
+      const st = await waitRunDone(page, 40000);
+      checkDelivery(st, [...Object.keys(FORCED), 'auto'], 40);
+    });
+  } finally {
+    await ctx?.close().catch(() => {});
+    await stopServer(server);
+    if (tally.failed) console.log(`--- server output (crash) ---\n${server.log.slice(-40).join('\n')}`);
+  }
+}
+
 /** A UDP port with nothing behind it, for "WebTransport unreachable". */
 async function unusedUdpPort() {
   const sock = createSocket('udp4');
@@ -238,6 +288,7 @@ async function unusedUdpPort() {
 const SCENARIOS = {
   unit: () => runUnit(tally),
   main: (b) => scenarioMain(b),
+  crash: (b) => scenarioCrash(b),
   'fallback-ws': (b) => scenarioFallback(b, 'fallback-ws', ['--disable', 'webtransport'], 'websocket'),
   'fallback-sse': (b) => scenarioFallback(b, 'fallback-sse', ['--disable', 'webtransport', '--disable', 'websocket'], 'sse'),
   'fallback-udp': async (b) => {

@@ -15,13 +15,13 @@ export const CHROMIUM = process.env.LADDER_CHROMIUM || '/usr/bin/chromium';
 
 const START_LINE = /http=(http:\/\/\S+).*webtransport=(\S+).*cert_sha256=([0-9a-fA-F]{64})/;
 
-/** Starts `ladder` with port 0 everywhere; resolves once its start line is printed. */
-export function startServer(extraArgs = [], { timeoutMs = 30000 } = {}) {
+/** Starts `ladder` (port 0 everywhere unless `http` / `h3` are given); resolves once its start line is printed. */
+export function startServer(extraArgs = [], { timeoutMs = 30000, http = '127.0.0.1:0', h3 = '127.0.0.1:0' } = {}) {
   const bin = process.env.LADDER_BIN;
   if (!bin) throw new Error('LADDER_BIN is not set (path to the built `ladder` binary)');
   if (!existsSync(bin)) throw new Error(`LADDER_BIN=${bin} does not exist; run cargo build first`);
   const certsDir = mkdtempSync(join(tmpdir(), 'ladder-certs-'));
-  const args = ['--http', '127.0.0.1:0', '--h3', '127.0.0.1:0', '--certs-dir', certsDir, ...extraArgs];
+  const args = ['--http', http, '--h3', h3, '--certs-dir', certsDir, ...extraArgs];
   const proc = spawn(bin, args, {
     cwd: REPO_ROOT,
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
