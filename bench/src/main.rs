@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ladder_bench::clients::Kind;
 use ladder_bench::load::{self, LoadSpec};
@@ -67,17 +67,20 @@ enum Cmd {
         #[command(flatten)]
         server: ServerOpts,
         /// Bytes downloaded, MiB.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 256)]
         bulk_mib: usize,
         /// Payload size, bytes.
         #[arg(long, default_value_t = 60_000)]
         payload: usize,
         /// Payloads echoed in bulk.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 4000)]
         echoes: usize,
         /// Round trips timed.
         #[arg(long, default_value_t = 2000)]
         rtts: usize,
+        /// Interleaved repetitions of the bulk runs (the best is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
     },
     /// The fan-out syscall floor: a blocking server writing a 66 B frame per
     /// socket per message (or `--batch` frames per write).
@@ -355,7 +358,13 @@ async fn async_main(cli: Cli, nofile: u64) -> Result<()> {
             payload,
             echoes,
             rtts,
+            reps,
         } => {
+            // The channel replayed for the bulk download must retain it all.
+            let mut so = so;
+            let history = (bulk_mib << 20).div_ceil(payload.max(1)) + 16;
+            so.server_args
+                .extend(["--history".to_owned(), history.to_string()]);
             let (target, spawned) = server(&so).await?;
             let qs = quic_base::spawn_server(so.server_cpu.as_deref()).await?;
             let spec = quic_base::BaseSpec {
@@ -363,6 +372,7 @@ async fn async_main(cli: Cli, nofile: u64) -> Result<()> {
                 payload,
                 echoes,
                 rtts,
+                reps,
             };
             let r = quic_base::compare(qs.0, &qs.1, &target, &spec).await;
             stop(spawned).await;

@@ -175,38 +175,81 @@ pub struct BaseSpec {
     pub echoes: usize,
     /// Round trips measured.
     pub rtts: usize,
+    /// Interleaved repetitions of the bulk measurements (best is kept).
+    pub reps: usize,
 }
 
-/// Runs the baseline against a raw-quinn server and Ladder; one JSON value.
-pub async fn compare(
-    quinn_addr: SocketAddr,
-    quinn_hash: &str,
-    ladder: &Target,
-    spec: &BaseSpec,
-) -> Result<Value> {
-    // Raw quinn.
-    let (_ep, conn) = quinn_conn(quinn_addr, quinn_hash).await?;
+async fn raw_download(conn: &quinn::Connection, bytes: usize) -> Result<f64> {
     let (mut s, mut r) = conn.open_bi().await?;
-    s.write_all(format!("get {}\n", spec.bulk_bytes).as_bytes())
-        .await?;
+    s.write_all(format!("get {bytes}\n").as_bytes()).await?;
     let t0 = Instant::now();
     let mut buf = vec![0u8; 256 * 1024];
     let mut got = 0;
     while let Some(n) = r.read(&mut buf).await? {
         got += n;
     }
-    let q_dl = gbit(got as u64, t0.elapsed());
-    let (s, r) = conn.open_bi().await?;
-    let q_echo = echo_bulk(s, r, vec![b'x'; spec.payload], spec.echoes).await?;
-    let q_echo = gbit((spec.payload * spec.echoes) as u64, q_echo);
-    let (mut s, mut r) = conn.open_bi().await?;
-    let q_rtt = echo_rtt(&mut s, &mut r, &[b'x'; 64], spec.rtts).await?;
-    conn.close(0u32.into(), b"done");
+    Ok(gbit(got as u64, t0.elapsed()))
+}
 
-    // Ladder WebTransport.
+async fn raw_echo(conn: &quinn::Connection, spec: &BaseSpec) -> Result<f64> {
+    let (s, r) = conn.open_bi().await?;
+    let d = echo_bulk(s, r, vec![b'x'; spec.payload], spec.echoes).await?;
+    Ok(gbit((spec.payload * spec.echoes) as u64, d))
+}
+
+/// Replays `channel` (holding `n_msgs` messages) on a new stream.
+async fn ladder_download(wt: &wtransport::Connection, channel: &str, n_msgs: usize) -> Result<f64> {
+    let (mut s, r) = wt.open_bi().await?.await?;
+    s.write_all(
+        format!("{{\"op\":\"subscribe\",\"channel\":\"{channel}\",\"since\":0}}\n").as_bytes(),
+    )
+    .await?;
+    let mut r = BufReader::with_capacity(256 * 1024, r);
+    let mut line = Vec::new();
+    r.read_until(b'\n', &mut line).await?; // subscribed
+    let t0 = Instant::now();
+    let (mut bytes, mut seen) = (0u64, 0);
+    while seen < n_msgs {
+        line.clear();
+        let n = r.read_until(b'\n', &mut line).await?;
+        if n == 0 {
+            bail!("ladder stream ended after {seen} messages");
+        }
+        bytes += n as u64;
+        if line.starts_with(b"{\"op\":\"message\"") {
+            seen += 1;
+        }
+    }
+    let g = gbit(bytes, t0.elapsed());
+    let _ = s.finish().await;
+    Ok(g)
+}
+
+async fn ladder_echo(wt: &wtransport::Connection, spec: &BaseSpec) -> Result<f64> {
+    let (s, r) = wt.open_bi().await?.await?;
+    let frame = format!(
+        "{{\"op\":\"echo\",\"data\":\"{}\"}}\n",
+        "x".repeat(spec.payload.saturating_sub(24))
+    );
+    let d = echo_bulk(s, r, frame.clone().into_bytes(), spec.echoes).await?;
+    Ok(gbit((frame.len() * spec.echoes) as u64, d))
+}
+
+/// Runs the baseline against a raw-quinn server and Ladder; one JSON value.
+/// Bulk figures are the best of `spec.reps` interleaved repetitions (raw,
+/// Ladder, raw, Ladder, …): on a shared machine the best run is the one
+/// least disturbed by others.
+pub async fn compare(
+    quinn_addr: SocketAddr,
+    quinn_hash: &str,
+    ladder: &Target,
+    spec: &BaseSpec,
+) -> Result<Value> {
+    let (_ep, conn) = quinn_conn(quinn_addr, quinn_hash).await?;
     let (url, hash) = ladder.wt.clone().context("Ladder offers no WebTransport")?;
-    let ep = crate::clients::wt::endpoints(1, 1, &hash)?.remove(0);
-    let wt = ep.connect(url.as_str()).await?;
+    let wep = crate::clients::wt::endpoints(1, 1, &hash)?.remove(0);
+    let wt = wep.connect(url.as_str()).await?;
+
     // Fill a channel with the bulk bytes, as `payload`-sized messages.
     let channel = crate::load::fresh_channel("bulk");
     let n_msgs = spec.bulk_bytes.div_ceil(spec.payload).max(1);
@@ -225,49 +268,36 @@ pub async fn compare(
             bail!("bulk publish answered {}", r.status());
         }
     }
-    let (mut s, r) = wt.open_bi().await?.await?;
-    s.write_all(
-        format!("{{\"op\":\"subscribe\",\"channel\":\"{channel}\",\"since\":0}}\n").as_bytes(),
-    )
-    .await?;
-    let mut r = BufReader::with_capacity(256 * 1024, r);
-    let mut line = Vec::new();
-    r.read_until(b'\n', &mut line).await?; // subscribed
-    let t0 = Instant::now();
-    let mut bytes = 0u64;
-    let mut seen = 0;
-    while seen < n_msgs {
-        line.clear();
-        let n = r.read_until(b'\n', &mut line).await?;
-        if n == 0 {
-            bail!("ladder stream ended after {seen} messages");
-        }
-        bytes += n as u64;
-        if line.starts_with(b"{\"op\":\"message\"") {
-            seen += 1;
-        }
+
+    let (mut q_dl, mut l_dl, mut q_echo, mut l_echo) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..spec.reps.max(1) {
+        q_dl.push(raw_download(&conn, n_msgs * spec.payload).await?);
+        l_dl.push(ladder_download(&wt, &channel, n_msgs).await?);
+        q_echo.push(raw_echo(&conn, spec).await?);
+        l_echo.push(ladder_echo(&wt, spec).await?);
     }
-    let l_dl = gbit(bytes, t0.elapsed());
-    let (s, r) = wt.open_bi().await?.await?;
-    let frame = format!(
-        "{{\"op\":\"echo\",\"data\":\"{}\"}}\n",
-        "x".repeat(spec.payload.saturating_sub(24))
-    );
-    let l_echo = echo_bulk(s, r, frame.clone().into_bytes(), spec.echoes).await?;
-    let l_echo = gbit((frame.len() * spec.echoes) as u64, l_echo);
+    let (mut s, mut r) = conn.open_bi().await?;
+    let q_rtt = echo_rtt(&mut s, &mut r, &[b'x'; 64], spec.rtts).await?;
     let (mut s, mut r) = wt.open_bi().await?.await?;
     let small = b"{\"op\":\"echo\",\"data\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}\n";
     let l_rtt = echo_rtt(&mut s, &mut r, small, spec.rtts).await?;
+    conn.close(0u32.into(), b"done");
     wt.close(0u32.into(), b"done");
 
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let (qd, ld, qe, le) = (best(&q_dl), best(&l_dl), best(&q_echo), best(&l_echo));
     Ok(json!({
         "kind": "quinn-baseline",
         "bulk_bytes": spec.bulk_bytes, "payload": spec.payload, "echoes": spec.echoes,
-        "raw_quinn": {"download_gbit_s": q_dl, "echo_gbit_s": q_echo,
+        "reps": spec.reps,
+        "raw_quinn": {"download_gbit_s": qd, "echo_gbit_s": qe,
+                      "download_runs": q_dl, "echo_runs": q_echo,
                       "rtt_us_p50": q_rtt.0, "rtt_us_p99": q_rtt.1},
-        "ladder_wt": {"download_gbit_s": l_dl, "echo_gbit_s": l_echo,
+        "ladder_wt": {"download_gbit_s": ld, "echo_gbit_s": le,
+                      "download_runs": l_dl, "echo_runs": l_echo,
                       "rtt_us_p50": l_rtt.0, "rtt_us_p99": l_rtt.1},
-        "ratio": {"download": l_dl / q_dl, "echo": l_echo / q_echo,
+        "ratio": {"download": ld / qd, "echo": le / qe,
                   "rtt_p50": l_rtt.0 as f64 / q_rtt.0.max(1) as f64},
     }))
 }
