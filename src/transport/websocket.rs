@@ -65,7 +65,9 @@ pub async fn upgrade(
     // still arrive, in more reads).
     Ok(ws
         .read_buffer_size(1024)
-        .write_buffer_size(8 * 1024)
+        // Frames coalesce up to this before a write; the buffer keeps its
+        // capacity per socket, so it bounds memory at saturation too.
+        .write_buffer_size(4 * 1024)
         .max_write_buffer_size(4 * 1024 * 1024)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
