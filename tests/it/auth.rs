@@ -248,7 +248,7 @@ async fn a_websocket_is_closed_when_its_token_expires() -> Result<()> {
 
 #[tokio::test]
 async fn webtransport_sessions_need_a_token_and_end_with_it() -> Result<()> {
-    use crate::webtransport::Wt;
+    use crate::wt_client::Wt;
     let s = TestServer::spawn_with(|c| c.jwt_secret = Some(SECRET.into())).await?;
     assert!(
         Wt::connect(&s).await.is_err(),

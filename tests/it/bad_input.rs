@@ -30,7 +30,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,7 +40,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::helpers::*;
-use crate::webtransport::{End, Wt};
+use crate::wt_client::{End, Wt, datagram_exchange, info, quic_addr};
 
 /// A response read off a raw TCP connection.
 #[derive(Debug)]
@@ -312,8 +312,9 @@ async fn payloads_are_kept_as_sent_with_or_without_line_breaks() -> Result<()> {
     s.shutdown().await
 }
 
-/// Contract gap, reported: a channel path segment that is not UTF-8 gets
-/// axum's plain-text rejection instead of a JSON `bad_channel`.
+/// A channel path segment that is not UTF-8 once percent-decoded is answered
+/// with a JSON `bad_channel` on both channel routes, not with axum's
+/// plain-text rejection.
 #[tokio::test]
 async fn a_non_utf8_channel_in_the_path_is_a_json_bad_channel() -> Result<()> {
     let s = TestServer::spawn().await?;
@@ -438,14 +439,12 @@ async fn socket_end(ws: &mut Ws) -> Result<Option<u16>> {
     }
 }
 
-/// A WebSocket handshake done by hand; returns the socket after the 101.
-/// Its receive buffer is small, so a test that stops reading stalls the
-/// server's writes early.
+/// A WebSocket handshake done by hand on a [`never_reading`] socket;
+/// returns the socket after the 101. Its receive buffer is small, so a test
+/// that stops reading stalls the server's writes early.
 async fn raw_ws_handshake(s: &TestServer) -> Result<TcpStream> {
-    let sock = tokio::net::TcpSocket::new_v4()?;
-    sock.set_recv_buffer_size(4096)?;
-    let mut tcp = sock.connect(host(s).parse()?).await?;
-    tcp.write_all(
+    let mut tcp = never_reading(
+        s,
         b"GET /api/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
           Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     )
@@ -532,7 +531,7 @@ async fn webtransport_line_framing_and_odd_datagrams() -> Result<()> {
         (br#"{"op":"echo"}"#, "bad_request"),
         (br#"{"op":"unsubscribe","channel":"a"}"#, "bad_request"),
     ] {
-        let reply = datagram_exchange(&wt, payload).await?;
+        let reply = datagram_exchange(&wt.conn, payload).await?;
         assert_eq!(
             (reply["op"].as_str(), reply["code"].as_str()),
             (Some("error"), Some(code)),
@@ -550,30 +549,13 @@ async fn webtransport_line_framing_and_odd_datagrams() -> Result<()> {
     s.shutdown().await
 }
 
-/// Sends a datagram and returns the reply datagram (retrying, as datagrams
-/// may be lost).
-async fn datagram_exchange(wt: &Wt, payload: &[u8]) -> Result<Value> {
-    for _ in 0..10 {
-        wt.conn.send_datagram(payload)?;
-        if let Ok(d) =
-            tokio::time::timeout(Duration::from_secs(1), wt.conn.receive_datagram()).await
-        {
-            return Ok(serde_json::from_slice(&d?.payload())?);
-        }
-    }
-    bail!("no datagram reply to {payload:?}")
-}
-
 #[tokio::test]
 async fn a_burst_of_junk_udp_at_the_quic_port() -> Result<()> {
     let s = TestServer::spawn().await?;
     let wt = Wt::connect(&s).await?;
     let mut st = wt.stream().await?;
-    let (url, _) = crate::webtransport::info(&s).await?;
-    let addr: std::net::SocketAddr = url
-        .trim_start_matches("https://")
-        .trim_end_matches("/wt")
-        .parse()?;
+    let (url, _) = info(&s).await?;
+    let addr = quic_addr(&url)?;
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
     // A seeded generator, so a failure can be replayed.
     let mut rng = 0x2545_f491_4f6c_dd1du64;
@@ -613,18 +595,14 @@ async fn a_burst_of_junk_udp_at_the_quic_port() -> Result<()> {
     s.shutdown().await
 }
 
-#[tokio::test]
-async fn slow_headers_are_cut_off_by_the_header_timeout() -> Result<()> {
-    let s = TestServer::spawn_with(|c| c.header_timeout = 1).await?;
-    let mut tcp = TcpStream::connect(host(&s)).await?;
-    tcp.write_all(b"GET /api/info HTTP/1.1\r\nHost: x\r\n")
-        .await?;
+/// Writes `byte` every 200 ms until the server hangs up (bounded by
+/// [`WAIT`]); returns whatever the server sent meanwhile.
+async fn trickle(tcp: &mut TcpStream, byte: &[u8], what: &str) -> Result<Vec<u8>> {
     let mut got = Vec::new();
-    // Trickle a header byte every 200 ms until the server hangs up.
-    within("slow headers to be cut off", async {
+    within(what, async {
         let mut buf = [0u8; 1024];
         loop {
-            if tcp.write_all(b"X").await.is_err() {
+            if tcp.write_all(byte).await.is_err() {
                 return anyhow::Ok(());
             }
             match tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut buf)).await {
@@ -635,14 +613,25 @@ async fn slow_headers_are_cut_off_by_the_header_timeout() -> Result<()> {
         }
     })
     .await??;
+    Ok(got)
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_by_the_header_timeout() -> Result<()> {
+    let s = TestServer::spawn_with(|c| c.header_timeout = 1).await?;
+    let mut tcp = TcpStream::connect(host(&s)).await?;
+    tcp.write_all(b"GET /api/info HTTP/1.1\r\nHost: x\r\n")
+        .await?;
+    // Trickle a header byte every 200 ms until the server hangs up.
+    let got = trickle(&mut tcp, b"X", "slow headers to be cut off").await?;
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
     still_serves(&s).await?;
     s.shutdown().await
 }
 
-/// Contract gap, reported: `RequestBodyTimeoutLayer` limits the gap between
-/// body frames, not the whole body, so a body trickled a byte at a time is
-/// never cut off.
+/// A body trickled a byte at a time, each byte well within the gap that
+/// `RequestBodyTimeoutLayer` allows, is still cut off: the whole body must
+/// arrive within 3 × `--header-timeout`.
 #[tokio::test]
 async fn a_trickled_body_is_cut_off() -> Result<()> {
     let s = TestServer::spawn_with(|c| c.header_timeout = 1).await?;
@@ -651,27 +640,14 @@ async fn a_trickled_body_is_cut_off() -> Result<()> {
         b"POST /api/channels/slow/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n",
     )
     .await?;
-    let mut got = Vec::new();
-    within("a trickled body to be cut off", async {
-        let mut buf = [0u8; 1024];
-        loop {
-            if tcp.write_all(b"1").await.is_err() {
-                return anyhow::Ok(());
-            }
-            match tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut buf)).await {
-                Ok(Ok(0) | Err(_)) => return Ok(()),
-                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-                Err(_) => {}
-            }
-        }
-    })
-    .await??;
+    trickle(&mut tcp, b"1", "a trickled body to be cut off").await?;
     still_serves(&s).await?;
     s.shutdown().await
 }
 
-/// A client with a tiny receive buffer that never reads what it asked for.
-async fn never_reading(s: &TestServer, request: &[u8]) -> Result<tokio::net::TcpStream> {
+/// A client with a tiny receive buffer that never reads what it asked for
+/// (unless the caller does).
+async fn never_reading(s: &TestServer, request: &[u8]) -> Result<TcpStream> {
     let sock = tokio::net::TcpSocket::new_v4()?;
     sock.set_recv_buffer_size(4096)?;
     let mut tcp = sock.connect(host(s).parse()?).await?;
@@ -701,8 +677,9 @@ async fn a_websocket_subscriber_that_never_reads_is_cut_off_by_the_send_timeout(
     s.shutdown().await
 }
 
-/// Contract gap, reported: SSE responses have no send timeout, so an event
-/// stream whose client stopped reading is held until the client goes away.
+/// An event stream whose client stopped reading is cut off by
+/// `--send-timeout` like a WebSocket is (every HTTP response is written
+/// under the send timeout), and the server serves others meanwhile.
 #[tokio::test]
 async fn an_sse_subscriber_that_never_reads_is_cut_off_by_the_send_timeout() -> Result<()> {
     let s = TestServer::spawn_with(|c| {

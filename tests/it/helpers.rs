@@ -3,16 +3,19 @@
 
 #![allow(dead_code)]
 
+use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use futures_util::{SinkExt, StreamExt};
 use ladder::config::Config;
 use ladder::context::Ctx;
 use ladder::server::Server;
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::process::Command;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -124,6 +127,17 @@ impl TestServer {
         Ok(resp.json().await?)
     }
 
+    /// Publishes the numbers `1..=n` to `channel`; returns the epoch of the
+    /// last ack.
+    pub async fn publish_count(&self, channel: &str, n: u64) -> Result<String> {
+        let mut epoch = String::new();
+        for i in 1..=n {
+            let ack = self.publish(channel, i.into()).await?;
+            epoch = ack["epoch"].as_str().context("epoch")?.to_owned();
+        }
+        Ok(epoch)
+    }
+
     /// GETs a path and returns status and JSON body.
     pub async fn get_json(&self, path: &str) -> Result<(u16, Value)> {
         let resp = self.http.get(self.url(path)).send().await?;
@@ -158,6 +172,86 @@ pub fn offsets(messages: &[Value]) -> Vec<u64> {
         .iter()
         .map(|m| m["offset"].as_u64().unwrap_or(0))
         .collect()
+}
+
+/// Messages as (offset, data) pairs, for comparing what rungs saw.
+pub fn pairs(messages: &[Value]) -> Vec<(u64, Value)> {
+    messages
+        .iter()
+        .map(|m| (m["offset"].as_u64().unwrap_or(0), m["data"].clone()))
+        .collect()
+}
+
+/// The built `ladder` binary on loopback ports (OS-chosen) with a
+/// certificate directory of its own, then `args`.
+fn ladder_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ladder"));
+    cmd.args([
+        "--http",
+        "127.0.0.1:0",
+        "--h3",
+        "127.0.0.1:0",
+        "--certs-dir",
+    ])
+    .arg(temp_dir("child-certs"))
+    .args(args)
+    .kill_on_drop(true);
+    cmd
+}
+
+/// The `ladder` binary running as a child process.
+pub struct Child {
+    proc: tokio::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The start-up line, as printed.
+    pub banner: String,
+}
+
+impl Child {
+    /// Starts `ladder` on loopback ports with `args`, and waits for its
+    /// start-up line.
+    pub async fn start(args: &[&str]) -> Result<Self> {
+        let mut proc = ladder_command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning the ladder binary")?;
+        let stdout = proc.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let banner = within("the start-up line", lines.next_line()).await??;
+        let Some(banner) = banner else {
+            let mut err = String::new();
+            if let Some(mut e) = proc.stderr.take() {
+                let _ = e.read_to_string(&mut err).await;
+            }
+            bail!("ladder exited before its start-up line: {err}");
+        };
+        let base = banner
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .context("http= in the start-up line")?
+            .to_owned();
+        Ok(Self { proc, base, banner })
+    }
+
+    /// Sends `signal` (e.g. `-KILL`, `-TERM`) and returns the exit status.
+    pub async fn signal(mut self, signal: &str) -> Result<ExitStatus> {
+        let pid = self.proc.id().context("pid")?.to_string();
+        let ok = Command::new("kill").args([signal, &pid]).status().await?;
+        ensure!(ok.success(), "kill {signal} {pid} failed");
+        Ok(within("the child to exit", self.proc.wait()).await??)
+    }
+}
+
+/// Runs `ladder` with `args` expecting it to refuse to start: returns its
+/// exit status and stderr.
+pub async fn start_fails(args: &[&str]) -> Result<(ExitStatus, String)> {
+    let out = within("ladder to exit", ladder_command(args).output()).await??;
+    Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 /// A WebSocket client speaking the JSON ops.

@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod helpers;
+mod wt_client;
 
 mod auth;
 mod backends;

@@ -34,13 +34,7 @@ async fn short_poll_returns_what_is_retained_after_since() -> Result<()> {
 #[tokio::test]
 async fn poll_tells_of_truncation_after_history_overrun_and_epoch_change() -> Result<()> {
     let s = TestServer::spawn_with(|c| c.history = 3).await?;
-    let mut epoch = String::new();
-    for i in 1..=6 {
-        epoch = s.publish("t", json!(i)).await?["epoch"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-    }
+    let epoch = s.publish_count("t", 6).await?;
     let (_, body) = s.get_json("/api/channels/t/messages?since=1").await?;
     assert_eq!(body["truncated"], json!({"oldest": 4, "epoch": epoch}));
     assert_eq!(offsets(body["messages"].as_array().unwrap()), vec![4, 5, 6]);

@@ -1,10 +1,7 @@
 //! Graceful shutdown with clients connected on every rung.
 
-use std::process::Stdio;
-
 use anyhow::{Context, Result};
 use serde_json::json;
-use tokio::io::AsyncBufReadExt;
 
 use crate::helpers::*;
 
@@ -37,27 +34,8 @@ async fn open_clients_see_a_clean_end() -> Result<()> {
 
 #[tokio::test]
 async fn the_binary_prints_its_addresses_and_exits_zero_on_sigterm() -> Result<()> {
-    let certs = temp_dir("bin");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ladder"))
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--h3",
-            "127.0.0.1:0",
-            "--certs-dir",
-        ])
-        .arg(&certs)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let line = within(
-        "start-up line",
-        tokio::io::BufReader::new(stdout).lines().next_line(),
-    )
-    .await??
-    .context("no start-up line")?;
+    let child = Child::start(&[]).await?;
+    let line = child.banner.clone();
     let field = |k: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_owned))
@@ -75,12 +53,8 @@ async fn the_binary_prints_its_addresses_and_exits_zero_on_sigterm() -> Result<(
     let resp = reqwest::get(format!("{http}/api/info")).await?;
     assert_eq!(resp.status(), 200);
 
-    let pid = child.id().context("pid")?;
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    assert!(kill.success());
-    let status = within("exit after SIGTERM", child.wait()).await??;
+    // `signal` fails unless `kill -TERM` succeeds, then waits for the exit.
+    let status = child.signal("-TERM").await?;
     assert_eq!(status.code(), Some(0));
     Ok(())
 }

@@ -29,13 +29,7 @@ async fn sse_replays_then_streams_live_with_ids() -> Result<()> {
 #[tokio::test]
 async fn last_event_id_resumes_exactly_after_that_message() -> Result<()> {
     let s = TestServer::spawn().await?;
-    let mut epoch = String::new();
-    for i in 1..=5 {
-        epoch = s.publish("r", json!(i)).await?["epoch"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-    }
+    let epoch = s.publish_count("r", 5).await?;
     // Last-Event-ID wins over the query's `since`.
     let mut sse = Sse::connect(&s, "r", "?since=0", Some(&format!("{epoch}:3"))).await?;
     let got = sse.messages_until(5).await?;
@@ -46,13 +40,7 @@ async fn last_event_id_resumes_exactly_after_that_message() -> Result<()> {
 #[tokio::test]
 async fn sse_announces_truncation_for_overrun_and_stale_epoch() -> Result<()> {
     let s = TestServer::spawn_with(|c| c.history = 2).await?;
-    let mut epoch = String::new();
-    for i in 1..=4 {
-        epoch = s.publish("x", json!(i)).await?["epoch"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-    }
+    let epoch = s.publish_count("x", 4).await?;
     for last_id in ["1", "stale:3"] {
         let mut sse = Sse::connect(&s, "x", "", Some(last_id)).await?;
         let ev = sse.next().await?.unwrap();

@@ -1,7 +1,8 @@
 //! WebTransport over HTTP/3: sessions, independent streams, datagrams,
 //! refusals, the certificate and shutdown — driven by the wtransport client
-//! pinning the served certificate hash (validation stays on), raw quinn
-//! where the wire itself matters, and a plain UDP socket for junk.
+//! of [`crate::wt_client`] pinning the served certificate hash (validation
+//! stays on), raw quinn where the wire itself matters, and a plain UDP
+//! socket for junk.
 
 use std::sync::Arc;
 
@@ -9,187 +10,10 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use wtransport::endpoint::ConnectOptions;
-use wtransport::endpoint::endpoint_side::Client;
-use wtransport::error::{ConnectingError, ConnectionError, StreamReadError};
-use wtransport::tls::Sha256Digest;
-use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
+use wtransport::error::{ConnectingError, ConnectionError};
 
 use crate::helpers::*;
-
-/// The URL and pinned hash `/api/info` serves.
-pub async fn info(s: &TestServer) -> Result<(String, String)> {
-    let (status, body) = s.get_json("/api/info").await?;
-    ensure!(status == 200, "/api/info answered {status}");
-    let wt = &body["webtransport"];
-    let url = wt["url"].as_str().context("webtransport.url")?.to_owned();
-    let hash = wt["cert_sha256"]
-        .as_str()
-        .context("cert_sha256")?
-        .to_owned();
-    Ok((url, hash))
-}
-
-fn digest(hex: &str) -> Result<Sha256Digest> {
-    ensure!(hex.len() == 64, "hash {hex:?} is not 64 hex digits");
-    let mut bytes = [0u8; 32];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
-    }
-    Ok(Sha256Digest::new(bytes))
-}
-
-fn hex(d: &Sha256Digest) -> String {
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A client endpoint that trusts exactly the certificate with `hash`.
-pub fn client(hash: &str) -> Result<Endpoint<Client>> {
-    let cfg = ClientConfig::builder()
-        .with_bind_default()
-        .with_server_certificate_hashes([digest(hash)?])
-        .build();
-    Ok(Endpoint::client(cfg)?)
-}
-
-/// A WebTransport session to the server's `/wt`, trusting `/api/info`'s hash.
-pub struct Wt {
-    pub conn: Connection,
-    url: String,
-    /// Kept so the client socket outlives the session.
-    _endpoint: Endpoint<Client>,
-}
-
-impl Wt {
-    pub async fn connect(s: &TestServer) -> Result<Self> {
-        Self::connect_with_query(s, "").await
-    }
-
-    /// Connects to the session URL with `query` (e.g. `?token=…`) appended.
-    pub async fn connect_with_query(s: &TestServer, query: &str) -> Result<Self> {
-        let (url, hash) = info(s).await?;
-        let url = format!("{url}{query}");
-        let endpoint = client(&hash)?;
-        let conn = within("wt connect", endpoint.connect(&url)).await??;
-        Ok(Self {
-            conn,
-            url,
-            _endpoint: endpoint,
-        })
-    }
-
-    pub async fn stream(&self) -> Result<Lines> {
-        Lines::open(&self.conn).await
-    }
-}
-
-/// One bidirectional stream speaking `\n`-terminated JSON lines.
-pub struct Lines {
-    send: SendStream,
-    recv: RecvStream,
-    buf: Vec<u8>,
-}
-
-/// How reading a stream ended when no line came.
-#[derive(Debug, PartialEq)]
-pub enum End {
-    Finished,
-    Reset(u64),
-    Gone,
-}
-
-impl Lines {
-    pub async fn open(conn: &Connection) -> Result<Self> {
-        let (send, recv) = within("open_bi", async {
-            anyhow::Ok(conn.open_bi().await?.await?)
-        })
-        .await??;
-        Ok(Self {
-            send,
-            recv,
-            buf: Vec::new(),
-        })
-    }
-
-    pub async fn send(&mut self, op: Value) -> Result<()> {
-        self.send_raw(format!("{op}\n").as_bytes()).await
-    }
-
-    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        within("stream write", self.send.write_all(bytes)).await??;
-        Ok(())
-    }
-
-    /// Finishes the client's send side.
-    pub async fn finish(&mut self) -> Result<()> {
-        within("stream finish", self.send.finish()).await??;
-        Ok(())
-    }
-
-    /// Resets the client's send side with `code`.
-    pub fn reset(&mut self, code: u32) -> Result<()> {
-        self.send.reset(wtransport::VarInt::from_u32(code))?;
-        Ok(())
-    }
-
-    /// The next line as JSON, or how the stream ended.
-    pub async fn next(&mut self) -> Result<Result<Value, End>> {
-        loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
-                return Ok(Ok(serde_json::from_slice(&line)?));
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            match within("stream read", self.recv.read(&mut chunk)).await? {
-                Ok(Some(n)) => self.buf.extend_from_slice(&chunk[..n]),
-                Ok(None) => return Ok(Err(End::Finished)),
-                Err(StreamReadError::Reset(code)) => return Ok(Err(End::Reset(code.into_inner()))),
-                Err(_) => return Ok(Err(End::Gone)),
-            }
-        }
-    }
-
-    pub async fn recv(&mut self) -> Result<Value> {
-        match self.next().await? {
-            Ok(v) => Ok(v),
-            Err(end) => bail!("stream ended: {end:?}"),
-        }
-    }
-
-    pub async fn subscribe(&mut self, op: Value) -> Result<Value> {
-        self.send(op).await?;
-        let reply = self.recv().await?;
-        ensure!(
-            reply["op"] == "subscribed",
-            "expected subscribed, got {reply}"
-        );
-        Ok(reply)
-    }
-
-    pub async fn echo(&mut self, data: Value) -> Result<()> {
-        self.send(json!({"op": "echo", "data": data})).await?;
-        let reply = self.recv().await?;
-        ensure!(
-            reply == json!({"op": "echo", "data": data}),
-            "echo got {reply}"
-        );
-        Ok(())
-    }
-
-    /// Collects `message` lines until offset `last`.
-    pub async fn messages_until(&mut self, last: u64) -> Result<Vec<Value>> {
-        let mut out: Vec<Value> = Vec::new();
-        while out.last().and_then(|m| m["offset"].as_u64()) != Some(last) {
-            let line = self.recv().await?;
-            ensure!(
-                line["op"] == "message",
-                "expected a message, got {line} after {:?}",
-                offsets(&out)
-            );
-            out.push(line);
-        }
-        Ok(out)
-    }
-}
+use crate::wt_client::*;
 
 fn app_close_code(e: &ConnectionError) -> Option<(u64, String)> {
     match e {
@@ -332,11 +156,6 @@ async fn webtransport_sse_and_websocket_see_the_same_offsets() -> Result<()> {
         assert_eq!(ack["offset"], i);
         assert_eq!(ack["id"], i);
     }
-    let pairs = |ms: &[Value]| -> Vec<(u64, Value)> {
-        ms.iter()
-            .map(|m| (m["offset"].as_u64().unwrap_or(0), m["data"].clone()))
-            .collect()
-    };
     let expect: Vec<(u64, Value)> = (1..=5u64).map(|i| (i, json!({"wt": i}))).collect();
     assert_eq!(pairs(&sse.messages_until(5).await?), expect);
     assert_eq!(pairs(&ws.messages_until(5).await?), expect);
@@ -366,32 +185,22 @@ async fn webtransport_sse_and_websocket_see_the_same_offsets() -> Result<()> {
     s.shutdown().await
 }
 
-/// Sends `payload` as a datagram and returns the reply datagram as JSON.
-/// Datagrams may be lost, so it retries a bounded number of times.
-async fn datagram_exchange(conn: &Connection, payload: &str) -> Result<Value> {
-    for _ in 0..10 {
-        conn.send_datagram(payload)?;
-        let wait = std::time::Duration::from_secs(1);
-        if let Ok(d) = tokio::time::timeout(wait, conn.receive_datagram()).await {
-            return Ok(serde_json::from_slice(&d?.payload())?);
-        }
-    }
-    bail!("no datagram reply to {payload}")
-}
-
 #[tokio::test]
 async fn datagram_echo_and_errors() -> Result<()> {
     let s = TestServer::spawn().await?;
     let wt = Wt::connect(&s).await?;
     let ask = json!({"op": "echo", "data": {"x": 1, "s": "hé"}});
-    assert_eq!(datagram_exchange(&wt.conn, &ask.to_string()).await?, ask);
+    assert_eq!(
+        datagram_exchange(&wt.conn, ask.to_string().as_bytes()).await?,
+        ask
+    );
 
     // Anything but echo is answered with an error datagram.
-    let other = datagram_exchange(&wt.conn, r#"{"op":"subscribe","channel":"x","id":3}"#).await?;
+    let other = datagram_exchange(&wt.conn, br#"{"op":"subscribe","channel":"x","id":3}"#).await?;
     assert_eq!(other["op"], "error", "{other}");
     assert_eq!(other["code"], "bad_request");
     assert_eq!(other["id"], 3);
-    let bad = datagram_exchange(&wt.conn, "{nope").await?;
+    let bad = datagram_exchange(&wt.conn, b"{nope").await?;
     assert_eq!(bad["code"], "bad_json", "{bad}");
 
     s.wait_stats("webtransport", |r| {
@@ -582,10 +391,7 @@ async fn refusals_leave_the_server_serving() -> Result<()> {
     within("own origin", endpoint.connect(opts(&s.base))).await??;
 
     // Wrong ALPN over raw quinn: the TLS handshake fails.
-    let addr: std::net::SocketAddr = url
-        .trim_start_matches("https://")
-        .trim_end_matches("/wt")
-        .parse()?;
+    let addr = quic_addr(&url)?;
     {
         use wtransport::{quinn, tls::rustls};
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -7,7 +7,7 @@ use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Child, post, start_fails};
+use super::post;
 use crate::helpers::*;
 
 const CH: &str = "durable";
@@ -46,13 +46,6 @@ async fn publish_on(child: &Child, n: u64) -> Result<(String, Vec<(u64, Value)>)
         "acked offsets {offsets:?}"
     );
     Ok((epoch, acks))
-}
-
-fn pairs(messages: &[Value]) -> Vec<(u64, Value)> {
-    messages
-        .iter()
-        .map(|m| (m["offset"].as_u64().unwrap_or(0), m["data"].clone()))
-        .collect()
 }
 
 /// Polls (or long-polls) from `(epoch, since)` until `last`, failing on any

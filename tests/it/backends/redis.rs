@@ -7,19 +7,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
-use super::{Redis, WtClient, post};
+use super::{Redis, post};
 use crate::helpers::*;
+use crate::wt_client::Wt;
 
 async fn node(redis: &Redis) -> Result<TestServer> {
     let url = redis.url();
     TestServer::spawn_with(|c| c.redis = Some(url)).await
-}
-
-fn pairs(messages: &[Value]) -> Vec<(u64, Value)> {
-    messages
-        .iter()
-        .map(|m| (m["offset"].as_u64().unwrap_or(0), m["data"].clone()))
-        .collect()
 }
 
 /// Long-polls from `since` until `last` on a node.
@@ -37,7 +31,7 @@ async fn publishes_on_one_node_reach_every_rung_of_another_in_order() -> Result<
     let mut ws = Ws::connect(&b).await?;
     ws.subscribe(ch, Some(0)).await?;
     let mut sse = Sse::connect(&b, ch, "?since=0", None).await?;
-    let wt_b = WtClient::connect(&b).await?;
+    let wt_b = Wt::connect(&b).await?;
     let mut wt_sub = wt_b.stream().await?;
     wt_sub
         .send(json!({"op":"subscribe","channel":ch,"since":0}))
@@ -45,7 +39,7 @@ async fn publishes_on_one_node_reach_every_rung_of_another_in_order() -> Result<
     ensure!(wt_sub.recv().await?["op"] == "subscribed");
 
     // Publishers on node A: HTTP, WebSocket and WebTransport.
-    let wt_a = WtClient::connect(&a).await?;
+    let wt_a = Wt::connect(&a).await?;
     let mut wt_pub = wt_a.stream().await?;
     let mut ws_pub = Ws::connect(&a).await?;
     let mut acked = Vec::new();
