@@ -64,7 +64,7 @@ pub async fn upgrade(
     // on every read attempt, and inbound traffic is small ops (large frames
     // still arrive, in more reads).
     Ok(ws
-        .read_buffer_size(1024)
+        .read_buffer_size(512)
         // Frames coalesce up to this before a write; the buffer keeps its
         // capacity per socket, so it bounds memory at saturation too.
         .write_buffer_size(4 * 1024)
