@@ -6,7 +6,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{DefaultBodyLimit, Extension, Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,7 +15,6 @@ use serde::Serialize;
 use std::time::Duration;
 
 use tower_http::services::ServeDir;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use super::Peer;
 use crate::auth::{Grant, token_from};
@@ -27,9 +26,6 @@ use crate::transport::{polling, sse, websocket};
 
 /// Builds the router for the HTTP listener.
 pub fn router(ctx: Ctx) -> Router {
-    // Bodies may carry pretty-printed JSON that compacts to within the
-    // message limit, so the raw body limit is twice the message limit.
-    let body_limit = ctx.cfg.max_message_bytes() * 2 + 1024;
     let web = ServeDir::new(&ctx.cfg.web_dir).append_index_html_on_directories(true);
     Router::new()
         .route("/api/info", get(info))
@@ -44,12 +40,6 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/api/{*rest}", axum::routing::any(not_found))
         .fallback_service(web)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        // A client trickling a request body is cut off rather than holding
-        // a connection and a buffer forever.
-        .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
-            ctx.cfg.header_timeout.max(1) * 3,
-        )))
         .with_state(ctx)
 }
 
@@ -163,9 +153,9 @@ async fn publish(
 }
 
 /// Reads a request body of at most twice the message limit (pretty-printed
-/// JSON compacts to within it), within 3 × `--header-timeout` in all:
-/// `RequestBodyTimeoutLayer` only bounds the gap between chunks, so a body
-/// trickled a byte at a time would otherwise never be cut off.
+/// JSON compacts to within it), within 3 × `--header-timeout` in all, so a
+/// body trickled a byte at a time is cut off rather than holding a
+/// connection and a buffer.
 async fn read_body(ctx: &Ctx, body: Body) -> Result<Bytes, ProtocolError> {
     let limit = ctx.cfg.max_message_bytes() * 2 + 1024;
     let too_large = || ProtocolError::new(ErrorCode::TooLarge, "request body is too large");

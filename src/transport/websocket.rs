@@ -126,7 +126,7 @@ impl Handler {
                 () = sleep_until_opt(self.expires) => {
                     self.session.unsubscribe_all();
                     let frame = text_frame(protocol::error_frame(&token_expired(), None));
-                    let _ = timed(self.ctx.cfg.send_timeout(), &self.guard, self.socket.send(frame)).await;
+                    let _ = self.socket.send(frame).await;
                     Flow::Close(CLOSE_EXPIRED, "token expired")
                 }
                 frame = self.socket.recv() => match frame {
@@ -184,16 +184,7 @@ impl Handler {
             Message::Ping(_) => return self.flush().await,
             Message::Close(_) => return Flow::Drop,
         };
-        match timed(
-            self.ctx.cfg.send_timeout(),
-            &self.guard,
-            self.socket.send(text_frame(reply)),
-        )
-        .await
-        {
-            true => Flow::Continue,
-            false => Flow::Drop,
-        }
+        sent(self.socket.send(text_frame(reply)).await)
     }
 
     /// Sends an event and whatever else is ready, then flushes once.
@@ -217,25 +208,13 @@ impl Handler {
                 Event::Lagged { last } => {
                     self.guard.stats().lagged.inc();
                     let frame = text_frame(protocol::lagged_frame(&channel, last));
-                    if !timed(
-                        self.ctx.cfg.send_timeout(),
-                        &self.guard,
-                        self.socket.feed(frame),
-                    )
-                    .await
-                    {
-                        return Flow::Drop;
-                    }
-                    return Flow::Close(CLOSE_LAGGED, "lagged");
+                    return match self.socket.feed(frame).await {
+                        Ok(()) => Flow::Close(CLOSE_LAGGED, "lagged"),
+                        Err(_) => Flow::Drop,
+                    };
                 }
             };
-            if !timed(
-                self.ctx.cfg.send_timeout(),
-                &self.guard,
-                self.socket.feed(text_frame(frame)),
-            )
-            .await
-            {
+            if self.socket.feed(text_frame(frame)).await.is_err() {
                 return Flow::Drop;
             }
             n += 1;
@@ -251,49 +230,22 @@ impl Handler {
         if self.last_pong.elapsed() > heartbeat * 2 + Duration::from_secs(1) {
             return Flow::Close(1001, "no pong received");
         }
-        if timed(
-            self.ctx.cfg.send_timeout(),
-            &self.guard,
-            self.socket.send(Message::Ping(Bytes::new())),
-        )
-        .await
-        {
-            Flow::Continue
-        } else {
-            Flow::Drop
-        }
+        sent(self.socket.send(Message::Ping(Bytes::new())).await)
     }
 
     async fn flush(&mut self) -> Flow {
-        if timed(
-            self.ctx.cfg.send_timeout(),
-            &self.guard,
-            self.socket.flush(),
-        )
-        .await
-        {
-            Flow::Continue
-        } else {
-            Flow::Drop
-        }
+        sent(self.socket.flush().await)
     }
 }
 
-/// Runs a socket write under the send timeout: a client that stops reading
-/// is cut off (and counted as lagged) instead of holding the task and its
-/// buffers.
-async fn timed<E>(
-    limit: Duration,
-    guard: &ConnGuard,
-    write: impl Future<Output = Result<(), E>>,
-) -> bool {
-    match tokio::time::timeout(limit, write).await {
-        Ok(Ok(())) => true,
-        Ok(Err(_)) => false,
-        Err(_) => {
-            guard.stats().lagged.inc();
-            false
-        }
+/// Goes on after a successful write; a failed one ends the connection.
+/// Writes need no timeout here: every HTTP connection, upgraded ones
+/// included, fails a write blocked for `--send-timeout` at the socket
+/// ([`crate::http::meter::MeteredIo`]), counting the client as lagged.
+fn sent<E>(write: Result<(), E>) -> Flow {
+    match write {
+        Ok(()) => Flow::Continue,
+        Err(_) => Flow::Drop,
     }
 }
 
