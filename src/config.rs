@@ -71,7 +71,8 @@ pub struct Config {
     pub max_subscriptions: usize,
 
     /// Seconds a client may take to send its request headers.
-    #[arg(long, env = "LADDER_HEADER_TIMEOUT", default_value_t = 10)]
+    #[arg(long, env = "LADDER_HEADER_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout: u64,
 
     /// Seconds a write to a subscriber may block before it is cut off as too

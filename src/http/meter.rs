@@ -60,7 +60,7 @@ impl Meter {
         }
     }
 
-    fn read(&self, n: usize) {
+    pub(super) fn read(&self, n: usize) {
         self.pending_in.fetch_add(n as u64, Ordering::Relaxed);
     }
 
@@ -90,6 +90,16 @@ impl<S> MeteredIo<S> {
             send_timeout: None,
             stalled: None,
         }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The meter this stream counts into.
+    pub fn meter(&self) -> &Arc<Meter> {
+        &self.meter
     }
 
     /// Fails writes that stay blocked for `limit`: a client that stops

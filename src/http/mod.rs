@@ -3,9 +3,11 @@
 //!
 //! Entry point: [`run`]. It owns the accept loop, the connection limit, the
 //! header read timeout and graceful shutdown of every connection, because
-//! `axum::serve` exposes none of them.
+//! `axum::serve` exposes none of them. A connection that opens with an
+//! event-stream request is served by [`event_stream`] instead of hyper.
 
 pub mod api;
+pub mod event_stream;
 pub mod meter;
 
 use std::convert::Infallible;
@@ -25,7 +27,7 @@ use tower::Service;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::context::Ctx;
-use crate::stats::Transport;
+use crate::stats::{Stats, Transport};
 use meter::{Meter, MeteredIo};
 
 /// Runs the accept loop until shutdown, then lets every connection finish
@@ -59,36 +61,63 @@ pub async fn run(listener: TcpListener, ctx: Ctx) {
             ctx.tasks.spawn(refuse(stream, ctx.clone(), Refusal::PerIp));
             continue;
         };
-        let conn = serve(stream, peer, router.clone(), http.clone(), ctx.clone());
-        ctx.tasks.spawn(
-            async move {
-                conn.await;
-                drop((permit, per_ip));
-            }
-            .instrument(info_span!("http", %peer)),
+        // The slot is held by `serve` itself: wrapping its future in another
+        // async block would store it twice in the task (rustc keeps both
+        // the captured and the awaited copy), doubling every connection.
+        let conn = serve(
+            stream,
+            peer,
+            router.clone(),
+            http.clone(),
+            ctx.clone(),
+            (permit, per_ip),
         );
+        ctx.tasks.spawn(conn.instrument(info_span!("http", %peer)));
     }
 }
 
-/// Serves one connection until it closes or shutdown completes it.
+/// Serves one connection until it closes or shutdown completes it,
+/// holding its `_slot` under the connection limits until then.
 async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
     http: hyper::server::conn::http1::Builder,
     ctx: Ctx,
+    _slot: impl Send,
 ) {
+    let opening = tokio::select! {
+        () = ctx.shutdown.cancelled() => return,
+        o = Box::pin(event_stream::sniff(&stream, Duration::from_secs(ctx.cfg.header_timeout))) => o,
+    };
     let meter = Arc::new(Meter::new(ctx.stats.clone()));
+    let io = MeteredIo::new(stream, meter).with_send_timeout(ctx.cfg.send_timeout());
+    match opening {
+        event_stream::Opening::Gone => {}
+        event_stream::Opening::EventStream { request, head_len } => {
+            let stats = ctx.stats.clone();
+            drop((ctx, http));
+            event_stream::serve(io, request, head_len, peer, router, &stats).await;
+        }
+        // Boxed: hyper's connection state is large, and unboxed it would
+        // size every connection's task, event streams' included.
+        event_stream::Opening::Other => Box::pin(serve_hyper(io, peer, router, http, ctx)).await,
+    }
+}
+
+/// Serves a connection with hyper: every request but a connection-opening
+/// event stream.
+async fn serve_hyper(
+    io: MeteredIo<TcpStream>,
+    peer: SocketAddr,
+    router: Router,
+    http: hyper::server::conn::http1::Builder,
+    ctx: Ctx,
+) {
+    let meter = io.meter().clone();
     let shutdown = ctx.shutdown.clone();
-    let io = TokioIo::new(
-        MeteredIo::new(stream, meter.clone()).with_send_timeout(ctx.cfg.send_timeout()),
-    );
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        let t = classify(&req);
-        meter.begin(t);
-        ctx.stats.of(t).requests.inc();
-        req.extensions_mut().insert(meter.clone());
-        req.extensions_mut().insert(Peer(peer));
+        prepare(&mut req, &meter, peer, &ctx.stats);
         let meter = meter.clone();
         let mut router = router.clone();
         async move {
@@ -96,7 +125,9 @@ async fn serve(
             Ok::<_, Infallible>(resp.map(|b| Body::new(MeteredBody { inner: b, meter })))
         }
     });
-    let conn = http.serve_connection(io, service).with_upgrades();
+    let conn = http
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(conn);
     let res = tokio::select! {
         res = conn.as_mut() => res,
@@ -108,6 +139,17 @@ async fn serve(
     if let Err(e) = res {
         debug!(error = %e, "connection ended with an error");
     }
+}
+
+/// Starts a request on its connection: attributes the connection's bytes
+/// to the request's transport, counts it, and hands handlers the meter and
+/// the client's address.
+fn prepare<B>(req: &mut Request<B>, meter: &Arc<Meter>, peer: SocketAddr, stats: &Stats) {
+    let t = classify(req);
+    meter.begin(t);
+    stats.of(t).requests.inc();
+    req.extensions_mut().insert(meter.clone());
+    req.extensions_mut().insert(Peer(peer));
 }
 
 /// Which transport a request belongs to, for counting. Mirrors the routes

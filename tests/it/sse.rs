@@ -3,6 +3,9 @@
 use anyhow::Result;
 use serde_json::json;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 use crate::helpers::*;
 
 #[tokio::test]
@@ -65,5 +68,73 @@ async fn idle_streams_get_heartbeat_comments() -> Result<()> {
         );
     }
     assert_eq!(sse.comments[0], "ping");
+    s.shutdown().await
+}
+
+/// Reads from `tcp` until `done` holds for everything read so far.
+async fn read_until(tcp: &mut TcpStream, done: impl Fn(&str) -> bool) -> Result<String> {
+    let mut got = Vec::new();
+    within("response", async {
+        let mut buf = [0u8; 4096];
+        while !done(&String::from_utf8_lossy(&got)) {
+            let n = tcp.read(&mut buf).await?;
+            anyhow::ensure!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        Ok(String::from_utf8_lossy(&got).into_owned())
+    })
+    .await?
+}
+
+/// An event stream asked for first on a fresh connection is served without
+/// hyper (close-delimited, no chunking); one asked for on a kept-alive
+/// connection, or with a head too big to peek at, through hyper (chunked).
+/// Both carry the same events.
+#[tokio::test]
+async fn event_streams_are_the_same_on_fresh_and_kept_alive_connections() -> Result<()> {
+    let s = TestServer::spawn().await?;
+    s.publish("k", json!("one")).await?;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let sse = "GET /api/channels/k/events?since=0 HTTP/1.1\r\nhost: x\r\n";
+    let has_event = |t: &str| t.contains("data: {\"channel\":\"k\",\"offset\":1,");
+
+    let mut fresh = TcpStream::connect(&addr).await?;
+    fresh.write_all(format!("{sse}\r\n").as_bytes()).await?;
+    let got = read_until(&mut fresh, has_event).await?;
+    let head = got.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+
+    let pad = "x".repeat(5000);
+    let mut big = TcpStream::connect(&addr).await?;
+    big.write_all(format!("{sse}x-pad: {pad}\r\n\r\n").as_bytes())
+        .await?;
+    let mut kept = TcpStream::connect(&addr).await?;
+    kept.write_all(b"GET /api/info HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await?;
+    read_until(&mut kept, |t| t.ends_with('}')).await?;
+    kept.write_all(format!("{sse}\r\n").as_bytes()).await?;
+    for tcp in [&mut big, &mut kept] {
+        let got = read_until(tcp, has_event).await?;
+        let head = got.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    }
+    s.publish("k", json!("two")).await?;
+    for tcp in [&mut fresh, &mut big, &mut kept] {
+        read_until(tcp, |t| t.contains("\"offset\":2,")).await?;
+    }
+    s.wait_stats("sse", |r| r["connections_open"] == 3).await?;
+
+    // A byte sent after the request ends the stream (nothing is buffered).
+    fresh.write_all(b"G").await?;
+    within("close", async {
+        let mut buf = [0u8; 1024];
+        while fresh.read(&mut buf).await? > 0 {}
+        anyhow::Ok(())
+    })
+    .await??;
+    s.wait_stats("sse", |r| r["connections_open"] == 2).await?;
     s.shutdown().await
 }
