@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::debug;
 
 use super::session::{Credentials, OpSession, token_expired};
@@ -71,10 +72,12 @@ pub async fn upgrade(
         .max_write_buffer_size(4 * 1024 * 1024)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
-        .on_upgrade(move |socket| async move {
-            let _keep = keep;
+        // No async block around `run`: it would store the socket and the
+        // handler's future side by side (rustc keeps the captures and the
+        // awaited future both), growing every idle connection.
+        .on_upgrade(move |socket| {
             let meter = meter.map(|Extension(m)| m);
-            Handler::new(ctx, socket, guard, meter, creds).run().await;
+            Handler::new(ctx, socket, guard, meter, creds, keep).run()
         })
         .into_response())
 }
@@ -89,6 +92,8 @@ struct Handler {
     last_pong: Instant,
     /// When the token that opened the socket expires.
     expires: Option<Instant>,
+    /// Keeps shutdown waiting for this connection.
+    _keep: TaskTrackerToken,
 }
 
 enum Flow {
@@ -104,8 +109,10 @@ impl Handler {
         guard: ConnGuard,
         meter: Option<Arc<Meter>>,
         creds: Credentials,
+        keep: TaskTrackerToken,
     ) -> Self {
         Self {
+            _keep: keep,
             expires: creds.deadline(),
             session: OpSession::new(ctx.clone(), Transport::WebSocket, creds),
             ctx,
