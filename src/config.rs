@@ -130,8 +130,10 @@ pub struct Config {
     #[arg(long, env = "LADDER_WT_MAX_SESSIONS_PER_IP", default_value_t = 1000)]
     pub wt_max_sessions_per_ip: usize,
 
-    /// Most concurrent WebTransport sessions.
-    #[arg(long, env = "LADDER_WT_MAX_SESSIONS", default_value_t = 10_000)]
+    /// Most concurrent WebTransport sessions. An idle session holds about
+    /// 70 KiB of server memory (QUIC, TLS and HTTP/3 state), so the default
+    /// caps that at about 280 MiB.
+    #[arg(long, env = "LADDER_WT_MAX_SESSIONS", default_value_t = 4_000)]
     pub wt_max_sessions: usize,
 
     /// Most concurrent client-opened bidirectional streams per session.

@@ -39,16 +39,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, info, info_span, warn};
 use wtransport::endpoint::IncomingSession;
 use wtransport::endpoint::endpoint_side::Server;
 use wtransport::quinn::VarInt as QuicVarInt;
-use wtransport::{Endpoint, ServerConfig, VarInt};
+use wtransport::{Connection, Endpoint, ServerConfig, VarInt};
 
 use crate::auth::token_from;
 use crate::config::Config;
 use crate::context::{Ctx, WebTransportInfo};
+use crate::limits::PerIpGuard;
 use crate::tls::{CertSource, TlsError, TlsMaterial};
 use crate::transport::session::Credentials;
 
@@ -65,6 +66,11 @@ pub const WT_PATH: &str = "/wt";
 /// a few are allowed so that opening one is a protocol error we can name
 /// instead of a silent flow-control stall.
 const MAX_UNI_STREAMS: u32 = 4;
+/// Bytes a client may send on one stream ahead of Ladder reading them:
+/// quinn's default (100 Mbit/s over a 100 ms round trip).
+const STREAM_WINDOW: u32 = 1_250_000;
+/// The same for the whole session, all streams together.
+const SESSION_WINDOW: u32 = 4 * STREAM_WINDOW;
 /// How often the development certificate's remaining validity is checked.
 const ROTATION_CHECK: Duration = Duration::from_secs(3600);
 /// Longest time a QUIC + HTTP/3 handshake may take before it is dropped.
@@ -211,25 +217,60 @@ impl Listener {
     }
 }
 
-/// Completes the handshake of one incoming session and decides whether to
-/// accept it. Runs in its own task: a handshake takes at least a round trip
-/// and a bad client could stall it.
+/// Completes the handshake of one incoming session, decides whether to
+/// accept it, and serves it. Runs in its own task: a handshake takes at
+/// least a round trip and a bad client could stall it.
 async fn accept(incoming: IncomingSession, ctx: Ctx, permits: Arc<Semaphore>) {
+    // A task's future is allocated at its largest state for the task's
+    // whole life. Boxed, the handshake's state is freed once it is over
+    // instead of being carried by every open session.
+    let Some(admitted) = Box::pin(admit(incoming, &ctx, &permits)).await else {
+        return;
+    };
+    let Admitted {
+        conn,
+        creds,
+        permit,
+        per_ip,
+    } = admitted;
+    crate::transport::webtransport::run_session(ctx, conn, creds).await;
+    drop((permit, per_ip));
+}
+
+/// An accepted session and the limits it holds until it ends.
+struct Admitted {
+    conn: Connection,
+    creds: Credentials,
+    permit: OwnedSemaphorePermit,
+    per_ip: PerIpGuard,
+}
+
+/// The handshake and the refusals; `None` once a refused client has its
+/// answer (or the handshake failed).
+async fn admit(incoming: IncomingSession, ctx: &Ctx, permits: &Arc<Semaphore>) -> Option<Admitted> {
     let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(request)) => request,
         // Wrong ALPN, bad TLS, timeouts: the client's problem, not ours.
-        Ok(Err(error)) => return debug!(%error, "handshake failed"),
-        Err(_) => return debug!("handshake timed out"),
+        Ok(Err(error)) => {
+            debug!(%error, "handshake failed");
+            return None;
+        }
+        Err(_) => {
+            debug!("handshake timed out");
+            return None;
+        }
     };
     let path = request.path();
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     if path != WT_PATH {
         debug!(path, "unknown path; 404");
-        return request.not_found().await;
+        request.not_found().await;
+        return None;
     }
     if !ctx.origin_allowed(request.origin()) {
         debug!(origin = request.origin(), "origin not allowed; 403");
-        return request.forbidden().await;
+        request.forbidden().await;
+        return None;
     }
     // wtransport can answer 403 but not 401, so every token failure on this
     // transport is a 403 (browsers do not expose the status anyway).
@@ -241,26 +282,35 @@ async fn accept(incoming: IncomingSession, ctx: Ctx, permits: Arc<Semaphore>) {
         Ok(grant) => grant,
         Err(error) => {
             debug!(%error, "session refused; 403");
-            return request.forbidden().await;
+            request.forbidden().await;
+            return None;
         }
     };
-    let Ok(permit) = permits.try_acquire_owned() else {
+    let Ok(permit) = permits.clone().try_acquire_owned() else {
         debug!("session limit reached; 429");
-        return request.too_many_requests().await;
+        request.too_many_requests().await;
+        return None;
     };
     let Some(per_ip) = ctx.limits.sessions.acquire(request.remote_address().ip()) else {
         debug!("sessions per address limit reached; 429");
-        return request.too_many_requests().await;
+        request.too_many_requests().await;
+        return None;
     };
     let origin = request.origin().map(str::to_owned);
     let conn = match request.accept().await {
         Ok(conn) => conn,
-        Err(error) => return debug!(%error, "session accept failed"),
+        Err(error) => {
+            debug!(%error, "session accept failed");
+            return None;
+        }
     };
     debug!(origin, "session accepted");
-    let creds = Credentials::new(&ctx, grant);
-    crate::transport::webtransport::run_session(ctx, conn, creds).await;
-    drop((permit, per_ip));
+    Some(Admitted {
+        conn,
+        creds: Credentials::new(ctx, grant),
+        permit,
+        per_ip,
+    })
 }
 
 /// The full endpoint config for `tls`. Rotation rebuilds it whole, since
@@ -274,6 +324,14 @@ fn server_config(
     // quinn's `VarInt`, not wtransport's: the two are distinct types.
     transport.max_concurrent_bidi_streams(QuicVarInt::from_u32(cfg.wt_max_streams));
     transport.max_concurrent_uni_streams(QuicVarInt::from_u32(MAX_UNI_STREAMS));
+    // Windows are limits, not allocations (quinn buffers lazily), so they
+    // cost an idle session nothing. quinn leaves the session-wide one
+    // unbounded, which would let a client park up to `--wt-max-streams`
+    // stream windows (80 MB at 64) of unread data on a session whose
+    // streams are busy writing; a few streams' worth keeps uploads at full
+    // speed.
+    transport.stream_receive_window(QuicVarInt::from_u32(STREAM_WINDOW));
+    transport.receive_window(QuicVarInt::from_u32(SESSION_WINDOW));
     Ok(ServerConfig::builder()
         .with_bind_address(addr)
         .with_custom_transport(tls.identity()?, transport)

@@ -12,7 +12,12 @@
 //! only. Streams share no lock or queue, so a stream whose reader stalls
 //! blocks only its own writes (QUIC flow control is per stream); it is then
 //! cut off by the send timeout or ends with a `lagged` line, and every other
-//! stream carries on.
+//! stream carries on. The one shared limit is inbound: a session may hold at
+//! most four stream windows of unread client data in all (see
+//! [`crate::quic`]), so a client that stops Ladder from reading four or more
+//! of its own streams *and* fills their windows stalls its uploads on the
+//! others until the send timeout resets the stuck ones — the price of
+//! bounding a session's memory.
 //!
 //! - A malformed line gets an `{"op":"error"}` line; the stream stays.
 //! - A line longer than `--max-message-bytes` + 1024 gets a `too_large`
@@ -81,8 +86,10 @@ const METER_PERIOD: Duration = Duration::from_secs(1);
 const COALESCE_EVENTS: usize = 64;
 /// Stop coalescing once this much is buffered for one write.
 const COALESCE_BYTES: usize = 64 * 1024;
-/// Bytes read from a stream at a time.
-const READ_CHUNK: usize = 8 * 1024;
+/// Most bytes taken from a stream at a time. Reads borrow quinn's own
+/// received buffers (`read_chunk`), so no read buffer is kept per stream:
+/// an idle subscription would otherwise hold it for nothing.
+const READ_CHUNK: usize = 64 * 1024;
 /// Longest wait for the peer to acknowledge a finished stream.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -246,7 +253,6 @@ impl StreamTask {
 
     async fn run(mut self, mut recv: RecvStream, done: CancellationToken) {
         let mut lines = LineBuf::new(self.ctx.cfg.max_message_bytes() + 1024);
-        let mut chunk = vec![0u8; READ_CHUNK];
         let mut reading = true;
         let expires = self.creds_deadline;
         let end = loop {
@@ -259,9 +265,9 @@ impl StreamTask {
                     self.push_line(protocol::error_frame(&token_expired(), None));
                     Flow::Finish
                 }
-                read = recv.read(&mut chunk), if reading => match read {
-                    Ok(Some(n)) => {
-                        lines.push(&chunk[..n]);
+                read = recv.quic_stream_mut().read_chunk(READ_CHUNK, true), if reading => match read {
+                    Ok(Some(chunk)) => {
+                        lines.push(&chunk.bytes);
                         self.on_lines(&mut lines).await
                     }
                     Ok(None) => {
