@@ -9,9 +9,9 @@
 //! Client → server operations are parsed by [`ClientOp::parse`]; server →
 //! client replies are built by the `*_frame` functions and [`ErrorCode`].
 //!
-//! - [`message`]: payloads ([`Data`]) and published [`Message`]s with their
+//! - `message`: payloads ([`Data`]) and published [`Message`]s with their
 //!   shared encodings;
-//! - [`ops`]: client operations ([`ClientOp`]) and the server's reply frames.
+//! - `ops`: client operations ([`ClientOp`]) and the server's reply frames.
 
 mod message;
 mod ops;
