@@ -127,6 +127,27 @@ async fn event_streams_are_the_same_on_fresh_and_kept_alive_connections() -> Res
     }
     s.wait_stats("sse", |r| r["connections_open"] == 3).await?;
 
+    // Refusals on the lean path are whole responses: status, JSON body with
+    // its length, then the connection closes.
+    let mut bad = TcpStream::connect(&addr).await?;
+    bad.write_all(b"GET /api/channels/k/events?since=x HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await?;
+    let got = within("refusal", async {
+        let mut got = Vec::new();
+        bad.read_to_end(&mut got).await?;
+        anyhow::Ok(String::from_utf8(got)?)
+    })
+    .await??;
+    let (head, body) = got.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 400 bad request\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}", body.len())),
+        "{head}"
+    );
+    let body: serde_json::Value = serde_json::from_str(body)?;
+    assert_eq!(body["error"]["code"], "bad_request");
+
     // A byte sent after the request ends the stream (nothing is buffered).
     fresh.write_all(b"G").await?;
     within("close", async {
