@@ -129,10 +129,16 @@ impl Handler {
         let heartbeat = self.ctx.cfg.heartbeat();
         let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Created once, not per turn of the loop: each wake-up (one per
+        // delivery) would otherwise re-register with the shutdown token's
+        // lock and the timer.
+        let shutdown = self.ctx.shutdown.clone().cancelled_owned();
+        let expired = sleep_until_opt(self.expires);
+        tokio::pin!(shutdown, expired);
         let flow = loop {
             let flow = tokio::select! {
-                () = self.ctx.shutdown.cancelled() => Flow::Close(1001, "server shutting down"),
-                () = sleep_until_opt(self.expires) => {
+                () = &mut shutdown => Flow::Close(1001, "server shutting down"),
+                () = &mut expired => {
                     self.session.unsubscribe_all();
                     let frame = text_frame(protocol::error_frame(&token_expired(), None));
                     let _ = self.socket.send(frame).await;
