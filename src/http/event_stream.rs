@@ -22,7 +22,7 @@
 //! input is buffered.
 
 use std::future::poll_fn;
-use std::io::{self, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
@@ -200,25 +200,6 @@ fn response_head(parts: &axum::http::response::Parts, body: &Body) -> Vec<u8> {
     }
     out.extend_from_slice(b"connection: close\r\n\r\n");
     out
-}
-
-impl MeteredIo<TcpStream> {
-    /// Waits for input from the client and counts it: `Ok(0)` when the
-    /// client has closed its side, else how many bytes were discarded.
-    pub async fn input(&self) -> io::Result<usize> {
-        let mut buf = [0u8; 64];
-        loop {
-            self.get_ref().readable().await?;
-            match self.get_ref().try_read(&mut buf) {
-                Ok(n) => {
-                    self.meter().read(n);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use crate::stats::{Stats, Transport};
@@ -60,7 +61,7 @@ impl Meter {
         }
     }
 
-    pub(super) fn read(&self, n: usize) {
+    fn read(&self, n: usize) {
         self.pending_in.fetch_add(n as u64, Ordering::Relaxed);
     }
 
@@ -90,11 +91,6 @@ impl<S> MeteredIo<S> {
             send_timeout: None,
             stalled: None,
         }
-    }
-
-    /// The wrapped stream.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
     }
 
     /// The meter this stream counts into.
@@ -135,6 +131,26 @@ impl<S> MeteredIo<S> {
             )));
         }
         res
+    }
+}
+
+impl MeteredIo<TcpStream> {
+    /// Waits for input from a client that has nothing more to say (an
+    /// event stream's), counts it and discards it: `Ok(0)` when the client
+    /// has closed its side, else how many bytes were discarded.
+    pub async fn input(&self) -> io::Result<usize> {
+        let mut buf = [0u8; 64];
+        loop {
+            self.inner.readable().await?;
+            match self.inner.try_read(&mut buf) {
+                Ok(n) => {
+                    self.meter.read(n);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
