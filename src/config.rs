@@ -140,6 +140,13 @@ pub struct Config {
     #[arg(long, env = "LADDER_WT_MAX_STREAMS", default_value_t = 64)]
     pub wt_max_streams: u32,
 
+    /// Let each channel's fan-out write messages straight to caught-up
+    /// WebSockets (one `send()` per socket per batch, no task wake-up);
+    /// `false` makes every socket's own task write everything.
+    #[arg(long, env = "LADDER_WS_DIRECT_WRITES", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub ws_direct_writes: bool,
+
     /// Seconds of silence after which a QUIC connection is closed.
     #[arg(long, env = "LADDER_WT_IDLE_TIMEOUT", default_value_t = 30)]
     pub wt_idle_timeout: u64,

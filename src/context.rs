@@ -48,6 +48,8 @@ pub struct Inner {
     pub auth: Auth,
     /// Per-client limits.
     pub limits: Limits,
+    /// The channels' WebSocket fan-outs (direct writes to lent sockets).
+    pub fanouts: crate::transport::websocket::fanout::Fanouts,
     /// The bound HTTP address (for the default origin allowlist).
     pub http_addr: SocketAddr,
     webtransport: RwLock<Option<WebTransportInfo>>,
@@ -99,6 +101,7 @@ impl Ctx {
             stats,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            fanouts: Default::default(),
             http_addr,
             webtransport: RwLock::new(None),
             allowed_origins,

@@ -116,6 +116,11 @@ pub struct TransportStats {
 pub struct Stats {
     registry: Registry,
     per: [TransportStats; Transport::ALL.len()],
+    /// `send()`s by the channels' fan-outs straight to lent WebSockets.
+    pub ws_direct_sends: Counter,
+    /// Leases a fan-out ended because the socket could not take a whole
+    /// batch (a slow reader) or failed; the socket's task took over.
+    pub ws_direct_handbacks: Counter,
 }
 
 impl Default for Stats {
@@ -164,7 +169,24 @@ impl Stats {
         );
         family!(datagrams_out, Counter, "WebTransport datagrams sent");
         family!(datagrams_in, Counter, "WebTransport datagrams received");
-        Self { registry, per }
+        let ws_direct_sends = Counter::default();
+        registry.register(
+            "ws_direct_sends",
+            "Sends by channel fan-outs straight to lent WebSockets",
+            ws_direct_sends.clone(),
+        );
+        let ws_direct_handbacks = Counter::default();
+        registry.register(
+            "ws_direct_handbacks",
+            "Lent WebSockets handed back to their task because a direct send could not complete",
+            ws_direct_handbacks.clone(),
+        );
+        Self {
+            registry,
+            per,
+            ws_direct_sends,
+            ws_direct_handbacks,
+        }
     }
 
     /// The counters of one transport.

@@ -10,9 +10,10 @@
 //! when the connection closes.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use crate::stats::{Stats, Transport};
+use crate::transport::websocket::outlet::Outlet;
 
 /// Per-connection attribution of bytes to a transport.
 #[derive(Debug)]
@@ -29,6 +31,10 @@ pub struct Meter {
     /// Index into `Transport::ALL` of the current request's transport.
     current: AtomicU8,
     pending_in: AtomicU64,
+    /// The connection's socket while it is open (TCP connections only).
+    socket: Mutex<Option<RawFd>>,
+    /// Set once the connection's WebSocket lends its socket.
+    outlet: OnceLock<Arc<Outlet>>,
 }
 
 impl Meter {
@@ -39,6 +45,30 @@ impl Meter {
             stats,
             current: AtomicU8::new(Transport::Api as u8),
             pending_in: AtomicU64::new(0),
+            socket: Mutex::new(None),
+            outlet: OnceLock::new(),
+        }
+    }
+
+    /// The connection's [`Outlet`], made on first use; `None` when the
+    /// connection is not a TCP socket or is already closed.
+    pub fn outlet(&self) -> Option<&Arc<Outlet>> {
+        // Under the socket lock, which the stream's drop also takes: an
+        // outlet is never made for a descriptor already closed.
+        let socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
+        let fd = (*socket)?;
+        Some(
+            self.outlet
+                .get_or_init(|| Arc::new(Outlet::new(fd, self.stats.clone()))),
+        )
+    }
+
+    /// The socket is about to close: no direct write may follow.
+    fn closing(&self) {
+        let mut socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
+        *socket = None;
+        if let Some(o) = self.outlet.get() {
+            o.close();
         }
     }
 
@@ -106,6 +136,35 @@ impl<S> MeteredIo<S> {
         self
     }
 
+    /// Runs a write while no direct writer can touch the socket. If the
+    /// socket was lent ([`Outlet`]), the lease ends and whatever a direct
+    /// write left unsent goes out first, so frames never interleave.
+    fn exclusive<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(&mut S, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let Some(outlet) = self.meter.outlet.get() else {
+            return write(&mut self.inner, cx);
+        };
+        let mut st = outlet.take();
+        while let Some(left) = st.leftover() {
+            match Pin::new(&mut self.inner).poll_write(cx, left) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.meter.wrote(n);
+                    st.wrote_leftover(n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        write(&mut self.inner, cx)
+    }
+
     /// Tracks a write's outcome against the send timeout.
     fn check_stall<T>(
         &mut self,
@@ -135,6 +194,17 @@ impl<S> MeteredIo<S> {
 }
 
 impl MeteredIo<TcpStream> {
+    /// Wraps an accepted TCP connection, counting into a new meter; its
+    /// socket can be lent to direct writers ([`Meter::outlet`]).
+    pub fn tcp(stream: TcpStream, stats: Arc<Stats>) -> Self {
+        let mut meter = Meter::new(stats);
+        *meter
+            .socket
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = Some(stream.as_raw_fd());
+        Self::new(stream, Arc::new(meter))
+    }
+
     /// Waits for input from a client that has nothing more to say (an
     /// event stream's), counts it and discards it: `Ok(0)` when the client
     /// has closed its side, else how many bytes were discarded.
@@ -156,6 +226,8 @@ impl MeteredIo<TcpStream> {
 
 impl<S> Drop for MeteredIo<S> {
     fn drop(&mut self) {
+        // Runs before `inner` (the socket) is dropped and closed.
+        self.meter.closing();
         self.meter.flush_in();
     }
 }
@@ -182,7 +254,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MeteredIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let res = self.exclusive(cx, |io, cx| Pin::new(io).poll_write(cx, buf));
         if let Poll::Ready(Ok(n)) = res {
             self.meter.wrote(n);
         }
@@ -194,7 +266,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MeteredIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let res = self.exclusive(cx, |io, cx| Pin::new(io).poll_write_vectored(cx, bufs));
         if let Poll::Ready(Ok(n)) = res {
             self.meter.wrote(n);
         }
@@ -206,7 +278,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MeteredIo<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        let res = self.exclusive(cx, |io, cx| Pin::new(io).poll_flush(cx));
         self.check_stall(cx, res)
     }
 

@@ -90,8 +90,7 @@ async fn serve(
         () = ctx.shutdown.cancelled() => return,
         o = Box::pin(event_stream::sniff(&stream, Duration::from_secs(ctx.cfg.header_timeout))) => o,
     };
-    let meter = Arc::new(Meter::new(ctx.stats.clone()));
-    let io = MeteredIo::new(stream, meter).with_send_timeout(ctx.cfg.send_timeout());
+    let io = MeteredIo::tcp(stream, ctx.stats.clone()).with_send_timeout(ctx.cfg.send_timeout());
     match opening {
         event_stream::Opening::Gone => {}
         event_stream::Opening::EventStream { request, head_len } => {

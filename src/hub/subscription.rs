@@ -124,6 +124,39 @@ impl Subscription {
         }
     }
 
+    /// A future that completes once something is published after the last
+    /// read, owning its own handle on the channel's wake-up (so a caller can
+    /// keep it apart from the subscription, and drop it to stop being woken).
+    /// It may complete for a publish already read; it never misses one.
+    pub fn changed_owned(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.rx.clone();
+        async move {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Whether everything published so far has been handed out and nothing
+    /// else (a truncation notice, a lag, an interruption) is due.
+    pub fn is_caught_up(&self) -> bool {
+        self.truncation.is_none()
+            && self.buf.is_empty()
+            && !self.lagged
+            && !self.interrupted()
+            && self.guard.0.read().head() == self.cursor
+    }
+
+    /// Records that messages up to `offset` were delivered by other means
+    /// (written straight to the subscriber's socket while this subscription
+    /// was paused); reading resumes after it.
+    pub fn advance_to(&mut self, offset: u64) {
+        if offset > self.cursor {
+            self.cursor = offset;
+            self.buf.retain(|m| m.offset() > offset);
+        }
+    }
+
     /// The next event if one is ready, without waiting.
     pub fn try_next(&mut self) -> Option<Event> {
         if let Some(t) = self.truncation.take() {

@@ -7,18 +7,91 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio_stream::StreamMap;
+use tokio_util::sync::ReusableBoxFuture;
 
 use crate::auth::Grant;
 use crate::context::Ctx;
-use crate::hub::{ChannelName, Event, Position};
+use crate::hub::{ChannelName, Event, Position, Subscription};
 use crate::protocol::{self, ClientOp, DeliveryMode, ErrorCode, ProtocolError};
 use crate::stats::Transport;
 
-type Events = Pin<Box<dyn Stream<Item = (DeliveryMode, Event)> + Send>>;
+/// One subscription as a stream of events. It can be paused: its
+/// deliveries are then made by someone else (see
+/// [`crate::transport::websocket`]'s direct writes), and it neither reads nor
+/// asks to be woken until resumed.
+pub struct SubStream {
+    sub: Subscription,
+    mode: DeliveryMode,
+    paused: bool,
+    /// The wait for the next publish, allocated once and reused; replaced
+    /// (so no longer registered for wake-ups) when it fires or on pause.
+    wait: ReusableBoxFuture<'static, ()>,
+}
+
+impl SubStream {
+    fn new(sub: Subscription, mode: DeliveryMode) -> Self {
+        let wait = ReusableBoxFuture::new(sub.changed_owned());
+        Self {
+            sub,
+            mode,
+            paused: false,
+            wait,
+        }
+    }
+
+    /// The subscription itself.
+    pub fn subscription(&self) -> &Subscription {
+        &self.sub
+    }
+
+    /// How its messages are delivered.
+    pub fn mode(&self) -> DeliveryMode {
+        self.mode
+    }
+
+    /// Stops reading and being woken until [`Self::resume`].
+    pub fn pause(&mut self) {
+        if !self.paused {
+            self.paused = true;
+            self.wait.set(self.sub.changed_owned());
+        }
+    }
+
+    /// Reads again, after the messages up to `delivered` that were written
+    /// while paused.
+    pub fn resume(&mut self, delivered: u64) {
+        self.sub.advance_to(delivered);
+        self.paused = false;
+    }
+
+    /// Whether it is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+}
+
+impl Stream for SubStream {
+    type Item = (DeliveryMode, Event);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.paused {
+            return Poll::Pending;
+        }
+        loop {
+            if let Some(ev) = this.sub.try_next() {
+                return Poll::Ready(Some((this.mode, ev)));
+            }
+            ready!(this.wait.poll(cx));
+            this.wait.set(this.sub.changed_owned());
+        }
+    }
+}
 
 /// Who is talking: what their token allows and their publish-rate budget.
 /// One per connection (a WebSocket, a WebTransport session); cloning shares
@@ -74,7 +147,7 @@ pub struct OpSession {
     ctx: Ctx,
     transport: Transport,
     creds: Credentials,
-    subs: StreamMap<ChannelName, Events>,
+    subs: StreamMap<ChannelName, SubStream>,
 }
 
 impl std::fmt::Debug for OpSession {
@@ -161,12 +234,8 @@ impl OpSession {
                     .subscribe(&channel, &Position { since, epoch })
                     .await?;
                 let reply = protocol::subscribed_frame(&channel, sub.epoch(), sub.head());
-                let events = futures_util::stream::unfold(sub, move |mut sub| async move {
-                    let ev = sub.next().await;
-                    Some(((delivery, ev), sub))
-                });
                 // Replaces an earlier subscription to the same channel.
-                self.subs.insert(channel, Box::pin(events));
+                self.subs.insert(channel, SubStream::new(sub, delivery));
                 Ok(reply)
             }
             ClientOp::Unsubscribe { channel } => {
@@ -186,6 +255,18 @@ impl OpSession {
     /// Drops every subscription (the token that allowed them expired).
     pub fn unsubscribe_all(&mut self) {
         self.subs.clear();
+    }
+
+    /// Every subscription, by channel.
+    pub fn streams_mut(&mut self) -> impl Iterator<Item = (&ChannelName, &mut SubStream)> {
+        self.subs.iter_mut().map(|(k, v)| (&*k, v))
+    }
+
+    /// The subscription to `channel`, if any.
+    pub fn stream_mut(&mut self, channel: &ChannelName) -> Option<&mut SubStream> {
+        self.streams_mut()
+            .find(|(name, _)| *name == channel)
+            .map(|(_, s)| s)
     }
 
     /// Waits for the next event of any subscription. Cancel-safe.

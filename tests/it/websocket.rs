@@ -256,3 +256,126 @@ async fn the_server_pings_and_closes_on_frames_beyond_the_hard_cap() -> Result<(
     assert_eq!(other.recv().await?["data"], 1);
     s.shutdown().await
 }
+
+/// Publishes one message at a time to `channel` and reads it on `ws`, until
+/// a channel fan-out has written one straight to a lent socket (at most
+/// `rounds` messages); returns the last offset.
+async fn until_lent(s: &TestServer, ws: &mut Ws, channel: &str, rounds: u64) -> Result<u64> {
+    let sends = &s.ctx.stats.ws_direct_sends;
+    let before = sends.get();
+    for _ in 0..rounds {
+        let p = s.publish(channel, json!("warm-up")).await?;
+        let offset = p["offset"].as_u64().unwrap();
+        assert_eq!(offsets(&ws.messages_until(offset).await?), [offset]);
+        if sends.get() > before {
+            return Ok(offset);
+        }
+    }
+    anyhow::bail!("no direct write in {rounds} messages")
+}
+
+#[tokio::test]
+async fn lent_sockets_get_every_message_in_order_while_ops_come_and_go() -> Result<()> {
+    for direct in [true, false] {
+        let s = TestServer::spawn_with(|c| c.ws_direct_writes = direct).await?;
+        let mut ws = Ws::connect(&s).await?;
+        ws.subscribe("d", None).await?;
+        ws.subscribe("e", None).await?;
+        let mut last = if direct {
+            until_lent(&s, &mut ws, "d", 100).await?
+        } else {
+            0
+        };
+        for round in 0..20u64 {
+            // Published over HTTP while the socket is (or may be) lent, then
+            // an op that needs the socket back, then more.
+            for _ in 0..5 {
+                s.publish("d", json!({"round": round})).await?;
+            }
+            ws.send(json!({"op":"echo","data":round})).await?;
+            ws.send(json!({"op":"publish","channel":"e","data":round,"id":round}))
+                .await?;
+            for _ in 0..5 {
+                s.publish("d", json!({"round": round})).await?;
+            }
+            let (mut d, mut acked, mut echoed, mut e) = (Vec::new(), false, false, false);
+            while d.len() < 10 || !(acked && echoed && e) {
+                let f = ws.recv().await?;
+                match (f["op"].as_str(), f["channel"].as_str()) {
+                    (Some("message"), Some("d")) => {
+                        assert_eq!(f["data"], json!({"round": round}));
+                        d.push(f["offset"].as_u64().unwrap());
+                    }
+                    (Some("message"), Some("e")) => {
+                        assert_eq!(
+                            (f["data"].as_u64(), f["offset"].as_u64()),
+                            (Some(round), Some(round + 1))
+                        );
+                        e = true;
+                    }
+                    (Some("published"), _) => acked = true,
+                    (Some("echo"), _) => {
+                        assert_eq!(f["data"], round);
+                        echoed = true;
+                    }
+                    _ => panic!("unexpected {f}"),
+                }
+            }
+            assert_eq!(
+                d,
+                (last + 1..=last + 10).collect::<Vec<_>>(),
+                "round {round}"
+            );
+            last += 10;
+        }
+        if !direct {
+            assert_eq!(s.ctx.stats.ws_direct_sends.get(), 0);
+        }
+        // Unsubscribing takes the channel out of the socket's lease.
+        ws.send(json!({"op":"unsubscribe","channel":"d"})).await?;
+        assert_eq!(ws.recv().await?, json!({"op":"unsubscribed","channel":"d"}));
+        s.publish("d", json!("gone")).await?;
+        ws.send(json!({"op":"echo","data":"after"})).await?;
+        assert_eq!(ws.recv().await?, json!({"op":"echo","data":"after"}));
+        // The socket left d's fan-out; e's stays while it is subscribed.
+        assert_eq!(s.ctx.fanouts.len(), usize::from(direct));
+        drop(ws);
+        within("fan-outs to stop", async {
+            while !s.ctx.fanouts.is_empty() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await?;
+        s.shutdown().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lent_socket_whose_reader_stalls_is_handed_back_and_loses_nothing() -> Result<()> {
+    let s = TestServer::spawn().await?;
+    let mut ws = Ws::connect(&s).await?;
+    ws.subscribe("stall", None).await?;
+    let warm = until_lent(&s, &mut ws, "stall", 100).await?;
+    // The client reads nothing while far more than the socket buffers hold
+    // is published (history keeps all of it), so a direct write runs into a
+    // full socket: it is partial or refused and the lease ends.
+    let blob = "y".repeat(60_000);
+    let n = 400u64;
+    for i in 0..n {
+        s.publish("stall", json!({"i": i, "pad": blob})).await?;
+    }
+    let got = ws.messages_until(warm + n).await?;
+    assert_eq!(offsets(&got), (warm + 1..=warm + n).collect::<Vec<_>>());
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m["data"]["i"], i as u64);
+        assert_eq!(m["data"]["pad"].as_str().map(str::len), Some(60_000));
+    }
+    assert!(s.ctx.stats.ws_direct_handbacks.get() >= 1);
+    assert_eq!(s.stats("websocket").await?["lagged"], 0);
+    // And the socket is lent again once caught up.
+    let sends = s.ctx.stats.ws_direct_sends.get();
+    until_lent(&s, &mut ws, "stall", 100).await?;
+    assert!(s.ctx.stats.ws_direct_sends.get() > sends);
+    s.shutdown().await
+}

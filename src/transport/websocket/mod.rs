@@ -6,6 +6,14 @@
 //! connection's token expired (after an `unauthorized` error frame), 1009 from the
 //! WebSocket layer for a frame over the hard cap. A bad frame below the cap
 //! gets an `{"op":"error"}` frame and the socket stays open.
+//!
+//! While a socket is caught up on every subscription and has nothing in
+//! flight, it is lent to its channels' fan-outs ([`fanout`], [`outlet`]),
+//! which write new messages to it directly; its task sleeps until it needs
+//! the socket back.
+
+pub mod fanout;
+pub mod outlet;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +29,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::debug;
 
+use self::fanout::Membership;
+use self::outlet::{Outlet, Slot};
 use super::session::{Credentials, OpSession, token_expired};
 use super::sleep_until_opt;
 use crate::context::Ctx;
@@ -94,8 +104,19 @@ struct Handler {
     last_pong: Instant,
     /// When the token that opened the socket expires.
     expires: Option<Instant>,
+    /// Lending the socket to fan-outs; `None` until first tried.
+    direct: Option<Direct>,
     /// Keeps shutdown waiting for this connection.
     _keep: TaskTrackerToken,
+}
+
+/// The socket's lending state.
+struct Direct {
+    outlet: Arc<Outlet>,
+    /// Whether the socket is (as far as this task knows) lent.
+    lent: bool,
+    /// The fan-outs of the subscribed channels this socket joined.
+    joined: Vec<Membership>,
 }
 
 enum Flow {
@@ -122,6 +143,7 @@ impl Handler {
             guard,
             meter,
             last_pong: Instant::now(),
+            direct: None,
         }
     }
 
@@ -136,35 +158,59 @@ impl Handler {
         let expired = sleep_until_opt(self.expires);
         tokio::pin!(shutdown, expired);
         let flow = loop {
+            // Only while lent: the task then sleeps until a frame arrives,
+            // a timer fires, or the lease ends.
+            let lease = self
+                .direct
+                .as_ref()
+                .filter(|d| d.lent)
+                .map(|d| d.outlet.clone());
             let flow = tokio::select! {
                 () = &mut shutdown => Flow::Close(1001, "server shutting down"),
                 () = &mut expired => {
+                    self.reclaim();
                     self.session.unsubscribe_all();
                     let frame = text_frame(protocol::error_frame(&token_expired(), None));
                     let _ = self.socket.send(frame).await;
                     Flow::Close(CLOSE_EXPIRED, "token expired")
                 }
-                frame = self.socket.recv() => match frame {
-                    Some(Ok(msg)) => self.on_frame(msg).await,
-                    Some(Err(e)) => {
-                        debug!(error = %e, "websocket read failed");
-                        read_failure(e)
+                frame = self.socket.recv() => {
+                    self.reclaim();
+                    match frame {
+                        Some(Ok(msg)) => self.on_frame(msg).await,
+                        Some(Err(e)) => {
+                            debug!(error = %e, "websocket read failed");
+                            read_failure(e)
+                        }
+                        None => Flow::Drop,
                     }
-                    None => Flow::Drop,
                 },
                 ev = self.session.next_event(), if self.session.has_subscriptions() => {
+                    self.reclaim();
                     match ev {
                         Some(ev) => self.deliver(ev).await,
                         None => Flow::Continue,
                     }
                 }
-                _ = ping.tick() => self.on_ping_tick(heartbeat).await,
+                () = returned(lease.as_deref()), if lease.is_some() => {
+                    self.reclaim();
+                    Flow::Continue
+                }
+                _ = ping.tick() => {
+                    self.reclaim();
+                    self.on_ping_tick(heartbeat).await
+                }
+            };
+            let flow = match flow {
+                Flow::Continue => self.try_lend().await,
+                done => done,
             };
             match flow {
                 Flow::Continue => {}
                 done => break done,
             }
         };
+        self.reclaim();
         if let Flow::Close(code, reason) = flow {
             let close = Message::Close(Some(CloseFrame {
                 code,
@@ -240,6 +286,95 @@ impl Handler {
         self.flush().await
     }
 
+    /// Lends the socket to the fan-outs of its subscriptions that are
+    /// caught up, if nothing is pending: no unread event on any
+    /// subscription, the WebSocket layer's output fully written.
+    async fn try_lend(&mut self) -> Flow {
+        if let Some(d) = &mut self.direct {
+            // Leave the fan-outs of channels no longer subscribed.
+            let session = &mut self.session;
+            d.joined
+                .retain(|m| session.stream_mut(m.channel()).is_some());
+        }
+        if !self.ctx.cfg.ws_direct_writes
+            || self.direct.as_ref().is_some_and(|d| d.lent)
+            || !self.session.has_subscriptions()
+            || !self
+                .session
+                .streams_mut()
+                .all(|(_, s)| s.subscription().is_caught_up())
+        {
+            return Flow::Continue;
+        }
+        if self.direct.is_none() {
+            let Some(outlet) = self.meter.as_ref().and_then(|m| m.outlet()) else {
+                return Flow::Continue;
+            };
+            self.direct = Some(Direct {
+                outlet: outlet.clone(),
+                lent: false,
+                joined: Vec::new(),
+            });
+        }
+        // Written out, including what a partial direct write left over.
+        if let Flow::Drop = self.flush().await {
+            return Flow::Drop;
+        }
+        let Some(d) = &mut self.direct else {
+            return Flow::Continue;
+        };
+        for (channel, _) in self.session.streams_mut() {
+            if !d.joined.iter().any(|m| m.channel() == channel) {
+                d.joined
+                    .push(self.ctx.fanouts.join(&self.ctx, channel, &d.outlet));
+            }
+        }
+        let candidates = d.joined.iter().filter_map(|m| {
+            let cursor = self
+                .session
+                .stream_mut(m.channel())?
+                .subscription()
+                .cursor();
+            Some((
+                Slot {
+                    channel: m.channel().clone(),
+                    cursor,
+                },
+                m.fanout(),
+            ))
+        });
+        let lent = d.outlet.lend(candidates);
+        d.lent = !lent.is_empty();
+        for channel in &lent {
+            if let Some(s) = self.session.stream_mut(channel) {
+                s.pause();
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Ends the lease, if any, and has each lent subscription read on from
+    /// what the fan-out wrote.
+    fn reclaim(&mut self) {
+        let Some(d) = &mut self.direct else {
+            return;
+        };
+        if !d.lent {
+            return;
+        }
+        d.lent = false;
+        for slot in d.outlet.reclaim() {
+            if let Some(s) = self.session.stream_mut(&slot.channel) {
+                s.resume(slot.cursor);
+            }
+        }
+        for (_, s) in self.session.streams_mut() {
+            if s.is_paused() {
+                s.resume(0);
+            }
+        }
+    }
+
     async fn on_ping_tick(&mut self, heartbeat: Duration) -> Flow {
         // Two heartbeats without a pong: the peer is gone without a FIN.
         if self.last_pong.elapsed() > heartbeat * 2 + Duration::from_secs(1) {
@@ -250,6 +385,14 @@ impl Handler {
 
     async fn flush(&mut self) -> Flow {
         sent(self.socket.flush().await)
+    }
+}
+
+/// Completes when the lease on `outlet` ends without this task asking.
+async fn returned(outlet: Option<&Outlet>) {
+    match outlet {
+        Some(o) => o.returned().await,
+        None => std::future::pending().await,
     }
 }
 

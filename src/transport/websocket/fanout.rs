@@ -1,0 +1,358 @@
+//! One fan-out task per channel that has lent WebSockets: it reads each new
+//! batch of messages once, frames it once, and writes it to every lent
+//! socket with one `send()` each (see [`super::outlet`] for the lease).
+//!
+//! A channel's sockets are split among as many fan-outs as the runtime has
+//! worker threads, so one busy channel still spreads over every core.
+//!
+//! Its position (`pos`, the last offset it has begun writing) is published
+//! before it offers a batch, and a WebSocket joins only with its cursor at or
+//! past that position, checked under the outlet's lock. Whichever of the two
+//! takes the lock first, a socket either gets the batch from the fan-out or
+//! never joined for it and reads it from the log itself.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::outlet::Outlet;
+use crate::context::Ctx;
+use crate::hub::{ChannelName, Event, Position, Subscription};
+use crate::protocol::Message;
+
+/// `pos` while the fan-out is not following its channel: nobody joins.
+const NOT_READY: u64 = u64::MAX;
+/// Most frames written per `send()`.
+const BATCH_FRAMES: usize = 64;
+/// Most bytes per `send()`; a bigger batch is split.
+const BATCH_BYTES: usize = 64 * 1024;
+/// Wait before following a channel again after the hub refused.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Every channel's fan-outs, by channel and shard.
+#[derive(Debug, Default)]
+pub struct Fanouts {
+    map: Mutex<HashMap<(ChannelName, usize), Arc<ChannelFanout>>>,
+}
+
+/// The fan-out of one channel.
+#[derive(Debug)]
+pub struct ChannelFanout {
+    pos: AtomicU64,
+    /// The sockets to offer batches to; replaced, not edited, so a batch
+    /// iterates over a snapshot without holding the lock.
+    outlets: Mutex<Arc<Vec<Arc<Outlet>>>>,
+    stop: CancellationToken,
+}
+
+/// A WebSocket's place in one channel's fan-out; leaving is dropping it.
+#[derive(Debug)]
+pub struct Membership {
+    ctx: Ctx,
+    channel: ChannelName,
+    shard: usize,
+    fan: Arc<ChannelFanout>,
+    outlet: Arc<Outlet>,
+}
+
+impl Membership {
+    /// The channel.
+    pub fn channel(&self) -> &ChannelName {
+        &self.channel
+    }
+
+    /// The fan-out.
+    pub fn fanout(&self) -> &ChannelFanout {
+        &self.fan
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let key = (self.channel.clone(), self.shard);
+        self.ctx.fanouts.leave(&key, &self.fan, &self.outlet);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each critical section is a single insert/remove/replace.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Fanouts {
+    /// Adds `outlet` to `channel`'s fan-out, starting the fan-out if it is
+    /// the first.
+    pub fn join(&self, ctx: &Ctx, channel: &ChannelName, outlet: &Arc<Outlet>) -> Membership {
+        let shards = tokio::runtime::Handle::try_current()
+            .map_or(1, |h| h.metrics().num_workers())
+            .max(1);
+        // Outlets are separate allocations; their addresses spread evenly.
+        let shard = (Arc::as_ptr(outlet) as usize >> 6) % shards;
+        let mut map = lock(&self.map);
+        let fan = map
+            .entry((channel.clone(), shard))
+            .or_insert_with(|| {
+                let fan = Arc::new(ChannelFanout {
+                    pos: AtomicU64::new(NOT_READY),
+                    outlets: Mutex::new(Arc::new(Vec::new())),
+                    stop: ctx.shutdown.child_token(),
+                });
+                ctx.tasks
+                    .spawn(run(ctx.clone(), channel.clone(), fan.clone()));
+                fan
+            })
+            .clone();
+        {
+            let mut outlets = lock(&fan.outlets);
+            let mut next = Vec::clone(&outlets);
+            next.push(outlet.clone());
+            *outlets = Arc::new(next);
+        }
+        drop(map);
+        Membership {
+            ctx: ctx.clone(),
+            channel: channel.clone(),
+            shard,
+            fan,
+            outlet: outlet.clone(),
+        }
+    }
+
+    fn leave(&self, key: &(ChannelName, usize), fan: &Arc<ChannelFanout>, outlet: &Arc<Outlet>) {
+        let mut map = lock(&self.map);
+        let empty = {
+            let mut outlets = lock(&fan.outlets);
+            let next: Vec<_> = outlets
+                .iter()
+                .filter(|o| !Arc::ptr_eq(o, outlet))
+                .cloned()
+                .collect();
+            let empty = next.is_empty();
+            *outlets = Arc::new(next);
+            empty
+        };
+        if empty && map.get(key).is_some_and(|f| Arc::ptr_eq(f, fan)) {
+            map.remove(key);
+            fan.stop.cancel();
+        }
+    }
+
+    /// Running fan-outs (for tests and diagnostics).
+    pub fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+
+    /// Whether no fan-out is running.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl ChannelFanout {
+    /// Whether a subscription that has everything up to `cursor` may be lent
+    /// to this fan-out. Call with the outlet's lock held (see the module
+    /// docs).
+    pub fn accepts(&self, cursor: u64) -> bool {
+        let pos = self.pos.load(Ordering::SeqCst);
+        pos != NOT_READY && cursor >= pos
+    }
+
+    fn outlets(&self) -> Arc<Vec<Arc<Outlet>>> {
+        lock(&self.outlets).clone()
+    }
+}
+
+/// Follows `channel` until stopped, offering every batch to the outlets.
+async fn run(ctx: Ctx, channel: ChannelName, fan: Arc<ChannelFanout>) {
+    let mut batch = Batch::default();
+    let live = Position::default();
+    loop {
+        let sub = tokio::select! {
+            () = fan.stop.cancelled() => return,
+            s = ctx.hub.subscribe(&channel, &live) => s,
+        };
+        match sub {
+            Ok(mut sub) => {
+                fan.pos.store(sub.cursor(), Ordering::SeqCst);
+                if relay(&fan, &channel, &mut sub, &mut batch).await.is_none() {
+                    return;
+                }
+                debug!(%channel, "fan-out fell behind or was interrupted; following again");
+            }
+            Err(e) => {
+                debug!(%channel, error = %e, "fan-out cannot follow the channel yet");
+                tokio::select! {
+                    () = fan.stop.cancelled() => return,
+                    () = tokio::time::sleep(RETRY) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Offers batches until the subscription lags (`Some`) or the fan-out stops
+/// (`None`). After a lag every lease on the channel is ended.
+async fn relay(
+    fan: &ChannelFanout,
+    channel: &ChannelName,
+    sub: &mut Subscription,
+    batch: &mut Batch,
+) -> Option<()> {
+    loop {
+        let first = tokio::select! {
+            () = fan.stop.cancelled() => return None,
+            ev = sub.next() => ev,
+        };
+        batch.clear(fan.pos.load(Ordering::SeqCst));
+        let mut next = Some(first);
+        let mut lagged = false;
+        while let Some(ev) = next.take() {
+            match ev {
+                Event::Message(m) => batch.push(&m),
+                // A live subscription is never truncated.
+                Event::Truncated(_) => {}
+                Event::Lagged { .. } => {
+                    lagged = true;
+                    break;
+                }
+            }
+            if !batch.is_full() {
+                next = sub.try_next();
+            }
+        }
+        if !batch.is_empty() {
+            fan.pos.store(batch.last(), Ordering::SeqCst);
+            for outlet in fan.outlets().iter() {
+                outlet.offer(channel, batch);
+            }
+        }
+        if lagged {
+            fan.pos.store(NOT_READY, Ordering::SeqCst);
+            for outlet in fan.outlets().iter() {
+                outlet.hand_back(channel);
+            }
+            return Some(());
+        }
+    }
+}
+
+/// Consecutive messages of one channel, each framed as a WebSocket text
+/// frame, back to back.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The offset before the first frame.
+    prev: u64,
+    bytes: BytesMut,
+    /// Each frame's offset and where it starts in `bytes`.
+    index: Vec<(u64, usize)>,
+}
+
+impl Batch {
+    fn clear(&mut self, prev: u64) {
+        self.prev = prev;
+        self.bytes.clear();
+        self.index.clear();
+    }
+
+    fn push(&mut self, m: &Message) {
+        let payload = m.op_frame();
+        self.index.push((m.offset(), self.bytes.len()));
+        // FIN + text; server frames are not masked (RFC 6455 5.1).
+        self.bytes.extend_from_slice(&[0x81]);
+        match payload.len() {
+            n @ 0..=125 => self.bytes.extend_from_slice(&[n as u8]),
+            n @ 126..=0xffff => {
+                self.bytes.extend_from_slice(&[126]);
+                self.bytes.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                self.bytes.extend_from_slice(&[127]);
+                self.bytes.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        self.bytes.extend_from_slice(&payload);
+    }
+
+    fn is_full(&self) -> bool {
+        self.index.len() >= BATCH_FRAMES || self.bytes.len() >= BATCH_BYTES
+    }
+
+    fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The offset before the first frame.
+    pub fn prev(&self) -> u64 {
+        self.prev
+    }
+
+    /// The offset of the last frame.
+    pub fn last(&self) -> u64 {
+        self.index.last().map_or(self.prev, |&(o, _)| o)
+    }
+
+    /// The frames after offset `cursor` and how many there are.
+    pub fn after(&self, cursor: u64) -> (&[u8], usize) {
+        let i = self.index.partition_point(|&(o, _)| o <= cursor);
+        match self.index.get(i) {
+            Some(&(_, start)) => (&self.bytes[start..], self.index.len() - i),
+            None => (&[], 0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Data;
+
+    fn msg(offset: u64, len: usize) -> Message {
+        let json = serde_json::to_string(&"x".repeat(len)).unwrap();
+        let data = Data::parse(json.as_bytes(), 1 << 20).unwrap();
+        Message::new(
+            ChannelName::parse("c").unwrap(),
+            crate::hub::Epoch::new("e"),
+            offset,
+            0,
+            &data,
+        )
+    }
+
+    #[test]
+    fn frames_carry_the_rfc_6455_length_forms() {
+        let mut b = Batch::default();
+        b.clear(4);
+        for (offset, len) in [(5, 10), (6, 200), (7, 70_000)] {
+            b.push(&msg(offset, len));
+        }
+        let (all, n) = b.after(4);
+        assert_eq!(n, 3);
+        let mut rest = all;
+        for (offset, len) in [(5u64, 10usize), (6, 200), (7, 70_000)] {
+            let payload = msg(offset, len).op_frame();
+            assert_eq!(rest[0], 0x81);
+            let (plen, head) = match rest[1] {
+                126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+                127 => (
+                    u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n => (n as usize, 2),
+            };
+            assert_eq!(plen, payload.len());
+            assert_eq!(&rest[head..head + plen], &payload[..]);
+            rest = &rest[head + plen..];
+        }
+        assert!(rest.is_empty());
+        assert_eq!((b.prev(), b.last()), (4, 7));
+        let (tail, n) = b.after(6);
+        assert_eq!(n, 1);
+        assert_eq!(tail.len(), 10 + msg(7, 70_000).op_frame().len());
+        assert_eq!(b.after(7).1, 0);
+    }
+}
