@@ -140,12 +140,14 @@ pub struct Config {
     #[arg(long, env = "LADDER_WT_MAX_STREAMS", default_value_t = 64)]
     pub wt_max_streams: u32,
 
-    /// Let each channel's fan-out write messages straight to caught-up
-    /// WebSockets (one `send()` per socket per batch, no task wake-up);
-    /// `false` makes every socket's own task write everything.
-    #[arg(long, env = "LADDER_WS_DIRECT_WRITES", default_value_t = true,
-          action = clap::ArgAction::Set)]
-    pub ws_direct_writes: bool,
+    /// How WebSocket subscribers get their messages. `uring`: caught-up
+    /// sockets are lent to their channel's fan-out, which writes each batch
+    /// to all of them with `io_uring` (one system call per 64 sockets;
+    /// `send()` per socket where `io_uring` is refused). `send`: the same
+    /// with one `send()` per socket. `task`: every socket's own task wakes
+    /// and writes.
+    #[arg(long, env = "LADDER_WS_FANOUT", value_enum, default_value_t = WsFanout::Uring)]
+    pub ws_fanout: WsFanout,
 
     /// Seconds of silence after which a QUIC connection is closed.
     #[arg(long, env = "LADDER_WT_IDLE_TIMEOUT", default_value_t = 30)]
@@ -178,6 +180,17 @@ pub struct Config {
     /// (`redis://HOST:PORT`): offsets, history and fan-out live there.
     #[arg(long, env = "LADDER_REDIS")]
     pub redis: Option<String>,
+}
+
+/// See [`Config::ws_fanout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WsFanout {
+    /// Lent sockets, written with `io_uring`.
+    Uring,
+    /// Lent sockets, one `send()` each.
+    Send,
+    /// No lending: each socket's task writes.
+    Task,
 }
 
 impl Default for Config {

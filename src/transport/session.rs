@@ -147,7 +147,9 @@ pub struct OpSession {
     ctx: Ctx,
     transport: Transport,
     creds: Credentials,
-    subs: StreamMap<ChannelName, SubStream>,
+    /// Boxed: the map's vector grows by several entries at once, and an
+    /// idle connection should not carry room for subscriptions it lacks.
+    subs: StreamMap<ChannelName, Box<SubStream>>,
 }
 
 impl std::fmt::Debug for OpSession {
@@ -235,7 +237,8 @@ impl OpSession {
                     .await?;
                 let reply = protocol::subscribed_frame(&channel, sub.epoch(), sub.head());
                 // Replaces an earlier subscription to the same channel.
-                self.subs.insert(channel, SubStream::new(sub, delivery));
+                self.subs
+                    .insert(channel, Box::new(SubStream::new(sub, delivery)));
                 Ok(reply)
             }
             ClientOp::Unsubscribe { channel } => {
@@ -259,7 +262,7 @@ impl OpSession {
 
     /// Every subscription, by channel.
     pub fn streams_mut(&mut self) -> impl Iterator<Item = (&ChannelName, &mut SubStream)> {
-        self.subs.iter_mut().map(|(k, v)| (&*k, v))
+        self.subs.iter_mut().map(|(k, v)| (&*k, &mut **v))
     }
 
     /// The subscription to `channel`, if any.

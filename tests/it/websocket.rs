@@ -1,6 +1,7 @@
 //! WebSocket ops.
 
 use anyhow::Result;
+use ladder::config::WsFanout;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -276,8 +277,9 @@ async fn until_lent(s: &TestServer, ws: &mut Ws, channel: &str, rounds: u64) -> 
 
 #[tokio::test]
 async fn lent_sockets_get_every_message_in_order_while_ops_come_and_go() -> Result<()> {
-    for direct in [true, false] {
-        let s = TestServer::spawn_with(|c| c.ws_direct_writes = direct).await?;
+    for fanout in [WsFanout::Uring, WsFanout::Send, WsFanout::Task] {
+        let direct = fanout != WsFanout::Task;
+        let s = TestServer::spawn_with(|c| c.ws_fanout = fanout).await?;
         let mut ws = Ws::connect(&s).await?;
         ws.subscribe("d", None).await?;
         ws.subscribe("e", None).await?;

@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::outlet::Outlet;
+use super::uring;
+use crate::config::WsFanout;
 use crate::context::Ctx;
 use crate::hub::{ChannelName, Event, Position, Subscription};
 use crate::protocol::Message;
@@ -43,11 +45,22 @@ pub struct Fanouts {
 /// The fan-out of one channel.
 #[derive(Debug)]
 pub struct ChannelFanout {
+    /// The channel; the memberships' and lent slots' names are clones of
+    /// this one, so the outlets' name comparisons are pointer comparisons.
+    name: ChannelName,
     pos: AtomicU64,
-    /// The sockets to offer batches to; replaced, not edited, so a batch
-    /// iterates over a snapshot without holding the lock.
-    outlets: Mutex<Arc<Vec<Arc<Outlet>>>>,
+    /// The sockets to offer batches to.
+    outlets: Mutex<Members>,
     stop: CancellationToken,
+}
+
+/// The outlets of a fan-out, and a snapshot of them that a batch iterates
+/// over without holding the lock (rebuilt after a change, so joins and
+/// leaves stay cheap with many members).
+#[derive(Debug, Default)]
+struct Members {
+    list: Vec<Arc<Outlet>>,
+    snapshot: Option<Arc<[Arc<Outlet>]>>,
 }
 
 /// A WebSocket's place in one channel's fan-out; leaving is dropping it.
@@ -98,8 +111,9 @@ impl Fanouts {
             .entry((channel.clone(), shard))
             .or_insert_with(|| {
                 let fan = Arc::new(ChannelFanout {
+                    name: channel.clone(),
                     pos: AtomicU64::new(NOT_READY),
-                    outlets: Mutex::new(Arc::new(Vec::new())),
+                    outlets: Mutex::default(),
                     stop: ctx.shutdown.child_token(),
                 });
                 ctx.tasks
@@ -108,15 +122,14 @@ impl Fanouts {
             })
             .clone();
         {
-            let mut outlets = lock(&fan.outlets);
-            let mut next = Vec::clone(&outlets);
-            next.push(outlet.clone());
-            *outlets = Arc::new(next);
+            let mut members = lock(&fan.outlets);
+            members.list.push(outlet.clone());
+            members.snapshot = None;
         }
         drop(map);
         Membership {
             ctx: ctx.clone(),
-            channel: channel.clone(),
+            channel: fan.name.clone(),
             shard,
             fan,
             outlet: outlet.clone(),
@@ -126,15 +139,12 @@ impl Fanouts {
     fn leave(&self, key: &(ChannelName, usize), fan: &Arc<ChannelFanout>, outlet: &Arc<Outlet>) {
         let mut map = lock(&self.map);
         let empty = {
-            let mut outlets = lock(&fan.outlets);
-            let next: Vec<_> = outlets
-                .iter()
-                .filter(|o| !Arc::ptr_eq(o, outlet))
-                .cloned()
-                .collect();
-            let empty = next.is_empty();
-            *outlets = Arc::new(next);
-            empty
+            let mut members = lock(&fan.outlets);
+            if let Some(i) = members.list.iter().position(|o| Arc::ptr_eq(o, outlet)) {
+                members.list.swap_remove(i);
+                members.snapshot = None;
+            }
+            members.list.is_empty()
         };
         if empty && map.get(key).is_some_and(|f| Arc::ptr_eq(f, fan)) {
             map.remove(key);
@@ -162,8 +172,12 @@ impl ChannelFanout {
         pos != NOT_READY && cursor >= pos
     }
 
-    fn outlets(&self) -> Arc<Vec<Arc<Outlet>>> {
-        lock(&self.outlets).clone()
+    fn outlets(&self) -> Arc<[Arc<Outlet>]> {
+        let mut members = lock(&self.outlets);
+        let Members { list, snapshot } = &mut *members;
+        snapshot
+            .get_or_insert_with(|| list.as_slice().into())
+            .clone()
     }
 }
 
@@ -179,7 +193,11 @@ async fn run(ctx: Ctx, channel: ChannelName, fan: Arc<ChannelFanout>) {
         match sub {
             Ok(mut sub) => {
                 fan.pos.store(sub.cursor(), Ordering::SeqCst);
-                if relay(&fan, &channel, &mut sub, &mut batch).await.is_none() {
+                let use_ring = ctx.cfg.ws_fanout == WsFanout::Uring;
+                if relay(&fan, &channel, &mut sub, &mut batch, use_ring)
+                    .await
+                    .is_none()
+                {
                     return;
                 }
                 debug!(%channel, "fan-out fell behind or was interrupted; following again");
@@ -202,7 +220,9 @@ async fn relay(
     channel: &ChannelName,
     sub: &mut Subscription,
     batch: &mut Batch,
+    use_ring: bool,
 ) -> Option<()> {
+    let mut results = Vec::with_capacity(uring::CHUNK);
     loop {
         let first = tokio::select! {
             () = fan.stop.cancelled() => return None,
@@ -227,9 +247,7 @@ async fn relay(
         }
         if !batch.is_empty() {
             fan.pos.store(batch.last(), Ordering::SeqCst);
-            for outlet in fan.outlets().iter() {
-                outlet.offer(channel, batch);
-            }
+            offer(&fan.outlets(), channel, batch, use_ring, &mut results);
         }
         if lagged {
             fan.pos.store(NOT_READY, Ordering::SeqCst);
@@ -237,6 +255,28 @@ async fn relay(
                 outlet.hand_back(channel);
             }
             return Some(());
+        }
+    }
+}
+
+/// Writes `batch` to every outlet lent for `channel`, [`uring::CHUNK`]
+/// sockets per system call.
+fn offer(
+    outlets: &[Arc<Outlet>],
+    channel: &ChannelName,
+    batch: &Batch,
+    use_ring: bool,
+    results: &mut Vec<std::io::Result<usize>>,
+) {
+    let mut held = Vec::with_capacity(uring::CHUNK.min(outlets.len()));
+    let mut sends = Vec::with_capacity(held.capacity());
+    for chunk in outlets.chunks(uring::CHUNK) {
+        held.extend(chunk.iter().filter_map(|o| o.prepare(channel, batch)));
+        sends.extend(held.iter().map(|s| (s.fd(), s.bytes())));
+        uring::send_all(&sends, use_ring, results);
+        sends.clear();
+        for (send, res) in held.drain(..).zip(results.drain(..)) {
+            send.complete(res);
         }
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod fanout;
 pub mod outlet;
+mod uring;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ use self::fanout::Membership;
 use self::outlet::{Outlet, Slot};
 use super::session::{Credentials, OpSession, token_expired};
 use super::sleep_until_opt;
+use crate::config::WsFanout;
 use crate::context::Ctx;
 use crate::http::api::{ensure_enabled, grant};
 use crate::http::meter::Meter;
@@ -296,7 +298,7 @@ impl Handler {
             d.joined
                 .retain(|m| session.stream_mut(m.channel()).is_some());
         }
-        if !self.ctx.cfg.ws_direct_writes
+        if self.ctx.cfg.ws_fanout == WsFanout::Task
             || self.direct.as_ref().is_some_and(|d| d.lent)
             || !self.session.has_subscriptions()
             || !self
@@ -325,6 +327,9 @@ impl Handler {
         };
         for (channel, _) in self.session.streams_mut() {
             if !d.joined.iter().any(|m| m.channel() == channel) {
+                // Exactly: most sockets join one channel, and a vector
+                // would otherwise make room for four.
+                d.joined.reserve_exact(1);
                 d.joined
                     .push(self.ctx.fanouts.join(&self.ctx, channel, &d.outlet));
             }
@@ -363,11 +368,12 @@ impl Handler {
             return;
         }
         d.lent = false;
-        for slot in d.outlet.reclaim() {
-            if let Some(s) = self.session.stream_mut(&slot.channel) {
+        let session = &mut self.session;
+        d.outlet.reclaim(|slot| {
+            if let Some(s) = session.stream_mut(&slot.channel) {
                 s.resume(slot.cursor);
             }
-        }
+        });
         for (_, s) in self.session.streams_mut() {
             if s.is_paused() {
                 s.resume(0);

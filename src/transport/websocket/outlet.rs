@@ -96,10 +96,14 @@ impl Outlet {
     ) -> Vec<ChannelName> {
         let mut st = self.lock();
         // Under the lock: see the fan-out module's docs for why.
-        st.slots = candidates
-            .filter(|(slot, fan)| fan.accepts(slot.cursor))
-            .map(|(slot, _)| slot)
-            .collect();
+        st.slots.clear();
+        for (slot, fan) in candidates {
+            if fan.accepts(slot.cursor) {
+                // One at a time: most sockets lend for a single channel.
+                st.slots.reserve_exact(1);
+                st.slots.push(slot);
+            }
+        }
         st.lent = st.open && !st.slots.is_empty();
         if !st.lent {
             st.slots.clear();
@@ -107,11 +111,13 @@ impl Outlet {
         st.slots.iter().map(|s| s.channel.clone()).collect()
     }
 
-    /// Ends the lease (if any) and returns the slots with what was written.
-    pub fn reclaim(&self) -> Vec<Slot> {
+    /// Ends the lease (if any) and passes each slot, with what was
+    /// written, to `each`.
+    pub fn reclaim(&self, mut each: impl FnMut(&Slot)) {
         let mut st = self.lock();
         st.lent = false;
-        std::mem::take(&mut st.slots)
+        st.slots.iter().for_each(&mut each);
+        st.slots.clear();
     }
 
     /// Whether the socket is lent right now.
@@ -138,48 +144,39 @@ impl Outlet {
         st
     }
 
-    /// Writes the part of `batch` that the subscription of `channel` lacks,
-    /// if the socket is lent for it. Never blocks: a socket that cannot take
-    /// it all at once is handed back to its task.
-    pub(crate) fn offer(&self, channel: &ChannelName, batch: &Batch) {
+    /// Locks the outlet for a direct write of what `channel`'s subscription
+    /// lacks from `batch`, if the socket is lent for it; the write's outcome
+    /// goes to [`DirectSend::complete`], which releases the lock.
+    pub(crate) fn prepare<'a>(
+        &'a self,
+        channel: &ChannelName,
+        batch: &'a Batch,
+    ) -> Option<DirectSend<'a>> {
         let mut st = self.lock();
         if !st.lent {
-            return;
+            return None;
         }
-        let Some(i) = st.slots.iter().position(|s| &s.channel == channel) else {
-            return;
-        };
-        let cursor = st.slots[i].cursor;
+        let slot = st.slots.iter().position(|s| &s.channel == channel)?;
+        let cursor = st.slots[slot].cursor;
         if cursor >= batch.last() {
-            return;
+            return None;
         }
         if cursor < batch.prev() {
             // It missed messages the fan-out never wrote to it; its task
             // reads them from the log.
             self.end_lease(&mut st);
-            return;
+            return None;
         }
         let (bytes, frames) = batch.after(cursor);
         self.stats.ws_direct_sends.inc();
-        match self.send(bytes) {
-            Ok(n) => {
-                st.slots[i].cursor = batch.last();
-                let out = self.stats.of(Transport::WebSocket);
-                out.bytes_out.inc_by(n as u64);
-                out.messages_out.inc_by(frames as u64);
-                if n < bytes.len() {
-                    st.leftover = Some(Bytes::copy_from_slice(&bytes[n..]));
-                    self.stats.ws_direct_handbacks.inc();
-                    self.end_lease(&mut st);
-                }
-            }
-            // Full (a slow client) or broken: the task finds out which and
-            // applies the send timeout or closes.
-            Err(_) => {
-                self.stats.ws_direct_handbacks.inc();
-                self.end_lease(&mut st);
-            }
-        }
+        Some(DirectSend {
+            outlet: self,
+            st,
+            slot,
+            bytes,
+            frames,
+            last: batch.last(),
+        })
     }
 
     /// Ends the lease if it covers `channel` (whose fan-out lost track of
@@ -195,27 +192,76 @@ impl Outlet {
         st.lent = false;
         self.returned.notify_one();
     }
+}
 
-    /// One non-blocking `send()` of `bytes`; `Ok(0)` never happens for a
-    /// non-empty batch (a full socket is `WouldBlock`).
-    fn send(&self, bytes: &[u8]) -> std::io::Result<usize> {
-        // SAFETY: called only under the lock with `open` and `lent` set
-        // (checked by `offer`), and `close` (which clears both under the same
-        // lock) runs before the descriptor is closed, so `fd` is this
-        // connection's open socket. `bytes` is a valid slice.
-        let n = unsafe {
-            libc::send(
-                self.fd,
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
+/// A direct write in progress: the outlet stays locked (so the descriptor
+/// stays open and nothing else writes) until it completes.
+#[derive(Debug)]
+pub(crate) struct DirectSend<'a> {
+    outlet: &'a Outlet,
+    st: MutexGuard<'a, State>,
+    slot: usize,
+    bytes: &'a [u8],
+    frames: usize,
+    last: u64,
+}
+
+impl<'a> DirectSend<'a> {
+    /// The socket. Open for as long as this value lives: it holds the lock
+    /// with `open` set, and [`Outlet::close`] takes that lock before the
+    /// descriptor is closed.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.outlet.fd
+    }
+
+    /// What to write.
+    pub(crate) fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Records the outcome of a non-blocking send of [`Self::bytes`]: the
+    /// slot's cursor moves on once any of it was written, and a send that
+    /// could not take it all hands the socket back to its task.
+    pub(crate) fn complete(mut self, res: std::io::Result<usize>) {
+        let outlet = self.outlet;
+        match res {
+            Ok(n) if n > 0 => {
+                self.st.slots[self.slot].cursor = self.last;
+                let out = outlet.stats.of(Transport::WebSocket);
+                out.bytes_out.inc_by(n as u64);
+                out.messages_out.inc_by(self.frames as u64);
+                if n < self.bytes.len() {
+                    self.st.leftover = Some(Bytes::copy_from_slice(&self.bytes[n..]));
+                    outlet.stats.ws_direct_handbacks.inc();
+                    outlet.end_lease(&mut self.st);
+                }
+            }
+            // Full (a slow client) or broken: the task finds out which and
+            // applies the send timeout or closes.
+            _ => {
+                outlet.stats.ws_direct_handbacks.inc();
+                outlet.end_lease(&mut self.st);
+            }
         }
+    }
+}
+
+/// One non-blocking `send()`.
+pub(crate) fn send_now(fd: RawFd, bytes: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: callers pass the descriptor of a `DirectSend`, open while it
+    // lives (see `DirectSend::fd`); `bytes` is a valid slice.
+    let n = unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 

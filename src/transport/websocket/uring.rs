@@ -1,0 +1,126 @@
+//! A fan-out round's sends in one system call: the non-blocking `send()`s
+//! to many lent sockets are queued on an `io_uring` and submitted together,
+//! which saves a kernel entry and exit per socket (measured with
+//! `ladder-bench fanout`, see BENCHMARKS.md).
+//!
+//! One ring per worker thread, used only inside one synchronous call. Where
+//! `io_uring` is unavailable (an old kernel, a seccomp profile that refuses
+//! it) the sends are made one by one.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::RawFd;
+
+use io_uring::{IoUring, opcode, types};
+use tracing::info;
+
+/// Most sends submitted at once (the caller holds that many outlet locks
+/// for the duration of one submission).
+pub(super) const CHUNK: usize = 64;
+/// Room for a chunk and as many cancellations.
+const ENTRIES: u32 = 2 * CHUNK as u32;
+/// `user_data` of cancellation requests (sends use their index).
+const CANCEL: u64 = u64::MAX;
+
+enum Ring {
+    Untried,
+    Ready(Box<IoUring>),
+    Unavailable,
+}
+
+thread_local! {
+    static RING: RefCell<Ring> = const { RefCell::new(Ring::Untried) };
+}
+
+/// Sends each `(fd, bytes)` without blocking and returns the outcomes in
+/// order. At most [`CHUNK`] at once. Every descriptor must stay open until
+/// this returns.
+pub(super) fn send_all(sends: &[(RawFd, &[u8])], use_ring: bool, out: &mut Vec<io::Result<usize>>) {
+    debug_assert!(sends.len() <= CHUNK);
+    out.clear();
+    let done = use_ring
+        && RING.with_borrow_mut(|ring| {
+            if let Ring::Untried = ring {
+                *ring = match IoUring::new(ENTRIES) {
+                    Ok(r) => Ring::Ready(Box::new(r)),
+                    Err(e) => {
+                        info!(error = %e, "io_uring unavailable; fan-out sends one by one");
+                        Ring::Unavailable
+                    }
+                };
+            }
+            match ring {
+                Ring::Ready(r) => submit(r, sends, out).is_ok(),
+                _ => false,
+            }
+        });
+    if !done {
+        out.clear();
+        out.extend(sends.iter().map(|&(fd, b)| super::outlet::send_now(fd, b)));
+    }
+}
+
+fn submit(
+    ring: &mut IoUring,
+    sends: &[(RawFd, &[u8])],
+    out: &mut Vec<io::Result<usize>>,
+) -> io::Result<()> {
+    // Every completion must be reaped before returning: the kernel may touch
+    // the buffers and descriptors until then.
+    out.resize_with(sends.len(), || Err(io::ErrorKind::Other.into()));
+    let mut pending = vec![true; sends.len()];
+    {
+        let mut sq = ring.submission();
+        for (i, &(fd, bytes)) in sends.iter().enumerate() {
+            // MSG_DONTWAIT: a full socket completes with EAGAIN at once
+            // rather than waiting for room.
+            let e = opcode::Send::new(types::Fd(fd), bytes.as_ptr(), bytes.len() as u32)
+                .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(i as u64);
+            // SAFETY: the buffers and descriptors outlive the operation:
+            // this function reaps every completion before it returns.
+            unsafe { sq.push(&e) }.map_err(|_| io::Error::other("submission queue full"))?;
+        }
+    }
+    let mut left = sends.len();
+    ring.submit()?;
+    reap(ring, out, &mut pending, &mut left);
+    if left > 0 {
+        // Not done inline (the kernel went asynchronous for some): cancel
+        // them and wait for their completions.
+        {
+            let mut sq = ring.submission();
+            for (i, _) in pending.iter().enumerate().filter(|(_, p)| **p) {
+                let e = opcode::AsyncCancel::new(i as u64).build().user_data(CANCEL);
+                // SAFETY: a cancellation refers to no memory.
+                let _ = unsafe { sq.push(&e) };
+            }
+        }
+        while left > 0 {
+            ring.submit_and_wait(1)?;
+            reap(ring, out, &mut pending, &mut left);
+        }
+    }
+    Ok(())
+}
+
+fn reap(ring: &mut IoUring, out: &mut [io::Result<usize>], pending: &mut [bool], left: &mut usize) {
+    for cqe in ring.completion() {
+        let i = cqe.user_data();
+        if i == CANCEL {
+            continue;
+        }
+        let i = i as usize;
+        if let Some(p) = pending.get_mut(i).filter(|p| **p) {
+            *p = false;
+            *left -= 1;
+            let r = cqe.result();
+            out[i] = if r < 0 {
+                Err(io::Error::from_raw_os_error(-r))
+            } else {
+                Ok(r as usize)
+            };
+        }
+    }
+}
