@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::Service;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::context::Ctx;
 use crate::stats::{Stats, Transport};
@@ -72,7 +72,10 @@ pub async fn run(listener: TcpListener, ctx: Ctx) {
             ctx.clone(),
             (permit, per_ip),
         );
-        ctx.tasks.spawn(conn.instrument(info_span!("http", %peer)));
+        // Debug level: entered on every poll of the connection (once per
+        // delivery for a busy subscriber), and nothing logged inside it at
+        // the default level needs it.
+        ctx.tasks.spawn(conn.instrument(debug_span!("http", %peer)));
     }
 }
 

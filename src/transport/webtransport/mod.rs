@@ -59,7 +59,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, debug_span};
 use wtransport::error::SendDatagramError;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
@@ -119,7 +119,7 @@ pub async fn run_session(ctx: Ctx, conn: Connection, creds: Credentials) {
                     ctx.tasks.spawn(
                         stream
                             .run(recv, done.clone())
-                            .instrument(info_span!("stream", id = ?id)),
+                            .instrument(debug_span!("stream", id = ?id)),
                     );
                 }
                 Err(error) => {
