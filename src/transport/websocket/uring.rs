@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 use io_uring::{IoUring, opcode, types};
-use tracing::info;
+use tracing::{info, warn};
 
 /// Most sends submitted at once (the caller holds that many outlet locks
 /// for the duration of one submission).
@@ -49,9 +49,23 @@ pub(super) fn send_all(sends: &[(RawFd, &[u8])], use_ring: bool, out: &mut Vec<i
                     }
                 };
             }
-            match ring {
-                Ring::Ready(r) => submit(r, sends, out).is_ok(),
-                _ => false,
+            let Ring::Ready(r) = ring else {
+                return false;
+            };
+            match submit(r, sends, out) {
+                Outcome::Done => true,
+                Outcome::NotSubmitted(e) => {
+                    // Nothing reached the kernel; the queued entries go with
+                    // the ring, and this thread sends one by one from now.
+                    warn!(error = %e, "io_uring submission failed; fan-out sends one by one");
+                    *ring = Ring::Unavailable;
+                    false
+                }
+                Outcome::Lost(e) => {
+                    warn!(error = %e, "io_uring failed mid-round; fan-out sends one by one");
+                    *ring = Ring::Unavailable;
+                    true
+                }
             }
         });
     if !done {
@@ -60,11 +74,24 @@ pub(super) fn send_all(sends: &[(RawFd, &[u8])], use_ring: bool, out: &mut Vec<i
     }
 }
 
+/// How a round through the ring ended.
+enum Outcome {
+    /// Every send has its result in `out`.
+    Done,
+    /// The kernel took none of them: send them another way.
+    NotSubmitted(io::Error),
+    /// The ring failed after taking some: the sends without a completion
+    /// have an error in `out` (their sockets go back to their tasks). Not
+    /// seen in practice; the only errors left at that point are resource
+    /// exhaustion and bugs.
+    Lost(io::Error),
+}
+
 fn submit(
     ring: &mut IoUring,
     sends: &[(RawFd, &[u8])],
     out: &mut Vec<io::Result<usize>>,
-) -> io::Result<()> {
+) -> Outcome {
     // Every completion must be reaped before returning: the kernel may touch
     // the buffers and descriptors until then.
     out.resize_with(sends.len(), || Err(io::ErrorKind::Other.into()));
@@ -79,12 +106,20 @@ fn submit(
                 .build()
                 .user_data(i as u64);
             // SAFETY: the buffers and descriptors outlive the operation:
-            // this function reaps every completion before it returns.
-            unsafe { sq.push(&e) }.map_err(|_| io::Error::other("submission queue full"))?;
+            // this function reaps every completion before it returns (or
+            // the ring is dropped with them unsubmitted). The queue is
+            // empty on entry and holds `ENTRIES` ≥ 2 × `CHUNK`.
+            if unsafe { sq.push(&e) }.is_err() {
+                return Outcome::NotSubmitted(io::Error::other("submission queue full"));
+            }
         }
     }
     let mut left = sends.len();
-    ring.submit()?;
+    // An error means no entry was consumed (the kernel reports a partial
+    // submission as a count, and the rest go with the next enter below).
+    if let Err(e) = ring.submit() {
+        return Outcome::NotSubmitted(e);
+    }
     reap(ring, out, &mut pending, &mut left);
     if left > 0 {
         // Not done inline (the kernel went asynchronous for some): cancel
@@ -98,11 +133,22 @@ fn submit(
             }
         }
         while left > 0 {
-            ring.submit_and_wait(1)?;
+            match ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    for (i, p) in pending.iter().enumerate() {
+                        if *p {
+                            out[i] = Err(io::Error::other("io_uring failed"));
+                        }
+                    }
+                    return Outcome::Lost(e);
+                }
+            }
             reap(ring, out, &mut pending, &mut left);
         }
     }
-    Ok(())
+    Outcome::Done
 }
 
 fn reap(ring: &mut IoUring, out: &mut [io::Result<usize>], pending: &mut [bool], left: &mut usize) {
