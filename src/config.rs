@@ -149,6 +149,13 @@ pub struct Config {
     #[arg(long, env = "LADDER_WS_FANOUT", value_enum, default_value_t = WsFanout::Uring)]
     pub ws_fanout: WsFanout,
 
+    /// How WebTransport stream subscribers get their messages. `lend`: a
+    /// caught-up stream is lent to its channel's fan-out, which puts each
+    /// batch into its send buffer directly. `task`: every stream's own task
+    /// wakes and writes.
+    #[arg(long, env = "LADDER_WT_FANOUT", value_enum, default_value_t = WtFanout::Lend)]
+    pub wt_fanout: WtFanout,
+
     /// Seconds of silence after which a QUIC connection is closed.
     #[arg(long, env = "LADDER_WT_IDLE_TIMEOUT", default_value_t = 30)]
     pub wt_idle_timeout: u64,
@@ -190,6 +197,15 @@ pub enum WsFanout {
     /// Lent sockets, one `send()` each.
     Send,
     /// No lending: each socket's task writes.
+    Task,
+}
+
+/// See [`Config::wt_fanout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WtFanout {
+    /// Lent streams, written by the channel fan-out.
+    Lend,
+    /// No lending: each stream's task writes.
     Task,
 }
 

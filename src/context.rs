@@ -48,8 +48,8 @@ pub struct Inner {
     pub auth: Auth,
     /// Per-client limits.
     pub limits: Limits,
-    /// The channels' WebSocket fan-outs (direct writes to lent sockets).
-    pub fanouts: crate::transport::websocket::fanout::Fanouts,
+    /// The channels' fan-outs (direct writes to lent sockets and streams).
+    pub fanouts: crate::transport::fanout::Fanouts,
     /// The bound HTTP address (for the default origin allowlist).
     pub http_addr: SocketAddr,
     webtransport: RwLock<Option<WebTransportInfo>>,

@@ -109,6 +109,12 @@ pub struct TransportStats {
     pub datagrams_out: Counter,
     /// WebTransport only: datagrams received.
     pub datagrams_in: Counter,
+    /// WebSocket / WebTransport: writes by a channel fan-out straight to a
+    /// lent socket or stream.
+    pub direct_writes: Counter,
+    /// Leases a fan-out ended because the socket or stream could not take a
+    /// whole batch at once (a slow reader) or failed; its task took over.
+    pub direct_handbacks: Counter,
 }
 
 /// All counters of the server.
@@ -116,11 +122,6 @@ pub struct TransportStats {
 pub struct Stats {
     registry: Registry,
     per: [TransportStats; Transport::ALL.len()],
-    /// `send()`s by the channels' fan-outs straight to lent WebSockets.
-    pub ws_direct_sends: Counter,
-    /// Leases a fan-out ended because the socket could not take a whole
-    /// batch (a slow reader) or failed; the socket's task took over.
-    pub ws_direct_handbacks: Counter,
 }
 
 impl Default for Stats {
@@ -169,24 +170,17 @@ impl Stats {
         );
         family!(datagrams_out, Counter, "WebTransport datagrams sent");
         family!(datagrams_in, Counter, "WebTransport datagrams received");
-        let ws_direct_sends = Counter::default();
-        registry.register(
-            "ws_direct_sends",
-            "Sends by channel fan-outs straight to lent WebSockets",
-            ws_direct_sends.clone(),
+        family!(
+            direct_writes,
+            Counter,
+            "Writes by channel fan-outs straight to lent sockets and streams"
         );
-        let ws_direct_handbacks = Counter::default();
-        registry.register(
-            "ws_direct_handbacks",
-            "Lent WebSockets handed back to their task because a direct send could not complete",
-            ws_direct_handbacks.clone(),
+        family!(
+            direct_handbacks,
+            Counter,
+            "Lent sockets and streams handed back to their task because a direct write could not complete"
         );
-        Self {
-            registry,
-            per,
-            ws_direct_sends,
-            ws_direct_handbacks,
-        }
+        Self { registry, per }
     }
 
     /// The counters of one transport.

@@ -5,8 +5,11 @@
 //! - [`polling`]: short and long polling (a long poll is a poll that waits);
 //! - [`sse`]: Server-Sent Events;
 //! - [`websocket`]: WebSocket, speaking the JSON ops of [`session`];
-//! - [`webtransport`]: WebTransport streams and datagrams, same ops.
+//! - [`webtransport`]: WebTransport streams and datagrams, same ops;
+//! - [`fanout`]: per-channel tasks that write new messages straight to the
+//!   WebSockets and WebTransport streams lent to them.
 
+pub mod fanout;
 pub mod polling;
 pub mod session;
 pub mod sse;

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use ladder::config::WsFanout;
+use ladder::stats::Transport;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -262,7 +263,7 @@ async fn the_server_pings_and_closes_on_frames_beyond_the_hard_cap() -> Result<(
 /// a channel fan-out has written one straight to a lent socket (at most
 /// `rounds` messages); returns the last offset.
 async fn until_lent(s: &TestServer, ws: &mut Ws, channel: &str, rounds: u64) -> Result<u64> {
-    let sends = &s.ctx.stats.ws_direct_sends;
+    let sends = &s.ctx.stats.of(Transport::WebSocket).direct_writes;
     let before = sends.get();
     for _ in 0..rounds {
         let p = s.publish(channel, json!("warm-up")).await?;
@@ -331,7 +332,7 @@ async fn lent_sockets_get_every_message_in_order_while_ops_come_and_go() -> Resu
             last += 10;
         }
         if !direct {
-            assert_eq!(s.ctx.stats.ws_direct_sends.get(), 0);
+            assert_eq!(s.ctx.stats.of(Transport::WebSocket).direct_writes.get(), 0);
         }
         // Unsubscribing takes the channel out of the socket's lease.
         ws.send(json!({"op":"unsubscribe","channel":"d"})).await?;
@@ -373,11 +374,12 @@ async fn a_lent_socket_whose_reader_stalls_is_handed_back_and_loses_nothing() ->
         assert_eq!(m["data"]["i"], i as u64);
         assert_eq!(m["data"]["pad"].as_str().map(str::len), Some(60_000));
     }
-    assert!(s.ctx.stats.ws_direct_handbacks.get() >= 1);
+    let counters = s.ctx.stats.of(Transport::WebSocket);
+    assert!(counters.direct_handbacks.get() >= 1);
     assert_eq!(s.stats("websocket").await?["lagged"], 0);
     // And the socket is lent again once caught up.
-    let sends = s.ctx.stats.ws_direct_sends.get();
+    let sends = counters.direct_writes.get();
     until_lent(&s, &mut ws, "stall", 100).await?;
-    assert!(s.ctx.stats.ws_direct_sends.get() > sends);
+    assert!(counters.direct_writes.get() > sends);
     s.shutdown().await
 }

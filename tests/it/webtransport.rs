@@ -562,3 +562,79 @@ async fn sessions_over_the_limit_are_refused_until_one_leaves() -> Result<()> {
         .await?;
     s.shutdown().await
 }
+
+#[tokio::test]
+async fn lent_streams_get_every_message_in_order_while_ops_come_and_go() -> Result<()> {
+    use ladder::config::WtFanout;
+    use ladder::stats::Transport;
+    for fanout in [WtFanout::Lend, WtFanout::Task] {
+        let s = TestServer::spawn_with(|c| c.wt_fanout = fanout).await?;
+        let writes = s
+            .ctx
+            .stats
+            .of(Transport::WebTransport)
+            .direct_writes
+            .clone();
+        let wt = Wt::connect(&s).await?;
+        let mut lines = wt.stream().await?;
+        lines
+            .subscribe(json!({"op": "subscribe", "channel": "d"}))
+            .await?;
+        // One message at a time until the fan-out wrote one itself (the
+        // stream is lent once it is caught up and the fan-out follows).
+        let mut last = 0;
+        if fanout == WtFanout::Lend {
+            while writes.get() == 0 {
+                ensure!(last < 100, "no direct write in 100 messages");
+                last = s.publish("d", json!("warm-up")).await?["offset"]
+                    .as_u64()
+                    .context("offset")?;
+                assert_eq!(offsets(&lines.messages_until(last).await?), [last]);
+            }
+        }
+        for round in 0..20u64 {
+            for _ in 0..5 {
+                s.publish("d", json!({"round": round})).await?;
+            }
+            // An op needs the stream back mid-flow.
+            lines.send(json!({"op": "echo", "data": round})).await?;
+            for _ in 0..5 {
+                s.publish("d", json!({"round": round})).await?;
+            }
+            let (mut got, mut echoed) = (Vec::new(), false);
+            while got.len() < 10 || !echoed {
+                let m = lines.recv().await?;
+                match m["op"].as_str() {
+                    Some("message") => {
+                        assert_eq!(m["data"], json!({"round": round}));
+                        got.push(m["offset"].as_u64().context("offset")?);
+                    }
+                    Some("echo") => {
+                        assert_eq!(m["data"], round);
+                        echoed = true;
+                    }
+                    _ => bail!("unexpected {m}"),
+                }
+            }
+            assert_eq!(
+                got,
+                (last + 1..=last + 10).collect::<Vec<_>>(),
+                "round {round}"
+            );
+            last += 10;
+        }
+        if fanout == WtFanout::Task {
+            assert_eq!(writes.get(), 0);
+        }
+        drop(lines);
+        drop(wt);
+        within("fan-outs to stop", async {
+            while !s.ctx.fanouts.is_empty() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await?;
+        s.shutdown().await?;
+    }
+    Ok(())
+}

@@ -8,13 +8,12 @@
 //! gets an `{"op":"error"}` frame and the socket stays open.
 //!
 //! While a socket is caught up on every subscription and has nothing in
-//! flight, it is lent to its channels' fan-outs ([`fanout`], [`outlet`]),
+//! flight, it is lent to its channels' fan-outs ([`super::fanout`], [`outlet`]),
 //! which write new messages to it directly; its task sleeps until it needs
 //! the socket back.
 
-pub mod fanout;
 pub mod outlet;
-mod uring;
+pub(crate) mod uring;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +29,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::debug;
 
-use self::fanout::Membership;
-use self::outlet::{Outlet, Slot};
+use self::outlet::Outlet;
+use super::fanout::{Member, Membership, Slot};
 use super::session::{Credentials, OpSession, token_expired};
 use super::sleep_until_opt;
 use crate::config::WsFanout;
@@ -330,8 +329,11 @@ impl Handler {
                 // Exactly: most sockets join one channel, and a vector
                 // would otherwise make room for four.
                 d.joined.reserve_exact(1);
-                d.joined
-                    .push(self.ctx.fanouts.join(&self.ctx, channel, &d.outlet));
+                d.joined.push(self.ctx.fanouts.join(
+                    &self.ctx,
+                    channel,
+                    Member::Socket(d.outlet.clone()),
+                ));
             }
         }
         let candidates = d.joined.iter().filter_map(|m| {

@@ -3,7 +3,7 @@
 //!
 //! Waking one task per subscriber per message costs more than the write it
 //! leads to. So a caught-up socket is *lent*: the channel's fan-out
-//! ([`super::fanout`]) writes each batch of frames straight to it, with one
+//! ([`crate::transport::fanout`]) writes each batch of frames straight to it, with one
 //! non-blocking `send()`, and the socket's task sleeps. Whenever the task
 //! needs the socket back (to reply to an op, ping, close) or a direct write
 //! cannot complete (the client is slow: `EAGAIN`, or only part was
@@ -21,9 +21,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::fanout::{Batch, ChannelFanout};
 use crate::hub::ChannelName;
 use crate::stats::{Stats, Transport};
+use crate::transport::fanout::{Batch, ChannelFanout, Slot};
 
 /// One connection's lendable socket.
 #[derive(Debug)]
@@ -47,15 +47,6 @@ pub struct State {
     /// The unwritten end of a batch a direct write got only partly out:
     /// written first by the next write of any kind.
     leftover: Option<Bytes>,
-}
-
-/// A lent subscription.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Slot {
-    /// Its channel.
-    pub channel: ChannelName,
-    /// The last offset written to the socket.
-    pub cursor: u64,
 }
 
 impl Outlet {
@@ -168,7 +159,7 @@ impl Outlet {
             return None;
         }
         let (bytes, frames) = batch.after(cursor);
-        self.stats.ws_direct_sends.inc();
+        self.stats.of(Transport::WebSocket).direct_writes.inc();
         Some(DirectSend {
             outlet: self,
             st,
@@ -232,14 +223,14 @@ impl<'a> DirectSend<'a> {
                 out.messages_out.inc_by(self.frames as u64);
                 if n < self.bytes.len() {
                     self.st.leftover = Some(Bytes::copy_from_slice(&self.bytes[n..]));
-                    outlet.stats.ws_direct_handbacks.inc();
+                    out.direct_handbacks.inc();
                     outlet.end_lease(&mut self.st);
                 }
             }
             // Full (a slow client) or broken: the task finds out which and
             // applies the send timeout or closes.
             _ => {
-                outlet.stats.ws_direct_handbacks.inc();
+                outlet.stats.of(Transport::WebSocket).direct_handbacks.inc();
                 outlet.end_lease(&mut self.st);
             }
         }

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 /// Most sends submitted at once (the caller holds that many outlet locks
 /// for the duration of one submission).
-pub(super) const CHUNK: usize = 64;
+pub(crate) const CHUNK: usize = 64;
 /// Room for a chunk and as many cancellations.
 const ENTRIES: u32 = 2 * CHUNK as u32;
 /// `user_data` of cancellation requests (sends use their index).
@@ -35,7 +35,7 @@ thread_local! {
 /// Sends each `(fd, bytes)` without blocking and returns the outcomes in
 /// order. At most [`CHUNK`] at once. Every descriptor must stay open until
 /// this returns.
-pub(super) fn send_all(sends: &[(RawFd, &[u8])], use_ring: bool, out: &mut Vec<io::Result<usize>>) {
+pub(crate) fn send_all(sends: &[(RawFd, &[u8])], use_ring: bool, out: &mut Vec<io::Result<usize>>) {
     debug_assert!(sends.len() <= CHUNK);
     out.clear();
     let done = use_ring

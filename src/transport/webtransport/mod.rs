@@ -58,13 +58,17 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span};
 use wtransport::error::SendDatagramError;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
+use self::outlet::StreamOutlet;
+use super::fanout::{Member, Membership, Slot};
 use super::session::{Credentials, OpSession, token_expired};
 use super::sleep_until_opt;
+use crate::config::WtFanout;
 use crate::context::Ctx;
 use crate::hub::{ChannelName, Event};
 use crate::protocol::{self, ClientOp, DeliveryMode, ErrorCode, Message, ProtocolError};
@@ -72,6 +76,7 @@ use crate::quic::{CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN, CLOSE_SHUTDOWN_REASON};
 use crate::stats::{Transport, TransportStats};
 
 mod lines;
+pub mod outlet;
 
 pub use lines::LineBuf;
 
@@ -220,7 +225,12 @@ struct StreamTask {
     ctx: Ctx,
     /// For datagram delivery of this stream's subscriptions.
     conn: Connection,
-    send: SendStream,
+    /// The send half, lendable to the fan-outs of the stream's channels.
+    outlet: Arc<StreamOutlet>,
+    /// Whether the stream is (as far as this task knows) lent.
+    lent: bool,
+    /// The fan-outs this stream joined.
+    joined: Vec<Membership>,
     stats: TransportStats,
     session: OpSession,
     /// When the session's token expires.
@@ -244,7 +254,9 @@ impl StreamTask {
             session: OpSession::new(ctx.clone(), Transport::WebTransport, creds),
             ctx,
             conn,
-            send,
+            outlet: Arc::new(StreamOutlet::new(send, stats.clone())),
+            lent: false,
+            joined: Vec::new(),
             stats,
             out: Vec::new(),
             out_len: 0,
@@ -255,22 +267,31 @@ impl StreamTask {
         let mut lines = LineBuf::new(self.ctx.cfg.max_message_bytes() + 1024);
         let mut reading = true;
         let expires = self.creds_deadline;
+        let outlet = self.outlet.clone();
         let end = loop {
+            let lent = self.lent;
             let flow = tokio::select! {
                 () = done.cancelled() => Flow::Drop,
+                () = outlet.returned(), if lent => {
+                    self.reclaim();
+                    Flow::Continue
+                }
                 () = sleep_until_opt(expires) => {
                     // The token ran out: its subscriptions end, the client
                     // is told why, and the stream finishes.
+                    self.reclaim();
                     self.session.unsubscribe_all();
                     self.push_line(protocol::error_frame(&token_expired(), None));
                     Flow::Finish
                 }
                 read = recv.quic_stream_mut().read_chunk(READ_CHUNK, true), if reading => match read {
                     Ok(Some(chunk)) => {
+                        self.reclaim();
                         lines.push(&chunk.bytes);
                         self.on_lines(&mut lines).await
                     }
                     Ok(None) => {
+                        self.reclaim();
                         // The client finished its side; an unterminated last
                         // line still counts. Subscriptions keep delivering.
                         reading = false;
@@ -282,10 +303,13 @@ impl StreamTask {
                         Flow::Drop
                     }
                 },
-                ev = self.session.next_event(), if self.session.has_subscriptions() => match ev {
-                    Some(ev) => self.deliver(ev),
-                    None => Flow::Continue,
-                },
+                ev = self.session.next_event(), if self.session.has_subscriptions() => {
+                    self.reclaim();
+                    match ev {
+                        Some(ev) => self.deliver(ev),
+                        None => Flow::Continue,
+                    }
+                }
             };
             if let Flow::Drop = flow {
                 break flow;
@@ -297,10 +321,16 @@ impl StreamTask {
                 Flow::Continue if !reading && !self.session.has_subscriptions() => {
                     break Flow::Finish;
                 }
-                Flow::Continue => {}
+                Flow::Continue => {
+                    if let Err(flow) = self.try_lend().await {
+                        break flow;
+                    }
+                }
                 done => break done,
             }
         };
+        self.reclaim();
+        self.joined.clear();
         match end {
             Flow::Continue | Flow::Drop => {}
             Flow::Finish => self.finish().await,
@@ -309,7 +339,9 @@ impl StreamTask {
                 self.finish().await;
             }
             Flow::Reset(code) => {
-                let _ = self.send.reset(VarInt::from_u32(code));
+                if let Some(mut send) = self.outlet.into_send() {
+                    let _ = send.reset(VarInt::from_u32(code));
+                }
             }
         }
     }
@@ -417,14 +449,13 @@ impl StreamTask {
     /// Writes the buffered lines under the send timeout, so a client that
     /// stops reading loses this stream instead of pinning its task.
     async fn write_out(&mut self) -> Result<(), Flow> {
-        if self.out.is_empty() {
+        if self.out.is_empty() && !(self.lent_before() && self.outlet.has_leftover()) {
             return Ok(());
         }
         let limit = self.ctx.cfg.send_timeout();
         // quinn takes the chunks as they are (reference-counted), so a
         // message's shared line is never copied per stream.
-        let stream = self.send.quic_stream_mut();
-        let written = tokio::time::timeout(limit, stream.write_all_chunks(&mut self.out)).await;
+        let written = tokio::time::timeout(limit, self.outlet.write_all(&mut self.out)).await;
         self.out.clear();
         self.out_len = 0;
         match written {
@@ -442,7 +473,86 @@ impl StreamTask {
     }
 
     async fn finish(&mut self) {
-        let _ = tokio::time::timeout(FINISH_TIMEOUT, self.send.finish()).await;
+        if let Some(mut send) = self.outlet.into_send() {
+            let _ = tokio::time::timeout(FINISH_TIMEOUT, send.finish()).await;
+        }
+    }
+
+    /// Whether the stream was ever lent (only then can a leftover exist).
+    fn lent_before(&self) -> bool {
+        !self.joined.is_empty()
+    }
+
+    /// Lends the stream to the fan-outs of its subscriptions if nothing is
+    /// pending: every subscription caught up and on the stream (datagram
+    /// delivery stays with the task), nothing buffered or left over.
+    async fn try_lend(&mut self) -> Result<(), Flow> {
+        let session = &mut self.session;
+        self.joined
+            .retain(|m| session.stream_mut(m.channel()).is_some());
+        if self.ctx.cfg.wt_fanout == WtFanout::Task
+            || self.lent
+            || !self.out.is_empty()
+            || !self.session.has_subscriptions()
+            || !self
+                .session
+                .streams_mut()
+                .all(|(_, s)| s.mode() == DeliveryMode::Stream && s.subscription().is_caught_up())
+        {
+            return Ok(());
+        }
+        if self.outlet.has_leftover() {
+            return self.write_out().await;
+        }
+        for (channel, _) in self.session.streams_mut() {
+            if !self.joined.iter().any(|m| m.channel() == channel) {
+                self.joined.reserve_exact(1);
+                self.joined.push(self.ctx.fanouts.join(
+                    &self.ctx,
+                    channel,
+                    Member::Stream(self.outlet.clone()),
+                ));
+            }
+        }
+        let session = &mut self.session;
+        let candidates = self.joined.iter().filter_map(|m| {
+            let cursor = session.stream_mut(m.channel())?.subscription().cursor();
+            Some((
+                Slot {
+                    channel: m.channel().clone(),
+                    cursor,
+                },
+                m.fanout(),
+            ))
+        });
+        let lent = self.outlet.lend(candidates);
+        self.lent = !lent.is_empty();
+        for channel in &lent {
+            if let Some(s) = self.session.stream_mut(channel) {
+                s.pause();
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the lease, if any; each lent subscription reads on from what the
+    /// fan-out wrote.
+    fn reclaim(&mut self) {
+        if !self.lent {
+            return;
+        }
+        self.lent = false;
+        let session = &mut self.session;
+        self.outlet.reclaim(|slot| {
+            if let Some(s) = session.stream_mut(&slot.channel) {
+                s.resume(slot.cursor);
+            }
+        });
+        for (_, s) in self.session.streams_mut() {
+            if s.is_paused() {
+                s.resume(0);
+            }
+        }
     }
 }
 

@@ -1,6 +1,8 @@
-//! One fan-out task per channel that has lent WebSockets: it reads each new
-//! batch of messages once, frames it once, and writes it to every lent
-//! socket with one `send()` each (see [`super::outlet`] for the lease).
+//! One fan-out task per channel that has lent WebSockets or WebTransport
+//! streams: it reads each new batch of messages once, frames it once, and
+//! writes it to every lent socket with one `send()` each (see
+//! [`super::websocket::outlet`] for the lease) and into every lent stream's
+//! send buffer ([`super::webtransport::outlet`]).
 //!
 //! A channel's sockets are split among as many fan-outs as the runtime has
 //! worker threads, so one busy channel still spreads over every core.
@@ -16,12 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::outlet::Outlet;
-use super::uring;
+use super::websocket::outlet::Outlet;
+use super::websocket::uring;
+use super::webtransport::outlet::StreamOutlet;
 use crate::config::WsFanout;
 use crate::context::Ctx;
 use crate::hub::{ChannelName, Event, Position, Subscription};
@@ -54,23 +57,58 @@ pub struct ChannelFanout {
     stop: CancellationToken,
 }
 
-/// The outlets of a fan-out, and a snapshot of them that a batch iterates
+/// A lent subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// Its channel.
+    pub channel: ChannelName,
+    /// The last offset written.
+    pub cursor: u64,
+}
+
+/// What joins a fan-out.
+#[derive(Debug, Clone)]
+pub enum Member {
+    /// A WebSocket's socket.
+    Socket(Arc<Outlet>),
+    /// A WebTransport stream.
+    Stream(Arc<StreamOutlet>),
+}
+
+impl Member {
+    fn addr(&self) -> usize {
+        match self {
+            Self::Socket(o) => Arc::as_ptr(o) as usize,
+            Self::Stream(o) => Arc::as_ptr(o) as usize,
+        }
+    }
+}
+
+/// The members of a fan-out, and a snapshot of them that a batch iterates
 /// over without holding the lock (rebuilt after a change, so joins and
 /// leaves stay cheap with many members).
 #[derive(Debug, Default)]
 struct Members {
-    list: Vec<Arc<Outlet>>,
-    snapshot: Option<Arc<[Arc<Outlet>]>>,
+    sockets: Vec<Arc<Outlet>>,
+    streams: Vec<Arc<StreamOutlet>>,
+    snapshot: Option<Arc<Snapshot>>,
 }
 
-/// A WebSocket's place in one channel's fan-out; leaving is dropping it.
+#[derive(Debug, Default)]
+struct Snapshot {
+    sockets: Box<[Arc<Outlet>]>,
+    streams: Box<[Arc<StreamOutlet>]>,
+}
+
+/// A socket's or stream's place in one channel's fan-out; leaving is
+/// dropping it.
 #[derive(Debug)]
 pub struct Membership {
     ctx: Ctx,
     channel: ChannelName,
     shard: usize,
     fan: Arc<ChannelFanout>,
-    outlet: Arc<Outlet>,
+    member: Member,
 }
 
 impl Membership {
@@ -88,7 +126,7 @@ impl Membership {
 impl Drop for Membership {
     fn drop(&mut self) {
         let key = (self.channel.clone(), self.shard);
-        self.ctx.fanouts.leave(&key, &self.fan, &self.outlet);
+        self.ctx.fanouts.leave(&key, &self.fan, &self.member);
     }
 }
 
@@ -98,14 +136,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Fanouts {
-    /// Adds `outlet` to `channel`'s fan-out, starting the fan-out if it is
+    /// Adds `member` to `channel`'s fan-out, starting the fan-out if it is
     /// the first.
-    pub fn join(&self, ctx: &Ctx, channel: &ChannelName, outlet: &Arc<Outlet>) -> Membership {
+    pub fn join(&self, ctx: &Ctx, channel: &ChannelName, member: Member) -> Membership {
         let shards = tokio::runtime::Handle::try_current()
             .map_or(1, |h| h.metrics().num_workers())
             .max(1);
-        // Outlets are separate allocations; their addresses spread evenly.
-        let shard = (Arc::as_ptr(outlet) as usize >> 6) % shards;
+        // Members are separate allocations; their addresses spread evenly.
+        let shard = (member.addr() >> 6) % shards;
         let mut map = lock(&self.map);
         let fan = map
             .entry((channel.clone(), shard))
@@ -123,7 +161,10 @@ impl Fanouts {
             .clone();
         {
             let mut members = lock(&fan.outlets);
-            members.list.push(outlet.clone());
+            match &member {
+                Member::Socket(o) => members.sockets.push(o.clone()),
+                Member::Stream(o) => members.streams.push(o.clone()),
+            }
             members.snapshot = None;
         }
         drop(map);
@@ -132,19 +173,30 @@ impl Fanouts {
             channel: fan.name.clone(),
             shard,
             fan,
-            outlet: outlet.clone(),
+            member,
         }
     }
 
-    fn leave(&self, key: &(ChannelName, usize), fan: &Arc<ChannelFanout>, outlet: &Arc<Outlet>) {
+    fn leave(&self, key: &(ChannelName, usize), fan: &Arc<ChannelFanout>, member: &Member) {
         let mut map = lock(&self.map);
         let empty = {
             let mut members = lock(&fan.outlets);
-            if let Some(i) = members.list.iter().position(|o| Arc::ptr_eq(o, outlet)) {
-                members.list.swap_remove(i);
-                members.snapshot = None;
+            match member {
+                Member::Socket(m) => {
+                    let found = members.sockets.iter().position(|o| Arc::ptr_eq(o, m));
+                    if let Some(i) = found {
+                        members.sockets.swap_remove(i);
+                    }
+                }
+                Member::Stream(m) => {
+                    let found = members.streams.iter().position(|o| Arc::ptr_eq(o, m));
+                    if let Some(i) = found {
+                        members.streams.swap_remove(i);
+                    }
+                }
             }
-            members.list.is_empty()
+            members.snapshot = None;
+            members.sockets.is_empty() && members.streams.is_empty()
         };
         if empty && map.get(key).is_some_and(|f| Arc::ptr_eq(f, fan)) {
             map.remove(key);
@@ -172,11 +224,20 @@ impl ChannelFanout {
         pos != NOT_READY && cursor >= pos
     }
 
-    fn outlets(&self) -> Arc<[Arc<Outlet>]> {
+    fn members(&self) -> Arc<Snapshot> {
         let mut members = lock(&self.outlets);
-        let Members { list, snapshot } = &mut *members;
+        let Members {
+            sockets,
+            streams,
+            snapshot,
+        } = &mut *members;
         snapshot
-            .get_or_insert_with(|| list.as_slice().into())
+            .get_or_insert_with(|| {
+                Arc::new(Snapshot {
+                    sockets: sockets.as_slice().into(),
+                    streams: streams.as_slice().into(),
+                })
+            })
             .clone()
     }
 }
@@ -247,12 +308,20 @@ async fn relay(
         }
         if !batch.is_empty() {
             fan.pos.store(batch.last(), Ordering::SeqCst);
-            offer(&fan.outlets(), channel, batch, use_ring, &mut results);
+            let members = fan.members();
+            offer(&members.sockets, channel, batch, use_ring, &mut results);
+            for stream in &members.streams {
+                stream.offer(channel, batch);
+            }
         }
         if lagged {
             fan.pos.store(NOT_READY, Ordering::SeqCst);
-            for outlet in fan.outlets().iter() {
+            let members = fan.members();
+            for outlet in &members.sockets {
                 outlet.hand_back(channel);
+            }
+            for stream in &members.streams {
+                stream.hand_back(channel);
             }
             return Some(());
         }
@@ -290,6 +359,8 @@ pub struct Batch {
     bytes: BytesMut,
     /// Each frame's offset and where it starts in `bytes`.
     index: Vec<(u64, usize)>,
+    /// The same messages as WebTransport lines (shared, not copied).
+    lines: Vec<Bytes>,
 }
 
 impl Batch {
@@ -297,9 +368,11 @@ impl Batch {
         self.prev = prev;
         self.bytes.clear();
         self.index.clear();
+        self.lines.clear();
     }
 
     fn push(&mut self, m: &Message) {
+        self.lines.push(m.op_line().clone());
         let payload = m.op_frame();
         self.index.push((m.offset(), self.bytes.len()));
         // FIN + text; server frames are not masked (RFC 6455 5.1).
@@ -334,6 +407,12 @@ impl Batch {
     /// The offset of the last frame.
     pub fn last(&self) -> u64 {
         self.index.last().map_or(self.prev, |&(o, _)| o)
+    }
+
+    /// The lines of the messages after offset `cursor`.
+    pub fn lines_after(&self, cursor: u64) -> &[Bytes] {
+        let i = self.index.partition_point(|&(o, _)| o <= cursor);
+        &self.lines[i.min(self.lines.len())..]
     }
 
     /// The frames after offset `cursor` and how many there are.

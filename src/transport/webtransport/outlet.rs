@@ -1,0 +1,223 @@
+//! A WebTransport stream, lent to its channels' fan-outs while its own task
+//! has nothing in flight: the WebTransport side of
+//! [`crate::transport::websocket::outlet`].
+//!
+//! A caught-up stream's send half lives here, behind a lock. While lent, the
+//! channel's fan-out ([`crate::transport::fanout`]) puts each batch's lines
+//! into the stream's send buffer itself (quinn takes them without blocking
+//! while flow control allows) and the stream's task sleeps. Any write by the
+//! task ends the lease; a fan-out write that quinn cannot take whole ends it
+//! too, and the rest is written by the task first, under its send timeout.
+
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use tokio::sync::Notify;
+use wtransport::SendStream;
+use wtransport::quinn::WriteError;
+
+use crate::hub::ChannelName;
+use crate::stats::TransportStats;
+use crate::transport::fanout::{Batch, ChannelFanout, Slot};
+
+/// One stream's lendable send half.
+#[derive(Debug)]
+pub struct StreamOutlet {
+    state: Mutex<State>,
+    /// Tells the stream's task the lease ended.
+    returned: Notify,
+    stats: TransportStats,
+}
+
+#[derive(Debug)]
+struct State {
+    /// `None` once the task took it back for good (to finish or reset).
+    send: Option<SendStream>,
+    lent: bool,
+    slots: Vec<Slot>,
+    /// Lines a fan-out write got only partly into the stream: written
+    /// first by the next write.
+    leftover: Vec<Bytes>,
+}
+
+impl StreamOutlet {
+    /// Holds `send`; counts deliveries into `stats`.
+    pub fn new(send: SendStream, stats: TransportStats) -> Self {
+        Self {
+            state: Mutex::new(State {
+                send: Some(send),
+                lent: false,
+                slots: Vec::new(),
+                leftover: Vec::new(),
+            }),
+            returned: Notify::new(),
+            stats,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update under the lock is a plain assignment or a quinn call
+        // that leaves the stream consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Lends the stream for the candidates their fan-out accepts (the
+    /// task's output is written and each is caught up to its cursor);
+    /// returns the channels lent for.
+    pub fn lend<'a>(
+        &self,
+        candidates: impl Iterator<Item = (Slot, &'a ChannelFanout)>,
+    ) -> Vec<ChannelName> {
+        let mut st = self.lock();
+        st.slots.clear();
+        for (slot, fan) in candidates {
+            if fan.accepts(slot.cursor) {
+                st.slots.reserve_exact(1);
+                st.slots.push(slot);
+            }
+        }
+        st.lent = st.send.is_some() && st.leftover.is_empty() && !st.slots.is_empty();
+        if !st.lent {
+            st.slots.clear();
+        }
+        st.slots.iter().map(|s| s.channel.clone()).collect()
+    }
+
+    /// Ends the lease (if any) and passes each slot, with what was written,
+    /// to `each`.
+    pub fn reclaim(&self, mut each: impl FnMut(&Slot)) {
+        let mut st = self.lock();
+        st.lent = false;
+        st.slots.iter().for_each(&mut each);
+        st.slots.clear();
+    }
+
+    /// Completes when a lease ended without the task asking. May complete
+    /// once spuriously.
+    pub async fn returned(&self) {
+        self.returned.notified().await;
+    }
+
+    /// Whether part of a batch still waits to be written.
+    pub fn has_leftover(&self) -> bool {
+        !self.lock().leftover.is_empty()
+    }
+
+    /// Takes the send half back for good (to finish or reset the stream).
+    pub fn into_send(&self) -> Option<SendStream> {
+        let mut st = self.lock();
+        st.lent = false;
+        st.send.take()
+    }
+
+    fn end_lease(&self, st: &mut State) {
+        st.lent = false;
+        self.returned.notify_one();
+    }
+
+    /// Ends the lease if it covers `channel` (its fan-out lost track).
+    pub(crate) fn hand_back(&self, channel: &ChannelName) {
+        let mut st = self.lock();
+        if st.lent && st.slots.iter().any(|s| &s.channel == channel) {
+            self.end_lease(&mut st);
+        }
+    }
+
+    /// Puts the lines of `batch` that `channel`'s subscription lacks into
+    /// the stream, if it is lent for it, without waiting.
+    pub(crate) fn offer(&self, channel: &ChannelName, batch: &Batch) {
+        let mut st = self.lock();
+        if !st.lent {
+            return;
+        }
+        let Some(i) = st.slots.iter().position(|s| &s.channel == channel) else {
+            return;
+        };
+        let cursor = st.slots[i].cursor;
+        if cursor >= batch.last() {
+            return;
+        }
+        if cursor < batch.prev() {
+            self.end_lease(&mut st);
+            return;
+        }
+        let mut lines = batch.lines_after(cursor).to_vec();
+        let n = lines.len();
+        let written = match st.send.as_mut() {
+            Some(send) => send
+                .quic_stream_mut()
+                .write_chunks(&mut lines)
+                .now_or_never(),
+            None => None,
+        };
+        self.stats.direct_writes.inc();
+        match written {
+            Some(Ok(w)) if w.bytes > 0 => {
+                st.slots[i].cursor = batch.last();
+                self.stats.messages_out.inc_by(n as u64);
+                if w.chunks < n {
+                    // quinn advanced a partly taken line in place.
+                    lines.drain(..w.chunks);
+                    st.leftover = lines;
+                    self.stats.direct_handbacks.inc();
+                    self.end_lease(&mut st);
+                }
+            }
+            // Flow control (a slow reader) or a closed stream: the task
+            // finds out which.
+            _ => {
+                self.stats.direct_handbacks.inc();
+                self.end_lease(&mut st);
+            }
+        }
+    }
+
+    /// Writes `out` (after any leftover), ending any lease first. Locks per
+    /// poll, so a fan-out never writes between two of these lines' bytes.
+    pub async fn write_all(&self, out: &mut [Bytes]) -> Result<(), WriteError> {
+        let mut done = 0;
+        std::future::poll_fn(|cx| {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            if st.lent {
+                st.lent = false;
+                self.returned.notify_one();
+            }
+            let Some(send) = st.send.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            while !st.leftover.is_empty() {
+                match poll_write(send, &mut st.leftover, cx) {
+                    Poll::Ready(Ok(chunks)) => {
+                        st.leftover.drain(..chunks);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            while done < out.len() {
+                match poll_write(send, &mut out[done..], cx) {
+                    Poll::Ready(Ok(chunks)) => done += chunks,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
+    }
+}
+
+/// One poll of a write of `bufs`; the number of whole chunks written.
+fn poll_write(
+    send: &mut SendStream,
+    bufs: &mut [Bytes],
+    cx: &mut Context<'_>,
+) -> Poll<Result<usize, WriteError>> {
+    let write = send.quic_stream_mut().write_chunks(bufs);
+    let mut write = std::pin::pin!(write);
+    write.as_mut().poll(cx).map(|r| r.map(|w| w.chunks))
+}
