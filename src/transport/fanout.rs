@@ -57,15 +57,6 @@ pub struct ChannelFanout {
     stop: CancellationToken,
 }
 
-/// A lent subscription.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Slot {
-    /// Its channel.
-    pub channel: ChannelName,
-    /// The last offset written.
-    pub cursor: u64,
-}
-
 /// What joins a fan-out.
 #[derive(Debug, Clone)]
 pub enum Member {
@@ -284,6 +275,7 @@ async fn relay(
     use_ring: bool,
 ) -> Option<()> {
     let mut results = Vec::with_capacity(uring::CHUNK);
+    let mut lines = Vec::new();
     loop {
         let first = tokio::select! {
             () = fan.stop.cancelled() => return None,
@@ -311,7 +303,7 @@ async fn relay(
             let members = fan.members();
             offer(&members.sockets, channel, batch, use_ring, &mut results);
             for stream in &members.streams {
-                stream.offer(channel, batch);
+                stream.offer(channel, batch, &mut lines);
             }
         }
         if lagged {

@@ -10,6 +10,7 @@
 //!   WebSockets and WebTransport streams lent to them.
 
 pub mod fanout;
+pub mod lease;
 pub mod polling;
 pub mod session;
 pub mod sse;

@@ -151,6 +151,17 @@ impl TestServer {
         Ok(body["transports"][transport].clone())
     }
 
+    /// Waits until no channel fan-out is running (every lent socket and
+    /// stream has left).
+    pub async fn fanouts_stopped(&self) -> Result<()> {
+        within("fan-outs to stop", async {
+            while !self.ctx.fanouts.is_empty() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+    }
+
     /// Waits until `/api/stats` satisfies `ok` for `transport`.
     pub async fn wait_stats(&self, transport: &str, ok: impl Fn(&Value) -> bool) -> Result<Value> {
         within("stats condition", async {

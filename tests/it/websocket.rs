@@ -343,12 +343,7 @@ async fn lent_sockets_get_every_message_in_order_while_ops_come_and_go() -> Resu
         // The socket left d's fan-out; e's stays while it is subscribed.
         assert_eq!(s.ctx.fanouts.len(), usize::from(direct));
         drop(ws);
-        within("fan-outs to stop", async {
-            while !s.ctx.fanouts.is_empty() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await?;
+        s.fanouts_stopped().await?;
         s.shutdown().await?;
     }
     Ok(())

@@ -628,12 +628,7 @@ async fn lent_streams_get_every_message_in_order_while_ops_come_and_go() -> Resu
         }
         drop(lines);
         drop(wt);
-        within("fan-outs to stop", async {
-            while !s.ctx.fanouts.is_empty() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await?;
+        s.fanouts_stopped().await?;
         s.shutdown().await?;
     }
     Ok(())

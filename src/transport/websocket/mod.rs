@@ -30,7 +30,8 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::debug;
 
 use self::outlet::Outlet;
-use super::fanout::{Member, Membership, Slot};
+use super::fanout::Member;
+use super::lease::Lender;
 use super::session::{Credentials, OpSession, token_expired};
 use super::sleep_until_opt;
 use crate::config::WsFanout;
@@ -114,10 +115,7 @@ struct Handler {
 /// The socket's lending state.
 struct Direct {
     outlet: Arc<Outlet>,
-    /// Whether the socket is (as far as this task knows) lent.
-    lent: bool,
-    /// The fan-outs of the subscribed channels this socket joined.
-    joined: Vec<Membership>,
+    lender: Lender,
 }
 
 enum Flow {
@@ -164,7 +162,7 @@ impl Handler {
             let lease = self
                 .direct
                 .as_ref()
-                .filter(|d| d.lent)
+                .filter(|d| d.lender.is_lent())
                 .map(|d| d.outlet.clone());
             let flow = tokio::select! {
                 () = &mut shutdown => Flow::Close(1001, "server shutting down"),
@@ -292,18 +290,10 @@ impl Handler {
     /// subscription, the WebSocket layer's output fully written.
     async fn try_lend(&mut self) -> Flow {
         if let Some(d) = &mut self.direct {
-            // Leave the fan-outs of channels no longer subscribed.
-            let session = &mut self.session;
-            d.joined
-                .retain(|m| session.stream_mut(m.channel()).is_some());
+            d.lender.leave_unsubscribed(&mut self.session);
         }
-        if self.ctx.cfg.ws_fanout == WsFanout::Task
-            || self.direct.as_ref().is_some_and(|d| d.lent)
-            || !self.session.has_subscriptions()
-            || !self
-                .session
-                .streams_mut()
-                .all(|(_, s)| s.subscription().is_caught_up())
+        let lent = self.direct.as_ref().is_some_and(|d| d.lender.is_lent());
+        if self.ctx.cfg.ws_fanout == WsFanout::Task || lent || !Lender::caught_up(&mut self.session)
         {
             return Flow::Continue;
         }
@@ -313,49 +303,18 @@ impl Handler {
             };
             self.direct = Some(Direct {
                 outlet: outlet.clone(),
-                lent: false,
-                joined: Vec::new(),
+                lender: Lender::default(),
             });
         }
         // Written out, including what a partial direct write left over.
         if let Flow::Drop = self.flush().await {
             return Flow::Drop;
         }
-        let Some(d) = &mut self.direct else {
-            return Flow::Continue;
-        };
-        for (channel, _) in self.session.streams_mut() {
-            if !d.joined.iter().any(|m| m.channel() == channel) {
-                // Exactly: most sockets join one channel, and a vector
-                // would otherwise make room for four.
-                d.joined.reserve_exact(1);
-                d.joined.push(self.ctx.fanouts.join(
-                    &self.ctx,
-                    channel,
-                    Member::Socket(d.outlet.clone()),
-                ));
-            }
-        }
-        let candidates = d.joined.iter().filter_map(|m| {
-            let cursor = self
-                .session
-                .stream_mut(m.channel())?
-                .subscription()
-                .cursor();
-            Some((
-                Slot {
-                    channel: m.channel().clone(),
-                    cursor,
-                },
-                m.fanout(),
-            ))
-        });
-        let lent = d.outlet.lend(candidates);
-        d.lent = !lent.is_empty();
-        for channel in &lent {
-            if let Some(s) = self.session.stream_mut(channel) {
-                s.pause();
-            }
+        if let Some(d) = &mut self.direct {
+            let outlet = &d.outlet;
+            d.lender.lend(&self.ctx, &mut self.session, &**outlet, || {
+                Member::Socket(outlet.clone())
+            });
         }
         Flow::Continue
     }
@@ -363,23 +322,8 @@ impl Handler {
     /// Ends the lease, if any, and has each lent subscription read on from
     /// what the fan-out wrote.
     fn reclaim(&mut self) {
-        let Some(d) = &mut self.direct else {
-            return;
-        };
-        if !d.lent {
-            return;
-        }
-        d.lent = false;
-        let session = &mut self.session;
-        d.outlet.reclaim(|slot| {
-            if let Some(s) = session.stream_mut(&slot.channel) {
-                s.resume(slot.cursor);
-            }
-        });
-        for (_, s) in self.session.streams_mut() {
-            if s.is_paused() {
-                s.resume(0);
-            }
+        if let Some(d) = &mut self.direct {
+            d.lender.reclaim(&mut self.session, &*d.outlet);
         }
     }
 

@@ -23,7 +23,8 @@ use tokio::sync::Notify;
 
 use crate::hub::ChannelName;
 use crate::stats::{Stats, Transport};
-use crate::transport::fanout::{Batch, ChannelFanout, Slot};
+use crate::transport::fanout::{Batch, ChannelFanout};
+use crate::transport::lease::{Due, Lease, Lendable, Slot};
 
 /// One connection's lendable socket.
 #[derive(Debug)]
@@ -41,9 +42,7 @@ pub struct Outlet {
 #[derive(Debug, Default)]
 pub struct State {
     open: bool,
-    lent: bool,
-    /// The lent subscriptions and the last offset written for each.
-    slots: Vec<Slot>,
+    lease: Lease,
     /// The unwritten end of a batch a direct write got only partly out:
     /// written first by the next write of any kind.
     leftover: Option<Bytes>,
@@ -75,45 +74,7 @@ impl Outlet {
     pub(crate) fn close(&self) {
         let mut st = self.lock();
         st.open = false;
-        st.lent = false;
-    }
-
-    /// Lends the socket for the candidate subscriptions whose fan-out
-    /// accepts them (the task's output is fully flushed and each one is
-    /// caught up to its cursor); returns the channels lent for.
-    pub fn lend<'a>(
-        &self,
-        candidates: impl Iterator<Item = (Slot, &'a ChannelFanout)>,
-    ) -> Vec<ChannelName> {
-        let mut st = self.lock();
-        // Under the lock: see the fan-out module's docs for why.
-        st.slots.clear();
-        for (slot, fan) in candidates {
-            if fan.accepts(slot.cursor) {
-                // One at a time: most sockets lend for a single channel.
-                st.slots.reserve_exact(1);
-                st.slots.push(slot);
-            }
-        }
-        st.lent = st.open && !st.slots.is_empty();
-        if !st.lent {
-            st.slots.clear();
-        }
-        st.slots.iter().map(|s| s.channel.clone()).collect()
-    }
-
-    /// Ends the lease (if any) and passes each slot, with what was
-    /// written, to `each`.
-    pub fn reclaim(&self, mut each: impl FnMut(&Slot)) {
-        let mut st = self.lock();
-        st.lent = false;
-        st.slots.iter().for_each(&mut each);
-        st.slots.clear();
-    }
-
-    /// Whether the socket is lent right now.
-    pub fn is_lent(&self) -> bool {
-        self.lock().lent
+        st.lease.end();
     }
 
     /// Completes when a lease ended without the task asking (a direct write
@@ -128,8 +89,7 @@ impl Outlet {
     /// leftover of a partial direct write (to be written first).
     pub(crate) fn take(&self) -> MutexGuard<'_, State> {
         let mut st = self.lock();
-        if st.lent {
-            st.lent = false;
+        if st.lease.end() {
             self.returned.notify_one();
         }
         st
@@ -144,20 +104,14 @@ impl Outlet {
         batch: &'a Batch,
     ) -> Option<DirectSend<'a>> {
         let mut st = self.lock();
-        if !st.lent {
-            return None;
-        }
-        let slot = st.slots.iter().position(|s| &s.channel == channel)?;
-        let cursor = st.slots[slot].cursor;
-        if cursor >= batch.last() {
-            return None;
-        }
-        if cursor < batch.prev() {
-            // It missed messages the fan-out never wrote to it; its task
-            // reads them from the log.
-            self.end_lease(&mut st);
-            return None;
-        }
+        let (slot, cursor) = match st.lease.due(channel, batch) {
+            Due::Nothing => return None,
+            Due::Missed => {
+                self.end_lease(&mut st);
+                return None;
+            }
+            Due::After { slot, cursor } => (slot, cursor),
+        };
         let (bytes, frames) = batch.after(cursor);
         self.stats.of(Transport::WebSocket).direct_writes.inc();
         Some(DirectSend {
@@ -166,7 +120,7 @@ impl Outlet {
             slot,
             bytes,
             frames,
-            last: batch.last(),
+            batch,
         })
     }
 
@@ -174,13 +128,13 @@ impl Outlet {
     /// it: the subscription's task reads on from the log).
     pub(crate) fn hand_back(&self, channel: &ChannelName) {
         let mut st = self.lock();
-        if st.lent && st.slots.iter().any(|s| &s.channel == channel) {
+        if st.lease.covers(channel) {
             self.end_lease(&mut st);
         }
     }
 
     fn end_lease(&self, st: &mut State) {
-        st.lent = false;
+        st.lease.end();
         self.returned.notify_one();
     }
 }
@@ -194,7 +148,7 @@ pub(crate) struct DirectSend<'a> {
     slot: usize,
     bytes: &'a [u8],
     frames: usize,
-    last: u64,
+    batch: &'a Batch,
 }
 
 impl<'a> DirectSend<'a> {
@@ -217,7 +171,7 @@ impl<'a> DirectSend<'a> {
         let outlet = self.outlet;
         match res {
             Ok(n) if n > 0 => {
-                self.st.slots[self.slot].cursor = self.last;
+                self.st.lease.wrote(self.slot, self.batch);
                 let out = outlet.stats.of(Transport::WebSocket);
                 out.bytes_out.inc_by(n as u64);
                 out.messages_out.inc_by(self.frames as u64);
@@ -253,6 +207,21 @@ pub(crate) fn send_now(fd: RawFd, bytes: &[u8]) -> std::io::Result<usize> {
         Err(std::io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+impl Lendable for Outlet {
+    fn lend<'a>(
+        &self,
+        candidates: impl Iterator<Item = (Slot, &'a ChannelFanout)>,
+    ) -> Vec<ChannelName> {
+        let mut st = self.lock();
+        let open = st.open;
+        st.lease.grant(open, candidates)
+    }
+
+    fn reclaim(&self, each: impl FnMut(&Slot)) {
+        self.lock().lease.reclaim(each);
     }
 }
 

@@ -65,7 +65,8 @@ use wtransport::error::SendDatagramError;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use self::outlet::StreamOutlet;
-use super::fanout::{Member, Membership, Slot};
+use super::fanout::Member;
+use super::lease::Lender;
 use super::session::{Credentials, OpSession, token_expired};
 use super::sleep_until_opt;
 use crate::config::WtFanout;
@@ -227,10 +228,8 @@ struct StreamTask {
     conn: Connection,
     /// The send half, lendable to the fan-outs of the stream's channels.
     outlet: Arc<StreamOutlet>,
-    /// Whether the stream is (as far as this task knows) lent.
-    lent: bool,
-    /// The fan-outs this stream joined.
-    joined: Vec<Membership>,
+    /// Lending the stream to its channels' fan-outs.
+    lender: Lender,
     stats: TransportStats,
     session: OpSession,
     /// When the session's token expires.
@@ -255,8 +254,7 @@ impl StreamTask {
             ctx,
             conn,
             outlet: Arc::new(StreamOutlet::new(send, stats.clone())),
-            lent: false,
-            joined: Vec::new(),
+            lender: Lender::default(),
             stats,
             out: Vec::new(),
             out_len: 0,
@@ -269,7 +267,7 @@ impl StreamTask {
         let expires = self.creds_deadline;
         let outlet = self.outlet.clone();
         let end = loop {
-            let lent = self.lent;
+            let lent = self.lender.is_lent();
             let flow = tokio::select! {
                 () = done.cancelled() => Flow::Drop,
                 () = outlet.returned(), if lent => {
@@ -330,7 +328,7 @@ impl StreamTask {
             }
         };
         self.reclaim();
-        self.joined.clear();
+        self.lender.leave_all();
         match end {
             Flow::Continue | Flow::Drop => {}
             Flow::Finish => self.finish().await,
@@ -449,7 +447,7 @@ impl StreamTask {
     /// Writes the buffered lines under the send timeout, so a client that
     /// stops reading loses this stream instead of pinning its task.
     async fn write_out(&mut self) -> Result<(), Flow> {
-        if self.out.is_empty() && !(self.lent_before() && self.outlet.has_leftover()) {
+        if self.out.is_empty() && !(self.lender.has_joined() && self.outlet.has_leftover()) {
             return Ok(());
         }
         let limit = self.ctx.cfg.send_timeout();
@@ -478,81 +476,33 @@ impl StreamTask {
         }
     }
 
-    /// Whether the stream was ever lent (only then can a leftover exist).
-    fn lent_before(&self) -> bool {
-        !self.joined.is_empty()
-    }
-
     /// Lends the stream to the fan-outs of its subscriptions if nothing is
-    /// pending: every subscription caught up and on the stream (datagram
-    /// delivery stays with the task), nothing buffered or left over.
+    /// pending: every subscription caught up and on the stream, nothing
+    /// buffered or left over.
     async fn try_lend(&mut self) -> Result<(), Flow> {
-        let session = &mut self.session;
-        self.joined
-            .retain(|m| session.stream_mut(m.channel()).is_some());
+        self.lender.leave_unsubscribed(&mut self.session);
         if self.ctx.cfg.wt_fanout == WtFanout::Task
-            || self.lent
+            || self.lender.is_lent()
             || !self.out.is_empty()
-            || !self.session.has_subscriptions()
-            || !self
-                .session
-                .streams_mut()
-                .all(|(_, s)| s.mode() == DeliveryMode::Stream && s.subscription().is_caught_up())
+            || !Lender::caught_up(&mut self.session)
         {
             return Ok(());
         }
         if self.outlet.has_leftover() {
             return self.write_out().await;
         }
-        for (channel, _) in self.session.streams_mut() {
-            if !self.joined.iter().any(|m| m.channel() == channel) {
-                self.joined.reserve_exact(1);
-                self.joined.push(self.ctx.fanouts.join(
-                    &self.ctx,
-                    channel,
-                    Member::Stream(self.outlet.clone()),
-                ));
-            }
-        }
-        let session = &mut self.session;
-        let candidates = self.joined.iter().filter_map(|m| {
-            let cursor = session.stream_mut(m.channel())?.subscription().cursor();
-            Some((
-                Slot {
-                    channel: m.channel().clone(),
-                    cursor,
-                },
-                m.fanout(),
-            ))
-        });
-        let lent = self.outlet.lend(candidates);
-        self.lent = !lent.is_empty();
-        for channel in &lent {
-            if let Some(s) = self.session.stream_mut(channel) {
-                s.pause();
-            }
-        }
+        let outlet = &self.outlet;
+        self.lender
+            .lend(&self.ctx, &mut self.session, &**outlet, || {
+                Member::Stream(outlet.clone())
+            });
         Ok(())
     }
 
     /// Ends the lease, if any; each lent subscription reads on from what the
     /// fan-out wrote.
     fn reclaim(&mut self) {
-        if !self.lent {
-            return;
-        }
-        self.lent = false;
-        let session = &mut self.session;
-        self.outlet.reclaim(|slot| {
-            if let Some(s) = session.stream_mut(&slot.channel) {
-                s.resume(slot.cursor);
-            }
-        });
-        for (_, s) in self.session.streams_mut() {
-            if s.is_paused() {
-                s.resume(0);
-            }
-        }
+        self.lender.reclaim(&mut self.session, &*self.outlet);
     }
 }
 

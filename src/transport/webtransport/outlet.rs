@@ -21,7 +21,8 @@ use wtransport::quinn::WriteError;
 
 use crate::hub::ChannelName;
 use crate::stats::TransportStats;
-use crate::transport::fanout::{Batch, ChannelFanout, Slot};
+use crate::transport::fanout::{Batch, ChannelFanout};
+use crate::transport::lease::{Due, Lease, Lendable, Slot};
 
 /// One stream's lendable send half.
 #[derive(Debug)]
@@ -36,8 +37,7 @@ pub struct StreamOutlet {
 struct State {
     /// `None` once the task took it back for good (to finish or reset).
     send: Option<SendStream>,
-    lent: bool,
-    slots: Vec<Slot>,
+    lease: Lease,
     /// Lines a fan-out write got only partly into the stream: written
     /// first by the next write.
     leftover: Vec<Bytes>,
@@ -49,8 +49,7 @@ impl StreamOutlet {
         Self {
             state: Mutex::new(State {
                 send: Some(send),
-                lent: false,
-                slots: Vec::new(),
+                lease: Lease::default(),
                 leftover: Vec::new(),
             }),
             returned: Notify::new(),
@@ -62,37 +61,6 @@ impl StreamOutlet {
         // Every update under the lock is a plain assignment or a quinn call
         // that leaves the stream consistent.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Lends the stream for the candidates their fan-out accepts (the
-    /// task's output is written and each is caught up to its cursor);
-    /// returns the channels lent for.
-    pub fn lend<'a>(
-        &self,
-        candidates: impl Iterator<Item = (Slot, &'a ChannelFanout)>,
-    ) -> Vec<ChannelName> {
-        let mut st = self.lock();
-        st.slots.clear();
-        for (slot, fan) in candidates {
-            if fan.accepts(slot.cursor) {
-                st.slots.reserve_exact(1);
-                st.slots.push(slot);
-            }
-        }
-        st.lent = st.send.is_some() && st.leftover.is_empty() && !st.slots.is_empty();
-        if !st.lent {
-            st.slots.clear();
-        }
-        st.slots.iter().map(|s| s.channel.clone()).collect()
-    }
-
-    /// Ends the lease (if any) and passes each slot, with what was written,
-    /// to `each`.
-    pub fn reclaim(&self, mut each: impl FnMut(&Slot)) {
-        let mut st = self.lock();
-        st.lent = false;
-        st.slots.iter().for_each(&mut each);
-        st.slots.clear();
     }
 
     /// Completes when a lease ended without the task asking. May complete
@@ -109,59 +77,48 @@ impl StreamOutlet {
     /// Takes the send half back for good (to finish or reset the stream).
     pub fn into_send(&self) -> Option<SendStream> {
         let mut st = self.lock();
-        st.lent = false;
+        st.lease.end();
         st.send.take()
     }
 
     fn end_lease(&self, st: &mut State) {
-        st.lent = false;
+        st.lease.end();
         self.returned.notify_one();
     }
 
     /// Ends the lease if it covers `channel` (its fan-out lost track).
     pub(crate) fn hand_back(&self, channel: &ChannelName) {
         let mut st = self.lock();
-        if st.lent && st.slots.iter().any(|s| &s.channel == channel) {
+        if st.lease.covers(channel) {
             self.end_lease(&mut st);
         }
     }
 
     /// Puts the lines of `batch` that `channel`'s subscription lacks into
-    /// the stream, if it is lent for it, without waiting.
-    pub(crate) fn offer(&self, channel: &ChannelName, batch: &Batch) {
+    /// the stream, if it is lent for it, without waiting. `lines` is scratch
+    /// space, reused across calls.
+    pub(crate) fn offer(&self, channel: &ChannelName, batch: &Batch, lines: &mut Vec<Bytes>) {
         let mut st = self.lock();
-        if !st.lent {
-            return;
-        }
-        let Some(i) = st.slots.iter().position(|s| &s.channel == channel) else {
-            return;
+        let (i, cursor) = match st.lease.due(channel, batch) {
+            Due::Nothing => return,
+            Due::Missed => return self.end_lease(&mut st),
+            Due::After { slot, cursor } => (slot, cursor),
         };
-        let cursor = st.slots[i].cursor;
-        if cursor >= batch.last() {
-            return;
-        }
-        if cursor < batch.prev() {
-            self.end_lease(&mut st);
-            return;
-        }
-        let mut lines = batch.lines_after(cursor).to_vec();
+        lines.clear();
+        lines.extend_from_slice(batch.lines_after(cursor));
         let n = lines.len();
         let written = match st.send.as_mut() {
-            Some(send) => send
-                .quic_stream_mut()
-                .write_chunks(&mut lines)
-                .now_or_never(),
+            Some(send) => send.quic_stream_mut().write_chunks(lines).now_or_never(),
             None => None,
         };
         self.stats.direct_writes.inc();
         match written {
             Some(Ok(w)) if w.bytes > 0 => {
-                st.slots[i].cursor = batch.last();
+                st.lease.wrote(i, batch);
                 self.stats.messages_out.inc_by(n as u64);
                 if w.chunks < n {
                     // quinn advanced a partly taken line in place.
-                    lines.drain(..w.chunks);
-                    st.leftover = lines;
+                    st.leftover = lines.drain(w.chunks..).collect();
                     self.stats.direct_handbacks.inc();
                     self.end_lease(&mut st);
                 }
@@ -182,8 +139,7 @@ impl StreamOutlet {
         std::future::poll_fn(|cx| {
             let mut guard = self.lock();
             let st = &mut *guard;
-            if st.lent {
-                st.lent = false;
+            if st.lease.end() {
                 self.returned.notify_one();
             }
             let Some(send) = st.send.as_mut() else {
@@ -208,6 +164,21 @@ impl StreamOutlet {
             Poll::Ready(Ok(()))
         })
         .await
+    }
+}
+
+impl Lendable for StreamOutlet {
+    fn lend<'a>(
+        &self,
+        candidates: impl Iterator<Item = (Slot, &'a ChannelFanout)>,
+    ) -> Vec<ChannelName> {
+        let mut st = self.lock();
+        let may = st.send.is_some() && st.leftover.is_empty();
+        st.lease.grant(may, candidates)
+    }
+
+    fn reclaim(&self, each: impl FnMut(&Slot)) {
+        self.lock().lease.reclaim(each);
     }
 }
 

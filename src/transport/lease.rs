@@ -1,0 +1,220 @@
+//! Lending a caught-up socket or stream to its channels' fan-outs: the state
+//! both kinds of outlet keep under their lock ([`Lease`]) and the task-side
+//! bookkeeping ([`Lender`]), shared by WebSocket and WebTransport.
+//!
+//! The task lends only with nothing of its own in flight and every
+//! subscription caught up; it reclaims before it writes anything itself,
+//! and then each paused subscription reads on from the offset the fan-out
+//! reached.
+
+use super::fanout::{Batch, ChannelFanout, Member, Membership};
+use super::session::OpSession;
+use crate::context::Ctx;
+use crate::hub::ChannelName;
+use crate::protocol::DeliveryMode;
+
+/// A lent subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// Its channel.
+    pub channel: ChannelName,
+    /// The last offset written.
+    pub cursor: u64,
+}
+
+/// Which subscriptions an outlet is lent for, kept under the outlet's lock.
+#[derive(Debug, Default)]
+pub struct Lease {
+    lent: bool,
+    slots: Vec<Slot>,
+}
+
+/// What a fan-out owes a lent outlet for one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Not lent for the channel, or it has the whole batch already.
+    Nothing,
+    /// It lacks messages from before the batch, which the fan-out never
+    /// wrote to it: the lease must end and its task read them from the log.
+    Missed,
+    /// The batch's messages after `cursor`, for slot `slot`.
+    After {
+        /// Index of the slot.
+        slot: usize,
+        /// The last offset it has.
+        cursor: u64,
+    },
+}
+
+impl Lease {
+    /// Whether the outlet is lent.
+    pub fn is_lent(&self) -> bool {
+        self.lent
+    }
+
+    /// Lends for the candidates whose fan-out accepts them, if `may` (the
+    /// outlet can take direct writes); returns the channels lent for.
+    /// Called under the outlet's lock: see the fan-out module's docs.
+    pub fn grant<'a>(
+        &mut self,
+        may: bool,
+        candidates: impl Iterator<Item = (Slot, &'a ChannelFanout)>,
+    ) -> Vec<ChannelName> {
+        self.slots.clear();
+        if may {
+            for (slot, fan) in candidates {
+                if fan.accepts(slot.cursor) {
+                    // One at a time: most outlets lend for a single channel.
+                    self.slots.reserve_exact(1);
+                    self.slots.push(slot);
+                }
+            }
+        }
+        self.lent = !self.slots.is_empty();
+        self.slots.iter().map(|s| s.channel.clone()).collect()
+    }
+
+    /// Ends the lease; returns whether it was lent.
+    pub fn end(&mut self) -> bool {
+        std::mem::replace(&mut self.lent, false)
+    }
+
+    /// Ends the lease and passes each slot, with what was written, to
+    /// `each`.
+    pub fn reclaim(&mut self, each: impl FnMut(&Slot)) {
+        self.lent = false;
+        self.slots.iter().for_each(each);
+        self.slots.clear();
+    }
+
+    /// Whether it is lent for `channel`.
+    pub fn covers(&self, channel: &ChannelName) -> bool {
+        self.lent && self.slots.iter().any(|s| &s.channel == channel)
+    }
+
+    /// What `channel`'s subscription lacks from `batch`.
+    pub fn due(&self, channel: &ChannelName, batch: &Batch) -> Due {
+        if !self.lent {
+            return Due::Nothing;
+        }
+        let Some(slot) = self.slots.iter().position(|s| &s.channel == channel) else {
+            return Due::Nothing;
+        };
+        let cursor = self.slots[slot].cursor;
+        if cursor >= batch.last() {
+            Due::Nothing
+        } else if cursor < batch.prev() {
+            Due::Missed
+        } else {
+            Due::After { slot, cursor }
+        }
+    }
+
+    /// Slot `slot` now has all of `batch`.
+    pub fn wrote(&mut self, slot: usize, batch: &Batch) {
+        self.slots[slot].cursor = batch.last();
+    }
+}
+
+/// An outlet a task can lend (a WebSocket's socket, a WebTransport stream).
+pub trait Lendable {
+    /// Runs [`Lease::grant`] under the outlet's lock, with whether the
+    /// outlet can take direct writes now.
+    fn lend<'a>(
+        &self,
+        candidates: impl Iterator<Item = (Slot, &'a ChannelFanout)>,
+    ) -> Vec<ChannelName>;
+
+    /// Runs [`Lease::reclaim`] under the outlet's lock.
+    fn reclaim(&self, each: impl FnMut(&Slot));
+}
+
+/// The task side of lending: the fan-outs joined and whether it is lent.
+#[derive(Debug, Default)]
+pub struct Lender {
+    lent: bool,
+    joined: Vec<Membership>,
+}
+
+impl Lender {
+    /// Whether it is (as far as the task knows) lent.
+    pub fn is_lent(&self) -> bool {
+        self.lent
+    }
+
+    /// Whether it ever joined a fan-out (only then can a direct write have
+    /// left something over).
+    pub fn has_joined(&self) -> bool {
+        !self.joined.is_empty()
+    }
+
+    /// Leaves the fan-outs of channels no longer subscribed.
+    pub fn leave_unsubscribed(&mut self, session: &mut OpSession) {
+        self.joined
+            .retain(|m| session.stream_mut(m.channel()).is_some());
+    }
+
+    /// Leaves every fan-out.
+    pub fn leave_all(&mut self) {
+        self.joined.clear();
+    }
+
+    /// Whether `session` could be lent: it has subscriptions, and every one
+    /// is caught up and delivered on the socket or stream (datagram
+    /// delivery stays with the task).
+    pub fn caught_up(session: &mut OpSession) -> bool {
+        session.has_subscriptions()
+            && session
+                .streams_mut()
+                .all(|(_, s)| s.mode() == DeliveryMode::Stream && s.subscription().is_caught_up())
+    }
+
+    /// Joins the fan-out of every subscribed channel and lends `outlet` for
+    /// the subscriptions their fan-outs accept, pausing those.
+    pub fn lend(
+        &mut self,
+        ctx: &Ctx,
+        session: &mut OpSession,
+        outlet: &impl Lendable,
+        member: impl Fn() -> Member,
+    ) {
+        for (channel, _) in session.streams_mut() {
+            if !self.joined.iter().any(|m| m.channel() == channel) {
+                // Exactly: most join one channel, and a vector would
+                // otherwise make room for four.
+                self.joined.reserve_exact(1);
+                self.joined.push(ctx.fanouts.join(ctx, channel, member()));
+            }
+        }
+        let candidates = self.joined.iter().filter_map(|m| {
+            let cursor = session.stream_mut(m.channel())?.subscription().cursor();
+            let channel = m.channel().clone();
+            Some((Slot { channel, cursor }, m.fanout()))
+        });
+        let lent = outlet.lend(candidates);
+        self.lent = !lent.is_empty();
+        for channel in &lent {
+            if let Some(s) = session.stream_mut(channel) {
+                s.pause();
+            }
+        }
+    }
+
+    /// Ends the lease, if any; each lent subscription reads on from what the
+    /// fan-out wrote.
+    pub fn reclaim(&mut self, session: &mut OpSession, outlet: &impl Lendable) {
+        if !std::mem::replace(&mut self.lent, false) {
+            return;
+        }
+        outlet.reclaim(|slot| {
+            if let Some(s) = session.stream_mut(&slot.channel) {
+                s.resume(slot.cursor);
+            }
+        });
+        for (_, s) in session.streams_mut() {
+            if s.is_paused() {
+                s.resume(0);
+            }
+        }
+    }
+}
