@@ -77,6 +77,13 @@ const ROTATION_CHECK: Duration = Duration::from_secs(3600);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for peers to acknowledge the close on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Kernel buffer asked for in each direction of the one UDP socket every
+/// session shares. The common 208 KiB default holds about a thousand
+/// packets: a publish to tens of thousands of sessions, or a burst of
+/// handshakes, overflows it and each dropped packet waits for QUIC's
+/// loss recovery. The kernel caps the request at `net.core.rmem_max` /
+/// `wmem_max`.
+const UDP_BUFFER: usize = 4 << 20;
 
 /// Why the QUIC endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -120,11 +127,12 @@ impl Listener {
     /// Binds the UDP socket (port 0 picks a free one) with the limits from
     /// `cfg` and the identity of `tls`. Must run inside a Tokio runtime.
     pub fn bind(cfg: &Config, tls: TlsMaterial, source: CertSource) -> Result<Self, QuicError> {
-        let config = server_config(cfg, cfg.h3, &tls)?;
         let bind_err = |source| QuicError::Bind {
             addr: cfg.h3,
             source,
         };
+        let socket = udp_socket(cfg.h3).map_err(bind_err)?;
+        let config = server_config(cfg, Bind::Socket(socket), &tls)?;
         let endpoint = Endpoint::server(config).map_err(bind_err)?;
         let addr = endpoint.local_addr().map_err(bind_err)?;
         Ok(Self {
@@ -204,7 +212,7 @@ impl Listener {
         };
         // With `rebind = false` the address inside the config is not used;
         // the current one is passed for clarity.
-        let reloaded = server_config(&ctx.cfg, self.addr, &tls)
+        let reloaded = server_config(&ctx.cfg, Bind::Address(self.addr), &tls)
             .map_err(|e| e.to_string())
             .and_then(|c| {
                 self.endpoint
@@ -317,13 +325,44 @@ async fn admit(incoming: IncomingSession, ctx: &Ctx, permits: &Arc<Semaphore>) -
     })
 }
 
+/// Where an endpoint config binds: a socket prepared by [`udp_socket`], or
+/// (on reload, which keeps the socket) just the address.
+enum Bind {
+    Socket(std::net::UdpSocket),
+    Address(SocketAddr),
+}
+
+/// The endpoint's UDP socket, bound to `addr` with [`UDP_BUFFER`]-sized
+/// kernel buffers where the kernel allows them.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // A smaller buffer only costs recovery time under bursts, so a refusal
+    // is reported, not fatal.
+    let recv = socket
+        .set_recv_buffer_size(UDP_BUFFER)
+        .and_then(|()| socket.recv_buffer_size());
+    let send = socket
+        .set_send_buffer_size(UDP_BUFFER)
+        .and_then(|()| socket.send_buffer_size());
+    match (recv, send) {
+        // Linux reports twice the size asked for (bookkeeping included).
+        (Ok(r), Ok(s)) if r >= UDP_BUFFER && s >= UDP_BUFFER => {}
+        (recv, send) => info!(
+            asked = UDP_BUFFER,
+            recv = ?recv.ok(),
+            send = ?send.ok(),
+            "smaller UDP buffers than asked for; bursts to many sessions may be \
+             dropped and resent (raise net.core.rmem_max / wmem_max)"
+        ),
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// The full endpoint config for `tls`. Rotation rebuilds it whole, since
 /// wtransport takes identity and transport settings together.
-fn server_config(
-    cfg: &Config,
-    addr: SocketAddr,
-    tls: &TlsMaterial,
-) -> Result<ServerConfig, QuicError> {
+fn server_config(cfg: &Config, bind: Bind, tls: &TlsMaterial) -> Result<ServerConfig, QuicError> {
     let mut transport = wtransport::config::QuicTransportConfig::default();
     // quinn's `VarInt`, not wtransport's: the two are distinct types.
     transport.max_concurrent_bidi_streams(QuicVarInt::from_u32(cfg.wt_max_streams));
@@ -336,8 +375,11 @@ fn server_config(
     // speed.
     transport.stream_receive_window(QuicVarInt::from_u32(STREAM_WINDOW));
     transport.receive_window(QuicVarInt::from_u32(SESSION_WINDOW));
-    Ok(ServerConfig::builder()
-        .with_bind_address(addr)
+    let builder = match bind {
+        Bind::Socket(socket) => ServerConfig::builder().with_bind_socket(socket),
+        Bind::Address(addr) => ServerConfig::builder().with_bind_address(addr),
+    };
+    Ok(builder
         .with_custom_transport(tls.identity()?, transport)
         // Without keep-alive an idle browser subscription would hit the idle
         // timeout and be dropped.
@@ -435,5 +477,21 @@ mod tests {
         assert_eq!(after, listener.info());
         assert_eq!(after.url, before.url);
         assert!(!listener.tls.needs_rotation(later));
+    }
+
+    #[test]
+    fn the_udp_socket_gets_the_largest_buffers_the_kernel_allows() {
+        let max = |f: &str| -> usize {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{f}"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let socket = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let socket = socket2::SockRef::from(&socket);
+        // Linux doubles what it grants, for its own bookkeeping.
+        assert!(socket.recv_buffer_size().unwrap() >= 2 * UDP_BUFFER.min(max("rmem_max")));
+        assert!(socket.send_buffer_size().unwrap() >= 2 * UDP_BUFFER.min(max("wmem_max")));
     }
 }

@@ -61,6 +61,10 @@ enum Cmd {
         /// Seconds to wait after connecting before reading RSS.
         #[arg(long, default_value_t = 3)]
         settle_s: u64,
+        /// Longest wait, s, for every connection to receive the message
+        /// published after the hold.
+        #[arg(long, default_value_t = 30)]
+        drain_s: u64,
     },
     /// Raw quinn vs a Ladder WebTransport stream: bulk download, bulk echo, RTT.
     Quinn {
@@ -327,6 +331,7 @@ async fn async_main(cli: Cli, nofile: u64) -> Result<()> {
             server: so,
             load: lo,
             settle_s,
+            drain_s,
         } => {
             eprintln!("# RLIMIT_NOFILE={nofile}");
             for kind in &lo.transport {
@@ -340,7 +345,11 @@ async fn async_main(cli: Cli, nofile: u64) -> Result<()> {
                         continue;
                     }
                 };
-                let r = idle::run(&target, &lo.spec(*kind), Duration::from_secs(settle_s)).await;
+                let spec = LoadSpec {
+                    drain: Duration::from_secs(drain_s),
+                    ..lo.spec(*kind)
+                };
+                let r = idle::run(&target, &spec, Duration::from_secs(settle_s)).await;
                 stop(spawned).await;
                 match r {
                     Ok(v) => {

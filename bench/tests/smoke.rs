@@ -1,8 +1,9 @@
 //! CI smoke test: Ladder in-process on port 0, the bench's load function at
 //! a tiny size over every transport path (both WebTransport deliveries,
-//! WebSocket, SSE, long poll, short poll), plus idle mode once. Asserts no
-//! loss, duplicate or reordering and that figures were produced; no timing
-//! assertions.
+//! WebSocket, SSE, long poll, short poll), plus idle mode once (every held
+//! connection must receive the message published after the hold). Asserts
+//! no loss, duplicate or reordering and that figures were produced; no
+//! timing assertions.
 
 use std::time::Duration;
 
@@ -56,6 +57,7 @@ async fn every_transport_tiny_load() -> Result<()> {
     let v = ladder_bench::idle::run(&target, &spec, Duration::from_millis(200)).await?;
     assert_eq!(v["connected"], 10, "{v}");
     assert_eq!(v["server_reports_open"], 10, "{v}");
+    assert_eq!(v["received_after_hold"], 10, "{v}");
     assert!(v["kib_per_conn"].as_f64().is_some(), "{v}");
 
     token.cancel();

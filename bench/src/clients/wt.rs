@@ -26,12 +26,27 @@ pub fn digest(hex: &str) -> Result<Sha256Digest> {
     Ok(Sha256Digest::new(b))
 }
 
+/// Kernel buffer asked for per client socket: one socket carries thousands
+/// of sessions, and a publish reaches all of them at once.
+const UDP_BUFFER: usize = 4 << 20;
+
+/// A client UDP socket on `addr` with [`UDP_BUFFER`]-sized buffers (capped
+/// by the kernel's `rmem_max` / `wmem_max`).
+fn socket(addr: SocketAddr) -> Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_recv_buffer_size(UDP_BUFFER)?;
+    s.set_send_buffer_size(UDP_BUFFER)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
 /// `n` client endpoints trusting exactly the certificate `hash`.
 pub fn endpoints(n: usize, src_ips: usize, hash: &str) -> Result<Vec<Endpoint<Client>>> {
     (0..n)
         .map(|k| {
             let cfg = ClientConfig::builder()
-                .with_bind_address(SocketAddr::new(src_ip(k, src_ips), 0))
+                .with_bind_socket(socket(SocketAddr::new(src_ip(k, src_ips), 0))?)
                 .with_server_certificate_hashes([digest(hash)?])
                 .keep_alive_interval(Some(std::time::Duration::from_secs(5)))
                 .build();
