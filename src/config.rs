@@ -164,6 +164,14 @@ pub struct Config {
     #[arg(long, env = "LADDER_WT_KEEP_ALIVE", default_value_t = 10)]
     pub wt_keep_alive: u64,
 
+    /// Kernel buffer, bytes, asked for in each direction of the UDP socket
+    /// all sessions share; the kernel caps it at `net.core.rmem_max` /
+    /// `wmem_max`. A publish to N sessions sends N packets and gets up to
+    /// N acknowledgements back at once: what does not fit is dropped and
+    /// resent by QUIC's loss recovery.
+    #[arg(long, env = "LADDER_WT_UDP_BUFFER", default_value_t = 4 << 20)]
+    pub wt_udp_buffer: usize,
+
     /// Keep every channel's history, offsets and epoch in an embedded
     /// database in this directory, so they survive restarts (durable
     /// backend). Default: memory only.

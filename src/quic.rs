@@ -77,13 +77,6 @@ const ROTATION_CHECK: Duration = Duration::from_secs(3600);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for peers to acknowledge the close on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
-/// Kernel buffer asked for in each direction of the one UDP socket every
-/// session shares. The common 208 KiB default holds about a thousand
-/// packets: a publish to tens of thousands of sessions, or a burst of
-/// handshakes, overflows it and each dropped packet waits for QUIC's
-/// loss recovery. The kernel caps the request at `net.core.rmem_max` /
-/// `wmem_max`.
-const UDP_BUFFER: usize = 4 << 20;
 
 /// Why the QUIC endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +124,7 @@ impl Listener {
             addr: cfg.h3,
             source,
         };
-        let socket = udp_socket(cfg.h3).map_err(bind_err)?;
+        let socket = udp_socket(cfg.h3, cfg.wt_udp_buffer).map_err(bind_err)?;
         let config = server_config(cfg, Bind::Socket(socket), &tls)?;
         let endpoint = Endpoint::server(config).map_err(bind_err)?;
         let addr = endpoint.local_addr().map_err(bind_err)?;
@@ -332,24 +325,26 @@ enum Bind {
     Address(SocketAddr),
 }
 
-/// The endpoint's UDP socket, bound to `addr` with [`UDP_BUFFER`]-sized
-/// kernel buffers where the kernel allows them.
-fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+/// The endpoint's UDP socket, bound to `addr` with `buffer`-byte kernel
+/// buffers where the kernel allows them. The common 208 KiB default holds
+/// about a thousand packets: a burst of handshakes or a publish to tens of
+/// thousands of sessions overflows it.
+fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     // A smaller buffer only costs recovery time under bursts, so a refusal
     // is reported, not fatal.
     let recv = socket
-        .set_recv_buffer_size(UDP_BUFFER)
+        .set_recv_buffer_size(buffer)
         .and_then(|()| socket.recv_buffer_size());
     let send = socket
-        .set_send_buffer_size(UDP_BUFFER)
+        .set_send_buffer_size(buffer)
         .and_then(|()| socket.send_buffer_size());
     match (recv, send) {
         // Linux reports twice the size asked for (bookkeeping included).
-        (Ok(r), Ok(s)) if r >= UDP_BUFFER && s >= UDP_BUFFER => {}
+        (Ok(r), Ok(s)) if r >= buffer && s >= buffer => {}
         (recv, send) => info!(
-            asked = UDP_BUFFER,
+            asked = buffer,
             recv = ?recv.ok(),
             send = ?send.ok(),
             "smaller UDP buffers than asked for; bursts to many sessions may be \
@@ -488,10 +483,11 @@ mod tests {
                 .parse()
                 .unwrap()
         };
-        let socket = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let asked = Config::default().wt_udp_buffer;
+        let socket = udp_socket("127.0.0.1:0".parse().unwrap(), asked).unwrap();
         let socket = socket2::SockRef::from(&socket);
         // Linux doubles what it grants, for its own bookkeeping.
-        assert!(socket.recv_buffer_size().unwrap() >= 2 * UDP_BUFFER.min(max("rmem_max")));
-        assert!(socket.send_buffer_size().unwrap() >= 2 * UDP_BUFFER.min(max("wmem_max")));
+        assert!(socket.recv_buffer_size().unwrap() >= 2 * asked.min(max("rmem_max")));
+        assert!(socket.send_buffer_size().unwrap() >= 2 * asked.min(max("wmem_max")));
     }
 }

@@ -27,8 +27,9 @@ pub fn digest(hex: &str) -> Result<Sha256Digest> {
 }
 
 /// Kernel buffer asked for per client socket: one socket carries thousands
-/// of sessions, and a publish reaches all of them at once.
-const UDP_BUFFER: usize = 4 << 20;
+/// of sessions, and a publish reaches all of them at once. The kernel caps
+/// it at `net.core.rmem_max` / `wmem_max`.
+const UDP_BUFFER: usize = 32 << 20;
 
 /// A client UDP socket on `addr` with [`UDP_BUFFER`]-sized buffers (capped
 /// by the kernel's `rmem_max` / `wmem_max`).
