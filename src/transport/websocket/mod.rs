@@ -15,6 +15,7 @@
 pub mod outlet;
 pub(crate) mod uring;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,8 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::SinkExt;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::debug;
 
@@ -33,13 +35,12 @@ use self::outlet::Outlet;
 use super::fanout::Member;
 use super::lease::Lender;
 use super::session::{Credentials, OpSession, token_expired};
-use super::sleep_until_opt;
 use crate::config::WsFanout;
 use crate::context::Ctx;
 use crate::http::api::{ensure_enabled, grant};
 use crate::http::meter::Meter;
-use crate::hub::Event;
-use crate::protocol::{self, ErrorCode, ProtocolError};
+use crate::hub::{ChannelName, Event};
+use crate::protocol::{self, DeliveryMode, ErrorCode, ProtocolError};
 use crate::stats::{ConnGuard, Transport};
 
 /// Close code sent after `{"op":"lagged"}`.
@@ -88,10 +89,13 @@ pub async fn upgrade(
         .max_frame_size(hard_cap)
         // No async block around `run`: it would store the socket and the
         // handler's future side by side (rustc keeps the captures and the
-        // awaited future both), growing every idle connection.
+        // awaited future both), growing every idle connection. The handler
+        // is boxed for the same reason: an `async fn` keeps its by-value
+        // arguments twice in its state (as passed in and as moved into the
+        // body), and this state is what every idle connection holds.
         .on_upgrade(move |socket| {
             let meter = meter.map(|Extension(m)| m);
-            Handler::new(ctx, socket, guard, meter, creds, keep).run()
+            Box::new(Handler::new(ctx, socket, guard, meter, creds, keep)).run()
         })
         .into_response())
 }
@@ -116,6 +120,16 @@ struct Handler {
 struct Direct {
     outlet: Arc<Outlet>,
     lender: Lender,
+}
+
+/// What woke the connection's task.
+enum Wake {
+    Shutdown,
+    Expired,
+    Frame(Option<Result<Message, axum::Error>>),
+    Event(Option<(ChannelName, DeliveryMode, Event)>),
+    Returned,
+    Ping,
 }
 
 enum Flow {
@@ -146,7 +160,7 @@ impl Handler {
         }
     }
 
-    async fn run(mut self) {
+    async fn run(mut self: Box<Self>) {
         let heartbeat = self.ctx.cfg.heartbeat();
         let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -154,51 +168,30 @@ impl Handler {
         // delivery) would otherwise re-register with the shutdown token's
         // lock and the timer.
         let shutdown = self.ctx.shutdown.clone().cancelled_owned();
-        let expired = sleep_until_opt(self.expires);
-        tokio::pin!(shutdown, expired);
+        tokio::pin!(shutdown);
+        // Boxed: a `Sleep` is ~130 bytes of every idle connection's state,
+        // and most connections have no deadline.
+        let mut expired = self.expires.map(|d| Box::pin(tokio::time::sleep_until(d)));
         let flow = loop {
-            // Only while lent: the task then sleeps until a frame arrives,
-            // a timer fires, or the lease ends.
-            let lease = self
-                .direct
-                .as_ref()
-                .filter(|d| d.lender.is_lent())
-                .map(|d| d.outlet.clone());
-            let flow = tokio::select! {
-                () = &mut shutdown => Flow::Close(1001, "server shutting down"),
-                () = &mut expired => {
-                    self.reclaim();
-                    self.session.unsubscribe_all();
-                    let frame = text_frame(protocol::error_frame(&token_expired(), None));
-                    let _ = self.socket.send(frame).await;
-                    Flow::Close(CLOSE_EXPIRED, "token expired")
+            // Waiting and handling are separate calls so that the futures
+            // being waited on and the handlers' futures never share this
+            // task's state: it is what every idle connection holds.
+            let wake = self
+                .wait(shutdown.as_mut(), expired.as_mut(), &mut ping)
+                .await;
+            self.reclaim();
+            let flow = match wake {
+                Wake::Shutdown => Flow::Close(1001, "server shutting down"),
+                Wake::Expired => self.on_expired().await,
+                Wake::Frame(Some(Ok(msg))) => self.on_frame(msg).await,
+                Wake::Frame(Some(Err(e))) => {
+                    debug!(error = %e, "websocket read failed");
+                    read_failure(e)
                 }
-                frame = self.socket.recv() => {
-                    self.reclaim();
-                    match frame {
-                        Some(Ok(msg)) => self.on_frame(msg).await,
-                        Some(Err(e)) => {
-                            debug!(error = %e, "websocket read failed");
-                            read_failure(e)
-                        }
-                        None => Flow::Drop,
-                    }
-                },
-                ev = self.session.next_event(), if self.session.has_subscriptions() => {
-                    self.reclaim();
-                    match ev {
-                        Some(ev) => self.deliver(ev).await,
-                        None => Flow::Continue,
-                    }
-                }
-                () = returned(lease.as_deref()), if lease.is_some() => {
-                    self.reclaim();
-                    Flow::Continue
-                }
-                _ = ping.tick() => {
-                    self.reclaim();
-                    self.on_ping_tick(heartbeat).await
-                }
+                Wake::Frame(None) => Flow::Drop,
+                Wake::Event(Some(ev)) => self.deliver(ev).await,
+                Wake::Event(None) | Wake::Returned => Flow::Continue,
+                Wake::Ping => self.on_ping_tick(heartbeat).await,
             };
             let flow = match flow {
                 Flow::Continue => self.try_lend().await,
@@ -220,6 +213,36 @@ impl Handler {
         if let Some(m) = &self.meter {
             m.flush_in();
         }
+    }
+
+    /// Sleeps until something needs the task. While the socket is lent
+    /// that is a frame, a timer, or the lease ending.
+    async fn wait(
+        &mut self,
+        shutdown: Pin<&mut WaitForCancellationFutureOwned>,
+        expired: Option<&mut Pin<Box<Sleep>>>,
+        ping: &mut Interval,
+    ) -> Wake {
+        let lease = self
+            .direct
+            .as_ref()
+            .filter(|d| d.lender.is_lent())
+            .map(|d| d.outlet.clone());
+        tokio::select! {
+            () = shutdown => Wake::Shutdown,
+            () = expiry(expired) => Wake::Expired,
+            frame = self.socket.recv() => Wake::Frame(frame),
+            ev = self.session.next_event(), if self.session.has_subscriptions() => Wake::Event(ev),
+            () = returned(lease.as_deref()), if lease.is_some() => Wake::Returned,
+            _ = ping.tick() => Wake::Ping,
+        }
+    }
+
+    async fn on_expired(&mut self) -> Flow {
+        self.session.unsubscribe_all();
+        let frame = text_frame(protocol::error_frame(&token_expired(), None));
+        let _ = self.socket.send(frame).await;
+        Flow::Close(CLOSE_EXPIRED, "token expired")
     }
 
     async fn on_frame(&mut self, msg: Message) -> Flow {
@@ -248,14 +271,7 @@ impl Handler {
     }
 
     /// Sends an event and whatever else is ready, then flushes once.
-    async fn deliver(
-        &mut self,
-        first: (
-            crate::hub::ChannelName,
-            crate::protocol::DeliveryMode,
-            Event,
-        ),
-    ) -> Flow {
+    async fn deliver(&mut self, first: (ChannelName, DeliveryMode, Event)) -> Flow {
         let mut next = Some(first);
         let mut n = 0;
         while let Some((channel, _, ev)) = next.take() {
@@ -337,6 +353,14 @@ impl Handler {
 
     async fn flush(&mut self) -> Flow {
         sent(self.socket.flush().await)
+    }
+}
+
+/// Completes at the token's deadline; never without one.
+async fn expiry(sleep: Option<&mut Pin<Box<Sleep>>>) {
+    match sleep {
+        Some(s) => s.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -121,7 +121,9 @@ pub async fn run_session(ctx: Ctx, conn: Connection, creds: Credentials) {
                 Ok((send, recv)) => {
                     stats.streams_total.inc();
                     let id = send.id();
-                    let stream = StreamTask::new(ctx.clone(), conn.clone(), send, stats.clone(), creds.clone());
+                    // Boxed: an `async fn` keeps its by-value arguments twice
+                    // in its state, which every open stream holds.
+                    let stream = Box::new(StreamTask::new(ctx.clone(), conn.clone(), send, stats.clone(), creds.clone()));
                     ctx.tasks.spawn(
                         stream
                             .run(recv, done.clone())
@@ -261,7 +263,7 @@ impl StreamTask {
         }
     }
 
-    async fn run(mut self, mut recv: RecvStream, done: CancellationToken) {
+    async fn run(mut self: Box<Self>, mut recv: RecvStream, done: CancellationToken) {
         let mut lines = LineBuf::new(self.ctx.cfg.max_message_bytes() + 1024);
         let mut reading = true;
         let expires = self.creds_deadline;
