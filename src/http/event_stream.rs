@@ -117,20 +117,12 @@ fn parse_head(bytes: &[u8]) -> Option<(Request, usize)> {
 
 /// Serves the one request of a connection opened by an event-stream
 /// request, then closes the connection.
-pub async fn serve(
-    io: MeteredIo<TcpStream>,
-    request: Box<Request>,
-    head_len: usize,
-    peer: SocketAddr,
-    router: Router,
-    stats: &Stats,
-) {
-    // Answering the request is boxed so that only the streaming loop's
-    // state stays in the connection's task for its whole life.
-    let answered = Box::pin(answer(io, request, head_len, peer, router, stats)).await;
-    let Some((mut io, mut body)) = answered else {
-        return;
-    };
+///
+/// Two steps, so that the caller can box the first: only the streaming
+/// loop's state then stays in the connection's task for its whole life.
+/// `answer` consumes the head, runs the router and writes the response
+/// head; `pump` streams the body.
+pub async fn pump(mut io: MeteredIo<TcpStream>, mut body: Body) {
     loop {
         let frame = tokio::select! {
             frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => frame,
@@ -148,9 +140,9 @@ pub async fn serve(
 }
 
 /// Consumes the request head, runs the router and writes the response head
-/// with whatever the body has ready; the stream and the body to pump next
-/// are returned unless the client is gone.
-async fn answer(
+/// with whatever the body has ready; the stream and the body to [`pump`]
+/// next are returned unless the client is gone.
+pub async fn answer(
     mut io: MeteredIo<TcpStream>,
     request: Box<Request>,
     head_len: usize,

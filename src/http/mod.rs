@@ -64,14 +64,14 @@ pub async fn run(listener: TcpListener, ctx: Ctx) {
         // The slot is held by `serve` itself: wrapping its future in another
         // async block would store it twice in the task (rustc keeps both
         // the captured and the awaited copy), doubling every connection.
-        let conn = serve(
+        let conn = serve(Box::new(Accepted {
             stream,
             peer,
-            router.clone(),
-            http.clone(),
-            ctx.clone(),
-            (permit, per_ip),
-        );
+            router: router.clone(),
+            http: http.clone(),
+            ctx: ctx.clone(),
+            slot: (permit, per_ip),
+        }));
         // Debug level: entered on every poll of the connection (once per
         // delivery for a busy subscriber), and nothing logged inside it at
         // the default level needs it.
@@ -79,16 +79,31 @@ pub async fn run(listener: TcpListener, ctx: Ctx) {
     }
 }
 
-/// Serves one connection until it closes or shutdown completes it,
-/// holding its `_slot` under the connection limits until then.
-async fn serve(
+/// An accepted connection and what serving it takes.
+struct Accepted<S> {
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
     http: hyper::server::conn::http1::Builder,
     ctx: Ctx,
-    _slot: impl Send,
-) {
+    /// Held under the connection limits until the connection ends.
+    slot: S,
+}
+
+/// Serves one connection until it closes or shutdown completes it.
+///
+/// One boxed argument: an `async fn` keeps its by-value arguments twice in
+/// its state (as passed and as moved into the body), and that state is
+/// what every open connection holds.
+async fn serve(conn: Box<Accepted<impl Send>>) {
+    let Accepted {
+        stream,
+        peer,
+        router,
+        http,
+        ctx,
+        slot: _slot,
+    } = *conn;
     let opening = tokio::select! {
         () = ctx.shutdown.cancelled() => return,
         o = Box::pin(event_stream::sniff(&stream, Duration::from_secs(ctx.cfg.header_timeout))) => o,
@@ -99,7 +114,10 @@ async fn serve(
         event_stream::Opening::EventStream { request, head_len } => {
             let stats = ctx.stats.clone();
             drop((ctx, http));
-            event_stream::serve(io, request, head_len, peer, router, &stats).await;
+            let answer = event_stream::answer(io, request, head_len, peer, router, &stats);
+            if let Some((io, body)) = Box::pin(answer).await {
+                event_stream::pump(io, body).await;
+            }
         }
         // Boxed: hyper's connection state is large, and unboxed it would
         // size every connection's task, event streams' included.
