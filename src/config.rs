@@ -168,9 +168,10 @@ pub struct Config {
     /// all sessions share; the kernel caps it at `net.core.rmem_max` /
     /// `wmem_max`. A publish to N sessions sends N packets and gets up to
     /// N acknowledgements back at once: what does not fit is dropped and
-    /// resent by QUIC's loss recovery.
-    #[arg(long, env = "LADDER_WT_UDP_BUFFER", default_value_t = 4 << 20)]
-    pub wt_udp_buffer: usize,
+    /// resent by QUIC's loss recovery. 0 keeps the system's default.
+    #[arg(long, env = "LADDER_WT_UDP_BUFFER", default_value_t = 4 << 20,
+          value_parser = clap::value_parser!(u32).range(0..=1 << 30))]
+    pub wt_udp_buffer: u32,
 
     /// Keep every channel's history, offsets and epoch in an embedded
     /// database in this directory, so they survive restarts (durable
@@ -255,5 +256,20 @@ impl Config {
     /// The message size limit in bytes.
     pub fn max_message_bytes(&self) -> usize {
         self.max_message_bytes as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_out_of_range_udp_buffer_is_refused_with_its_limit() {
+        let parse = |v: &str| Config::try_parse_from(["ladder", "--wt-udp-buffer", v]);
+        assert_eq!(parse("0").unwrap().wt_udp_buffer, 0);
+        assert_eq!(parse("1073741824").unwrap().wt_udp_buffer, 1 << 30);
+        let err = parse("2000000000").unwrap_err().to_string();
+        assert!(err.contains("--wt-udp-buffer"), "{err}");
+        assert!(err.contains("1073741824"), "{err}");
     }
 }

@@ -326,30 +326,33 @@ enum Bind {
 }
 
 /// The endpoint's UDP socket, bound to `addr` with `buffer`-byte kernel
-/// buffers where the kernel allows them. The common 208 KiB default holds
-/// about a thousand packets: a burst of handshakes or a publish to tens of
-/// thousands of sessions overflows it.
-fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+/// buffers where the kernel allows them (0: the system's default). The
+/// common 208 KiB default holds about a thousand packets: a burst of
+/// handshakes or a publish to tens of thousands of sessions overflows it.
+fn udp_socket(addr: SocketAddr, buffer: u32) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // A smaller buffer only costs recovery time under bursts, so a refusal
-    // is reported, not fatal.
-    let recv = socket
-        .set_recv_buffer_size(buffer)
-        .and_then(|()| socket.recv_buffer_size());
-    let send = socket
-        .set_send_buffer_size(buffer)
-        .and_then(|()| socket.send_buffer_size());
-    match (recv, send) {
-        // Linux reports twice the size asked for (bookkeeping included).
-        (Ok(r), Ok(s)) if r >= buffer && s >= buffer => {}
-        (recv, send) => info!(
-            asked = buffer,
-            recv = ?recv.ok(),
-            send = ?send.ok(),
-            "smaller UDP buffers than asked for; bursts to many sessions may be \
-             dropped and resent (raise net.core.rmem_max / wmem_max)"
-        ),
+    if buffer > 0 {
+        let buffer = buffer as usize;
+        // A smaller buffer only costs recovery time under bursts, so a
+        // refusal is reported, not fatal.
+        let recv = socket
+            .set_recv_buffer_size(buffer)
+            .and_then(|()| socket.recv_buffer_size());
+        let send = socket
+            .set_send_buffer_size(buffer)
+            .and_then(|()| socket.send_buffer_size());
+        match (recv, send) {
+            // Linux reports twice the size asked for (bookkeeping included).
+            (Ok(r), Ok(s)) if r >= buffer && s >= buffer => {}
+            (recv, send) => info!(
+                asked = buffer,
+                recv = ?recv.ok(),
+                send = ?send.ok(),
+                "smaller UDP buffers than asked for; bursts to many sessions may be \
+                 dropped and resent (raise net.core.rmem_max / wmem_max)"
+            ),
+        }
     }
     socket.bind(&addr.into())?;
     Ok(socket.into())
@@ -476,7 +479,7 @@ mod tests {
 
     #[test]
     fn the_udp_socket_gets_the_largest_buffers_the_kernel_allows() {
-        let max = |f: &str| -> usize {
+        let sysctl = |f: &str| -> usize {
             std::fs::read_to_string(format!("/proc/sys/net/core/{f}"))
                 .unwrap()
                 .trim()
@@ -486,8 +489,15 @@ mod tests {
         let asked = Config::default().wt_udp_buffer;
         let socket = udp_socket("127.0.0.1:0".parse().unwrap(), asked).unwrap();
         let socket = socket2::SockRef::from(&socket);
+        let asked = asked as usize;
         // Linux doubles what it grants, for its own bookkeeping.
-        assert!(socket.recv_buffer_size().unwrap() >= 2 * asked.min(max("rmem_max")));
-        assert!(socket.send_buffer_size().unwrap() >= 2 * asked.min(max("wmem_max")));
+        assert!(socket.recv_buffer_size().unwrap() >= 2 * asked.min(sysctl("rmem_max")));
+        assert!(socket.send_buffer_size().unwrap() >= 2 * asked.min(sysctl("wmem_max")));
+
+        // 0 leaves the system's defaults alone.
+        let socket = udp_socket("127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let socket = socket2::SockRef::from(&socket);
+        assert_eq!(socket.recv_buffer_size().unwrap(), sysctl("rmem_default"));
+        assert_eq!(socket.send_buffer_size().unwrap(), sysctl("wmem_default"));
     }
 }
