@@ -2,8 +2,10 @@
 # One command, one run: the same WebSocket fan-out workload against
 # Socket.IO 4.8, Node `ws` 8 and Ladder, each server pinned to one core and
 # the load client to the other, then empty short-poll / long-poll requests
-# per second against Ladder and a trivial Node `http` handler (wrk).
-# Prints the comparison table with ratios; raw lines go to bench/results/.
+# per second against Ladder and a trivial Node `http` handler (wrk), and
+# Ladder's WebTransport at the 50 000 deliveries/s load beside its
+# WebSocket. Prints the comparison table with ratios; raw lines go to
+# bench/results/.
 #
 #   bench/compare.sh                 # full size (≈ 4 minutes)
 #   SUBS=200 IDLE=2000 bench/compare.sh   # quicker
@@ -51,6 +53,9 @@ PIN=(--server-cpu "$SERVER_CPU" --client-cpu "$CLIENT_CPU")
     "$B" idle "${SRV[@]}" "${PIN[@]}" --transport "$T" --subs "$IDLE" --label idle \
       --src-ips 4
   done
+  # WebTransport streams, same load as the WebSocket "50k" row above.
+  "$B" fanout --server-bin target/release/ladder "${PIN[@]}" --transport webtransport \
+    --subs "$SUBS" --rate "$MID_RATE" --count "$MID_COUNT" --label 50k-wt --wt-endpoints 8
 
   # Empty polls: Ladder vs node:http, wrk on the client core, 64 connections.
   port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

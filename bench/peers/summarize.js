@@ -43,6 +43,10 @@ for (const peer of ['ws', 'socketio']) {
   console.log(`  vs ${peer}: CPU/delivery at saturation ${n(L.sat_us / P.sat_us)}, at 50k/s ${n(L.mid_us / P.mid_us)}, p99 at 50k/s ${n(L.mid_p99 / P.mid_p99)}, idle KiB/conn ${n(L.idle / P.idle)}`);
 }
 console.log(`  Ladder RSS peak ÷ idle at saturation: ${n(L.rss_ratio)}`);
+const wt = get('ladder', '50k-wt');
+if (wt.server_cpu_us_per_delivery) {
+  console.log(`  Ladder WebTransport ÷ WebSocket, CPU/delivery at 50k/s: ${n(wt.server_cpu_us_per_delivery / L.mid_us)} (${n(wt.server_cpu_us_per_delivery)} µs, lost ${wt.lost ?? '-'})`);
+}
 const node = wrk['http node'];
 if (node) {
   console.log('\nEmpty requests/s (wrk -t1 -c64, server on one core), ratio to node:http:');
