@@ -21,8 +21,16 @@ pub async fn run(target: &Target, spec: &LoadSpec, settle: Duration) -> Result<V
     let connect = subs.connect_time;
     let subs_lat = subs.ctx.lat.clone();
     let failed = subs.failed.clone();
+    let held_from = target.sample();
+    let hold = Instant::now();
     tokio::time::sleep(settle).await;
     let after = target.sample();
+    // The server's CPU while it only holds the connections (keep-alives,
+    // pings, timers), as a share of one core.
+    let idle_cpu = match (held_from, after) {
+        (Some(a), Some(b)) => Some((b.cpu_s - a.cpu_s) / hold.elapsed().as_secs_f64()),
+        _ => None,
+    };
     let stats1 = target.stats().await;
     let key = spec.kind.stats_key();
     let open = |s: &Value| s["transports"][key]["connections_open"].as_i64();
@@ -72,13 +80,15 @@ pub async fn run(target: &Target, spec: &LoadSpec, settle: Duration) -> Result<V
         "rss_kib_before": before.map(|s| s.rss_kib),
         "rss_kib_after": after.map(|s| s.rss_kib),
         "kib_per_conn": per_conn,
+        "hold_s": settle.as_secs_f64(),
+        "server_cpu_share_while_held": idle_cpu,
     }))
 }
 
 /// One human line for an idle result.
 pub fn row(v: &Value) -> String {
     format!(
-        "idle {:<9} {:<21} conns={:<6} ok={:<6} live={:<6} connect={:.2}s RSS {}→{} KiB  {:.2} KiB/conn{}",
+        "idle {:<9} {:<21} conns={:<6} ok={:<6} live={:<6} connect={:.2}s RSS {}→{} KiB  {:.2} KiB/conn  CPU held {:.1}%{}",
         v["peer"].as_str().unwrap_or(""),
         v["transport"].as_str().unwrap_or(""),
         v["conns"],
@@ -88,6 +98,10 @@ pub fn row(v: &Value) -> String {
         v["rss_kib_before"],
         v["rss_kib_after"],
         v["kib_per_conn"].as_f64().unwrap_or(f64::NAN),
+        v["server_cpu_share_while_held"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+            * 100.0,
         v["first_error"]
             .as_str()
             .map(|e| format!("  first error: {e}"))
