@@ -52,13 +52,14 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         slow: usize,
     },
-    /// N idle subscribed connections per transport; server KiB per connection.
+    /// N idle subscribed connections per transport: server KiB and CPU per
+    /// connection, and a message after the hold to prove each is live.
     Idle {
         #[command(flatten)]
         server: ServerOpts,
         #[command(flatten)]
         load: LoadOpts,
-        /// Seconds to wait after connecting before reading RSS.
+        /// Seconds to hold the connections (then RSS and CPU are read).
         #[arg(long, default_value_t = 3)]
         settle_s: u64,
         /// Longest wait, s, for every connection to receive the message
