@@ -633,3 +633,29 @@ async fn lent_streams_get_every_message_in_order_while_ops_come_and_go() -> Resu
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_closed_sessions_bytes_stay_counted() -> Result<()> {
+    let s = TestServer::spawn().await?;
+    let wt = Wt::connect(&s).await?;
+    let mut st = wt.stream().await?;
+    st.echo(json!("x".repeat(1000))).await?;
+    // Nothing reads the stats while the session is open: the counts must be
+    // taken when it ends.
+    wt.conn.close(wtransport::VarInt::from_u32(0), b"bye");
+    let open = &s
+        .ctx
+        .stats
+        .of(ladder::stats::Transport::WebTransport)
+        .connections_open;
+    within("the session to end", async {
+        while open.get() != 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await?;
+    let row = s.stats("webtransport").await?;
+    assert!(row["bytes_in"].as_u64() > Some(1000), "{row}");
+    assert!(row["bytes_out"].as_u64() > Some(1000), "{row}");
+    s.shutdown().await
+}
