@@ -201,16 +201,14 @@ async fn info(State(ctx): State<Ctx>) -> Response {
 }
 
 async fn stats(State(ctx): State<Ctx>) -> Response {
-    ctx.udp_meters
-        .sample_all(ctx.stats.of(Transport::WebTransport));
+    ctx.udp_meters.sample_all(&ctx.stats);
     let mut snap = ctx.stats.snapshot();
     snap["channels"] = ctx.hub.channel_count().into();
     json_bytes(StatusCode::OK, snap.to_string())
 }
 
 async fn metrics(State(ctx): State<Ctx>) -> Response {
-    ctx.udp_meters
-        .sample_all(ctx.stats.of(Transport::WebTransport));
+    ctx.udp_meters.sample_all(&ctx.stats);
     (
         [(
             header::CONTENT_TYPE,

@@ -57,10 +57,10 @@ impl Meter {
         // outlet is never made for a descriptor already closed.
         let socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
         let fd = (*socket)?;
-        Some(
-            self.outlet
-                .get_or_init(|| Arc::new(Outlet::new(fd, self.stats.clone()))),
-        )
+        Some(self.outlet.get_or_init(|| {
+            let stats = self.stats.of(Transport::WebSocket).clone();
+            Arc::new(Outlet::new(fd, stats))
+        }))
     }
 
     /// The socket is about to close: no direct write may follow.

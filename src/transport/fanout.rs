@@ -1,6 +1,7 @@
 //! One fan-out task per channel that has lent WebSockets or WebTransport
 //! streams: it reads each new batch of messages once, frames it once, and
-//! writes it to every lent socket with one `send()` each (see
+//! writes it to every lent socket with a non-blocking send each, many per
+//! system call through `io_uring` where available (see
 //! [`super::websocket::outlet`] for the lease) and into every lent stream's
 //! send buffer ([`super::webtransport::outlet`]).
 //!
@@ -121,6 +122,13 @@ impl Drop for Membership {
     }
 }
 
+/// Removes `member` (this very allocation) from `list`, if there.
+fn remove<T>(list: &mut Vec<Arc<T>>, member: &Arc<T>) {
+    if let Some(i) = list.iter().position(|o| Arc::ptr_eq(o, member)) {
+        list.swap_remove(i);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Each critical section is a single insert/remove/replace.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -173,18 +181,8 @@ impl Fanouts {
         let empty = {
             let mut members = lock(&fan.outlets);
             match member {
-                Member::Socket(m) => {
-                    let found = members.sockets.iter().position(|o| Arc::ptr_eq(o, m));
-                    if let Some(i) = found {
-                        members.sockets.swap_remove(i);
-                    }
-                }
-                Member::Stream(m) => {
-                    let found = members.streams.iter().position(|o| Arc::ptr_eq(o, m));
-                    if let Some(i) = found {
-                        members.streams.swap_remove(i);
-                    }
-                }
+                Member::Socket(m) => remove(&mut members.sockets, m),
+                Member::Stream(m) => remove(&mut members.streams, m),
             }
             members.snapshot = None;
             members.sockets.is_empty() && members.streams.is_empty()

@@ -16,13 +16,13 @@
 //! only with the WebSocket layer's output fully flushed.
 
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::hub::ChannelName;
-use crate::stats::{Stats, Transport};
+use crate::stats::TransportStats;
 use crate::transport::fanout::{Batch, ChannelFanout};
 use crate::transport::lease::{Due, Lease, Lendable, Slot};
 
@@ -35,7 +35,8 @@ pub struct Outlet {
     state: Mutex<State>,
     /// Tells the socket's task the lease ended.
     returned: Notify,
-    stats: Arc<Stats>,
+    /// The WebSocket counters.
+    stats: TransportStats,
 }
 
 /// The lease, under the outlet's lock.
@@ -49,9 +50,9 @@ pub struct State {
 }
 
 impl Outlet {
-    /// An outlet for the open socket `fd`. The caller guarantees `fd` stays
-    /// open until [`Outlet::close`] returns.
-    pub(crate) fn new(fd: RawFd, stats: Arc<Stats>) -> Self {
+    /// An outlet for the open socket `fd`, counting into `stats`. The
+    /// caller guarantees `fd` stays open until [`Outlet::close`] returns.
+    pub(crate) fn new(fd: RawFd, stats: TransportStats) -> Self {
         Self {
             fd,
             state: Mutex::new(State {
@@ -113,7 +114,7 @@ impl Outlet {
             Due::After { slot, cursor } => (slot, cursor),
         };
         let (bytes, frames) = batch.after(cursor);
-        self.stats.of(Transport::WebSocket).direct_writes.inc();
+        self.stats.direct_writes.inc();
         Some(DirectSend {
             outlet: self,
             st,
@@ -172,7 +173,7 @@ impl<'a> DirectSend<'a> {
         match res {
             Ok(n) if n > 0 => {
                 self.st.lease.wrote(self.slot, self.batch);
-                let out = outlet.stats.of(Transport::WebSocket);
+                let out = &outlet.stats;
                 out.bytes_out.inc_by(n as u64);
                 out.messages_out.inc_by(self.frames as u64);
                 if n < self.bytes.len() {
@@ -184,7 +185,7 @@ impl<'a> DirectSend<'a> {
             // Full (a slow client) or broken: the task finds out which and
             // applies the send timeout or closes.
             _ => {
-                outlet.stats.of(Transport::WebSocket).direct_handbacks.inc();
+                outlet.stats.direct_handbacks.inc();
                 outlet.end_lease(&mut self.st);
             }
         }
