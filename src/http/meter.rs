@@ -205,6 +205,18 @@ impl MeteredIo<TcpStream> {
         Self::new(stream, Arc::new(meter))
     }
 
+    /// The socket, for peeking at what the client sent next.
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.inner
+    }
+
+    /// Waits until the client closes its side (`true`) or sends something,
+    /// which stays unread (`false`).
+    pub async fn hangup(&self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.inner.peek(&mut byte).await, Ok(0) | Err(_))
+    }
+
     /// Waits for input from a client that has nothing more to say (an
     /// event stream's), counts it and discards it: `Ok(0)` when the client
     /// has closed its side, else how many bytes were discarded.

@@ -4,10 +4,10 @@
 //! Entry point: [`run`]. It owns the accept loop, the connection limit, the
 //! header read timeout and graceful shutdown of every connection, because
 //! `axum::serve` exposes none of them. A connection that opens with an
-//! event-stream request is served by [`event_stream`] instead of hyper.
+//! event stream or a poll is served by [`lean`] instead of hyper.
 
 pub mod api;
-pub mod event_stream;
+pub mod lean;
 pub mod meter;
 
 use std::convert::Infallible;
@@ -106,29 +106,38 @@ async fn serve(conn: Box<Accepted<impl Send>>) {
     } = *conn;
     let opening = tokio::select! {
         () = ctx.shutdown.cancelled() => return,
-        o = Box::pin(event_stream::sniff(&stream, Duration::from_secs(ctx.cfg.header_timeout))) => o,
+        o = Box::pin(lean::sniff(&stream, Duration::from_secs(ctx.cfg.header_timeout))) => o,
     };
     let io = MeteredIo::tcp(stream, ctx.stats.clone()).with_send_timeout(ctx.cfg.send_timeout());
     match opening {
-        event_stream::Opening::Gone => {}
-        event_stream::Opening::EventStream { request, head_len } => {
+        lean::Opening::Gone => {}
+        lean::Opening::EventStream(head) => {
             let stats = ctx.stats.clone();
             drop((ctx, http));
-            let answer = event_stream::answer(io, request, head_len, peer, router, &stats);
+            let answer = lean::answer(io, head, peer, router, &stats);
             if let Some((io, body)) = Box::pin(answer).await {
-                event_stream::pump(io, body).await;
+                lean::pump(io, body).await;
+            }
+        }
+        lean::Opening::Poll(head) => {
+            let polls = lean::polls(io, head, peer, &router, &ctx);
+            if let Some(io) = Box::pin(polls).await {
+                Box::pin(serve_hyper(io, peer, router, http, ctx)).await;
             }
         }
         // Boxed: hyper's connection state is large, and unboxed it would
-        // size every connection's task, event streams' included.
-        event_stream::Opening::Other => Box::pin(serve_hyper(io, peer, router, http, ctx)).await,
+        // size every connection's task, waiting requests' included.
+        lean::Opening::Other => {
+            let io = lean::Rewind::new(io, bytes::Bytes::new());
+            Box::pin(serve_hyper(io, peer, router, http, ctx)).await;
+        }
     }
 }
 
 /// Serves a connection with hyper: every request but a connection-opening
 /// event stream.
 async fn serve_hyper(
-    io: MeteredIo<TcpStream>,
+    io: lean::Rewind,
     peer: SocketAddr,
     router: Router,
     http: hyper::server::conn::http1::Builder,

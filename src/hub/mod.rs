@@ -199,11 +199,19 @@ impl Hub {
     /// Finds a cached channel, or loads it from the backend (creating it
     /// there if new) and caches it.
     async fn channel(&self, name: &ChannelName) -> Result<Arc<Channel>, HubError> {
-        let inner = &self.inner;
-        let max = inner.cfg.max_channels;
-        if let Some(ch) = inner.lookup(name) {
+        if let Some(ch) = self.inner.lookup(name) {
             return Ok(ch);
         }
+        // Boxed: opening awaits the backend, whose futures are large, and
+        // every future that awaits a channel would otherwise be sized for
+        // it — a long poll holds its future for its whole wait.
+        Box::pin(self.load(name)).await
+    }
+
+    /// Loads a channel that is not in memory from the backend.
+    async fn load(&self, name: &ChannelName) -> Result<Arc<Channel>, HubError> {
+        let inner = &self.inner;
+        let max = inner.cfg.max_channels;
         if inner.map().len() >= max {
             return Err(HubError::TooManyChannels(max));
         }

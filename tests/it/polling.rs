@@ -1,7 +1,9 @@
 //! Short and long polling.
 
 use anyhow::Result;
-use serde_json::json;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::helpers::*;
 
@@ -103,5 +105,101 @@ async fn a_long_poll_whose_client_goes_away_is_released() -> Result<()> {
     // The server notices the closed socket and drops the waiting poll.
     s.wait_stats("longpoll", |r| r["connections_open"] == 0)
         .await?;
+    s.shutdown().await
+}
+
+/// Reads one HTTP/1.1 response with a `content-length` from `tcp`, keeping
+/// what follows it in `buf`; returns its lower-cased head and its body.
+async fn read_response(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(String, Value)> {
+    within("response", async {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8(buf[..end].to_vec())?.to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .ok_or_else(|| anyhow::anyhow!("no content-length: {head}"))?
+                    .parse()?;
+                if buf.len() >= end + 4 + len {
+                    let body = serde_json::from_slice(&buf[end + 4..end + 4 + len])?;
+                    buf.drain(..end + 4 + len);
+                    return Ok((head, body));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await?;
+            anyhow::ensure!(n > 0, "closed early: {:?}", String::from_utf8_lossy(buf));
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await?
+}
+
+/// A connection that opens with a poll is served without hyper for as long
+/// as it polls (kept alive, pipelined or not); the first other request on
+/// it goes to hyper with nothing lost, even when it was read together with
+/// a poll.
+#[tokio::test]
+async fn polls_and_other_requests_share_a_kept_alive_connection() -> Result<()> {
+    let s = TestServer::spawn().await?;
+    s.publish("ka", json!(1)).await?;
+    let mut tcp = TcpStream::connect(s.base.trim_start_matches("http://")).await?;
+    let mut buf = Vec::new();
+    let get =
+        |query: &str| format!("GET /api/channels/ka/messages?{query} HTTP/1.1\r\nhost: x\r\n\r\n");
+
+    tcp.write_all(get("since=0").as_bytes()).await?;
+    let (head, body) = read_response(&mut tcp, &mut buf).await?;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    assert_eq!(offsets(body["messages"].as_array().unwrap()), vec![1]);
+
+    // A long poll on the same connection waits for the next publish.
+    tcp.write_all(get("since=1&wait=30").as_bytes()).await?;
+    s.wait_stats("longpoll", |r| r["connections_open"] == 1)
+        .await?;
+    s.publish("ka", json!(2)).await?;
+    let (_, body) = read_response(&mut tcp, &mut buf).await?;
+    assert_eq!(offsets(body["messages"].as_array().unwrap()), vec![2]);
+
+    // Three requests in one write: a long poll answered at once, a publish
+    // (hyper's, with a body) and a short poll, answered in order.
+    let publish = "POST /api/channels/ka/messages HTTP/1.1\r\nhost: x\r\n\
+                   content-type: application/json\r\ncontent-length: 7\r\n\r\n\"three\"";
+    let batch = format!("{}{publish}{}", get("since=0&wait=30"), get("since=2"));
+    tcp.write_all(batch.as_bytes()).await?;
+    let (_, body) = read_response(&mut tcp, &mut buf).await?;
+    assert_eq!(offsets(body["messages"].as_array().unwrap()), vec![1, 2]);
+    let (head, body) = read_response(&mut tcp, &mut buf).await?;
+    assert!(head.starts_with("http/1.1 201"), "{head}");
+    assert_eq!(body["offset"], 3);
+    let (_, body) = read_response(&mut tcp, &mut buf).await?;
+    assert_eq!(offsets(body["messages"].as_array().unwrap()), vec![3]);
+    assert_eq!(body["messages"][0]["data"], "three");
+
+    // hyper serves the rest of this connection, long polls included.
+    tcp.write_all(get("since=3&wait=30").as_bytes()).await?;
+    s.wait_stats("longpoll", |r| r["connections_open"] == 1)
+        .await?;
+    s.publish("ka", json!(4)).await?;
+    let (_, body) = read_response(&mut tcp, &mut buf).await?;
+    assert_eq!(offsets(body["messages"].as_array().unwrap()), vec![4]);
+    assert!(buf.is_empty());
+    assert_eq!(s.stats("poll").await?["requests"], 2);
+    assert_eq!(s.stats("longpoll").await?["requests"], 3);
+
+    // `connection: close` is honoured: the answer says so and the
+    // connection ends after it.
+    let mut once = TcpStream::connect(s.base.trim_start_matches("http://")).await?;
+    once.write_all(
+        b"GET /api/channels/ka/messages?since=3&wait=30 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await?;
+    let mut got = Vec::new();
+    within("closed answer", once.read_to_end(&mut got)).await??;
+    let text = String::from_utf8(got)?.to_ascii_lowercase();
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert!(text.contains(r#""offset":4"#), "{text}");
     s.shutdown().await
 }
