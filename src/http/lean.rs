@@ -311,13 +311,16 @@ async fn wait_answer(
 /// read but did not serve, which hyper reads first.
 #[derive(Debug)]
 pub struct Rewind {
-    unread: Bytes,
+    /// Boxed: usually there are none, and an upgraded WebSocket keeps this
+    /// wrapper for its whole life.
+    unread: Option<Box<Bytes>>,
     io: MeteredIo<TcpStream>,
 }
 
 impl Rewind {
     /// `io`, whose next bytes are `unread` and then the socket's.
     pub fn new(io: MeteredIo<TcpStream>, unread: Bytes) -> Self {
+        let unread = (!unread.is_empty()).then(|| Box::new(unread));
         Self { unread, io }
     }
 
@@ -333,11 +336,14 @@ impl AsyncRead for Rewind {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.unread.is_empty() {
+        let Some(unread) = self.unread.as_mut() else {
             return Pin::new(&mut self.io).poll_read(cx, buf);
+        };
+        let n = unread.len().min(buf.remaining());
+        buf.put_slice(&unread.split_to(n));
+        if unread.is_empty() {
+            self.unread = None;
         }
-        let n = self.unread.len().min(buf.remaining());
-        buf.put_slice(&self.unread.split_to(n));
         Poll::Ready(Ok(()))
     }
 }
