@@ -143,7 +143,8 @@ async fn serve_polls(
     ctx: Ctx,
 ) {
     if let Some(io) = lean::polls(io, head, peer, &router, &ctx).await {
-        serve_hyper(io, peer, router, http, ctx).await;
+        // Boxed: hyper's state would size this future, held while polls wait.
+        Box::pin(serve_hyper(io, peer, router, http, ctx)).await;
     }
 }
 
