@@ -135,6 +135,24 @@ async fn read_response(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(String
     .await?
 }
 
+/// Sends a long poll on channel `ka` after `since` on `tcp`, publishes
+/// `since + 1` once it waits, and returns the offsets it is answered with.
+async fn long_poll_woken(
+    s: &TestServer,
+    tcp: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    since: u64,
+) -> Result<Vec<u64>> {
+    let req =
+        format!("GET /api/channels/ka/messages?since={since}&wait=30 HTTP/1.1\r\nhost: x\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await?;
+    s.wait_stats("longpoll", |r| r["connections_open"] == 1)
+        .await?;
+    s.publish("ka", json!(since + 1)).await?;
+    let (_, body) = read_response(tcp, buf).await?;
+    Ok(offsets(body["messages"].as_array().unwrap()))
+}
+
 /// A connection that opens with a poll is served without hyper for as long
 /// as it polls (kept alive, pipelined or not); the first other request on
 /// it goes to hyper with nothing lost, even when it was read together with
@@ -156,12 +174,8 @@ async fn polls_and_other_requests_share_a_kept_alive_connection() -> Result<()> 
     assert_eq!(offsets(body["messages"].as_array().unwrap()), vec![1]);
 
     // A long poll on the same connection waits for the next publish.
-    tcp.write_all(get("since=1&wait=30").as_bytes()).await?;
-    s.wait_stats("longpoll", |r| r["connections_open"] == 1)
-        .await?;
-    s.publish("ka", json!(2)).await?;
-    let (_, body) = read_response(&mut tcp, &mut buf).await?;
-    assert_eq!(offsets(body["messages"].as_array().unwrap()), vec![2]);
+    let woken = long_poll_woken(&s, &mut tcp, &mut buf, 1).await?;
+    assert_eq!(woken, vec![2]);
 
     // Three requests in one write: a long poll answered at once, a publish
     // (hyper's, with a body) and a short poll, answered in order.
@@ -179,12 +193,7 @@ async fn polls_and_other_requests_share_a_kept_alive_connection() -> Result<()> 
     assert_eq!(body["messages"][0]["data"], "three");
 
     // hyper serves the rest of this connection, long polls included.
-    tcp.write_all(get("since=3&wait=30").as_bytes()).await?;
-    s.wait_stats("longpoll", |r| r["connections_open"] == 1)
-        .await?;
-    s.publish("ka", json!(4)).await?;
-    let (_, body) = read_response(&mut tcp, &mut buf).await?;
-    assert_eq!(offsets(body["messages"].as_array().unwrap()), vec![4]);
+    assert_eq!(long_poll_woken(&s, &mut tcp, &mut buf, 3).await?, vec![4]);
     assert!(buf.is_empty());
     assert_eq!(s.stats("poll").await?["requests"], 2);
     assert_eq!(s.stats("longpoll").await?["requests"], 3);
