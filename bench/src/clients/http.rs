@@ -87,7 +87,14 @@ pub(super) async fn poll(
     t: &mut Tracker,
 ) -> Result<()> {
     let mut send = open(ctx, i).await?;
-    let long = ctx.kind == Kind::LongPoll;
+    let long = matches!(ctx.kind, Kind::LongPoll | Kind::LongPollReused);
+    if ctx.kind == Kind::LongPollReused {
+        let resp = send.send_request(get(ctx, "/api/info")?).await?;
+        if resp.status() != 200 {
+            bail!("/api/info answered {}", resp.status());
+        }
+        resp.into_body().collect().await?;
+    }
     let mut since = 0u64;
     let mut stop = ctx.stop.clone();
     // Short polls start spread over one interval, as independent browsers

@@ -46,6 +46,11 @@ pub enum Kind {
     /// Long polling (`wait=30`).
     #[value(name = "longpoll")]
     LongPoll,
+    /// Long polling on a connection that first fetched `/api/info`, as a
+    /// browser reusing a pooled connection does: Ladder serves it with
+    /// hyper, not its lean path for connections opened by a poll.
+    #[value(name = "longpoll-reused")]
+    LongPollReused,
     /// Short polling every `--poll-interval-ms`.
     #[value(name = "poll")]
     Poll,
@@ -61,6 +66,7 @@ impl Kind {
             Self::SocketIo => "socketio",
             Self::Sse => "sse",
             Self::LongPoll => "longpoll",
+            Self::LongPollReused => "longpoll-reused",
             Self::Poll => "poll",
         }
     }
@@ -71,18 +77,19 @@ impl Kind {
             Self::Wt | Self::WtDatagram => "webtransport",
             Self::Ws | Self::SocketIo => "websocket",
             Self::Sse => "sse",
-            Self::LongPoll => "longpoll",
+            Self::LongPoll | Self::LongPollReused => "longpoll",
             Self::Poll => "poll",
         }
     }
 
     /// Every Ladder rung the bench drives (what the smoke test covers).
-    pub const LADDER: [Self; 6] = [
+    pub const LADDER: [Self; 7] = [
         Self::Wt,
         Self::WtDatagram,
         Self::Ws,
         Self::Sse,
         Self::LongPoll,
+        Self::LongPollReused,
         Self::Poll,
     ];
 }
@@ -122,7 +129,9 @@ pub async fn subscriber(ctx: Arc<SubCtx>, i: usize, ready: Ready) -> Tracker {
     let r = match ctx.kind {
         Kind::Ws | Kind::SocketIo => ws::subscriber(&ctx, i, &mut ready, &mut t).await,
         Kind::Sse => http::sse(&ctx, i, &mut ready, &mut t).await,
-        Kind::LongPoll | Kind::Poll => http::poll(&ctx, i, &mut ready, &mut t).await,
+        Kind::LongPoll | Kind::LongPollReused | Kind::Poll => {
+            http::poll(&ctx, i, &mut ready, &mut t).await
+        }
         Kind::Wt | Kind::WtDatagram => wt::subscriber(&ctx, i, &mut ready, &mut t).await,
     };
     if let Err(e) = r {
