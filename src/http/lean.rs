@@ -200,7 +200,7 @@ pub async fn answer(
     stats: &Stats,
 ) -> Option<(MeteredIo<TcpStream>, Body)> {
     take(&mut io, head.len).await?;
-    let mut request = *head.request;
+    let mut request = super::unbox(head.request);
     super::prepare(&mut request, io.meter(), peer, stats);
     let Ok(response) = router.call(request).await;
     let (parts, mut body) = response.into_parts();
@@ -236,7 +236,7 @@ pub async fn polls(
     let mut unread = BytesMut::new();
     loop {
         let close = asks_to_close(&request);
-        let mut current = unbox(request);
+        let mut current = super::unbox(request);
         super::prepare(&mut current, io.meter(), peer, &ctx.stats);
         // Boxed: the handler's future is large and lives only while it waits.
         let call = Box::pin(router.clone().call(current));
@@ -376,13 +376,6 @@ impl AsyncWrite for Rewind {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
-}
-
-/// Moves a request out of its box and frees the box (moving out of a
-/// `Box` in place would keep its allocation until the variable is dropped,
-/// i.e. through a long poll's whole wait).
-fn unbox(request: Box<Request>) -> Request {
-    *request
 }
 
 /// Whether the client asked for the connection to close after this request.
