@@ -19,8 +19,9 @@
 //!   hyper, which gets the bytes already read of it first ([`Rewind`]).
 //!
 //! Everything else — other routes, a head split over several packets or
-//! larger than [`PEEK_BYTES`], a request with a body, HTTP/1.0, an event
-//! stream asked for on a kept-alive connection — goes to hyper, so the
+//! larger than [`PEEK_BYTES`], a request with a body, a poll in HTTP/1.0
+//! (whose keep-alive rules differ), an event stream asked for on a
+//! kept-alive connection — goes to hyper, so the
 //! paths differ only in framing (no chunked encoding here) and never in
 //! what a request means.
 //!
