@@ -230,7 +230,6 @@ pub async fn polls(
     router: &Router,
     ctx: &Ctx,
 ) -> Option<Rewind> {
-    let header_timeout = Duration::from_secs(ctx.cfg.header_timeout);
     take(&mut io, first.len).await?;
     let mut request = first.request;
     // Bytes read past the current request's head (pipelined requests).
@@ -249,20 +248,8 @@ pub async fn polls(
             let _ = io.shutdown().await;
             return None;
         }
-        if unread.is_empty() {
-            // Read, not peek: one system call per request, as hyper does.
-            let next = async {
-                io.get_ref().readable().await?;
-                unread.reserve(PEEK_BYTES);
-                io.read_buf(&mut unread).await
-            };
-            tokio::select! {
-                () = ctx.shutdown.cancelled() => return None,
-                read = tokio::time::timeout(header_timeout, next) => match read {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return None,
-                },
-            }
+        if unread.is_empty() && !Box::pin(next_head(&mut io, &mut unread, ctx)).await {
+            return None;
         }
         match parse_head(&unread) {
             Some((Kind::Poll, next, len)) => {
@@ -276,6 +263,28 @@ pub async fn polls(
                 }
             }
             _ => return Some(Rewind::new(io, unread.freeze())),
+        }
+    }
+}
+
+/// Reads the start of a kept-alive connection's next request into
+/// `unread`; `false` if the connection is to close instead: the client
+/// left, sent nothing within the header timeout, or the server shuts down.
+///
+/// A call of its own, boxed by the caller: its timer and reads would
+/// otherwise size the poll loop's future, which a long poll holds while it
+/// waits.
+async fn next_head(io: &mut MeteredIo<TcpStream>, unread: &mut BytesMut, ctx: &Ctx) -> bool {
+    // Read, not peek: one system call per request, as hyper does.
+    let next = async {
+        io.get_ref().readable().await?;
+        unread.reserve(PEEK_BYTES);
+        io.read_buf(unread).await
+    };
+    tokio::select! {
+        () = ctx.shutdown.cancelled() => false,
+        read = tokio::time::timeout(Duration::from_secs(ctx.cfg.header_timeout), next) => {
+            matches!(read, Ok(Ok(n)) if n > 0)
         }
     }
 }
