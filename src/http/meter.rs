@@ -205,7 +205,8 @@ impl MeteredIo<TcpStream> {
         Self::new(stream, Arc::new(meter))
     }
 
-    /// The socket, for peeking at what the client sent next.
+    /// The socket, for peeking at or waiting for what the client sends
+    /// next without reading (and so counting) it.
     pub fn get_ref(&self) -> &TcpStream {
         &self.inner
     }

@@ -155,8 +155,9 @@ async fn serve_polls(
     }
 }
 
-/// Serves a connection with hyper: every request but a connection-opening
-/// event stream.
+/// Serves a connection with hyper: from its first request unless that is
+/// an event stream or a poll, else from its first request of another kind
+/// after polls.
 async fn serve_hyper(
     io: lean::Rewind,
     peer: SocketAddr,

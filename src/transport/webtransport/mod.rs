@@ -107,6 +107,8 @@ pub async fn run_session(ctx: Ctx, conn: Connection, creds: Credentials) {
     // Cancelled when this session ends for any reason, so stream tasks that
     // are only waiting on subscriptions end with it.
     let done = ctx.shutdown.child_token();
+    // Declared after `guard`, so dropped before it: the session's last
+    // byte counts are in the stats before it stops counting as open.
     let _metered = UdpMeters::add(&ctx, &conn);
     loop {
         tokio::select! {
