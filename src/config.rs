@@ -173,14 +173,6 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(0..=1 << 30))]
     pub wt_udp_buffer: u32,
 
-    /// Most QUIC packets, of any sessions, sent in one system call
-    /// (`sendmmsg`). A publish wakes every subscribed session at once; their
-    /// packets are gathered and sent together instead of one call each.
-    /// 1 sends each packet on its own, as quinn does.
-    #[arg(long, env = "LADDER_WT_SEND_BATCH", default_value_t = 64,
-          value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub wt_send_batch: u16,
-
     /// Keep every channel's history, offsets and epoch in an embedded
     /// database in this directory, so they survive restarts (durable
     /// backend). Default: memory only.

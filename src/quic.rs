@@ -41,11 +41,10 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, debug_span, info, warn};
-use wtransport::endpoint::IncomingSessionFuture;
-use wtransport::quinn::{self, VarInt as QuicVarInt};
-use wtransport::{Connection, ServerConfig};
-
-mod batch;
+use wtransport::endpoint::IncomingSession;
+use wtransport::endpoint::endpoint_side::Server;
+use wtransport::quinn::VarInt as QuicVarInt;
+use wtransport::{Connection, Endpoint, ServerConfig, VarInt};
 
 use crate::auth::token_from;
 use crate::config::Config;
@@ -100,9 +99,7 @@ pub enum QuicError {
 
 /// A bound, not yet running QUIC endpoint and the certificate it presents.
 pub struct Listener {
-    /// quinn's endpoint, built here rather than by wtransport so that it
-    /// runs on [`batch::Runtime`]; wtransport then serves each connection.
-    endpoint: quinn::Endpoint,
+    endpoint: Endpoint<Server>,
     addr: SocketAddr,
     /// The certificate in use; replaced on rotation.
     tls: TlsMaterial,
@@ -128,17 +125,8 @@ impl Listener {
             source,
         };
         let socket = udp_socket(cfg.h3, cfg.wt_udp_buffer).map_err(bind_err)?;
-        let config = server_config(cfg, &tls)?;
-        let runtime = batch::Runtime {
-            batch: cfg.wt_send_batch.into(),
-        };
-        let endpoint = quinn::Endpoint::new(
-            config.quic_endpoint_config().clone(),
-            Some(config.quic_config().clone()),
-            socket,
-            Arc::new(runtime),
-        )
-        .map_err(bind_err)?;
+        let config = server_config(cfg, Bind::Socket(socket), &tls)?;
+        let endpoint = Endpoint::server(config).map_err(bind_err)?;
         let addr = endpoint.local_addr().map_err(bind_err)?;
         Ok(Self {
             endpoint,
@@ -166,13 +154,12 @@ impl Listener {
         let mut rotation = tokio::time::interval(ROTATION_CHECK);
         rotation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Gotcha: `Endpoint::accept` panics once the endpoint is closed,
+            // so the endpoint is closed only after this loop has dropped its
+            // `accept` future.
             let incoming = tokio::select! {
                 () = ctx.shutdown.cancelled() => break,
-                incoming = self.endpoint.accept() => match incoming {
-                    Some(incoming) => incoming,
-                    // Closed: only this loop's caller closes it, after the loop.
-                    None => break,
-                },
+                incoming = self.endpoint.accept() => incoming,
                 _ = rotation.tick() => {
                     self.rotate_if_due(&ctx, OffsetDateTime::now_utc()).await;
                     continue;
@@ -189,7 +176,7 @@ impl Listener {
             );
         }
         self.endpoint.close(
-            QuicVarInt::from_u32(CLOSE_SHUTDOWN),
+            VarInt::from_u32(CLOSE_SHUTDOWN),
             CLOSE_SHUTDOWN_REASON.as_bytes(),
         );
         if tokio::time::timeout(DRAIN_TIMEOUT, self.endpoint.wait_idle())
@@ -216,13 +203,17 @@ impl Listener {
             Ok(Err(error)) => return warn!(%error, "certificate rotation failed; will retry"),
             Err(error) => return warn!(%error, "certificate rotation task failed"),
         };
-        match server_config(&ctx.cfg, &tls) {
-            Ok(config) => self
-                .endpoint
-                .set_server_config(Some(config.quic_config().clone())),
-            Err(error) => {
-                return warn!(%error, "cannot build the quic config; keeping the old certificate");
-            }
+        // With `rebind = false` the address inside the config is not used;
+        // the current one is passed for clarity.
+        let reloaded = server_config(&ctx.cfg, Bind::Address(self.addr), &tls)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                self.endpoint
+                    .reload_config(c, false)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(error) = reloaded {
+            return warn!(%error, "cannot reload the quic config; keeping the old certificate");
         }
         ctx.set_webtransport(Some(info_for(self.addr, &tls)));
         info!(cert_sha256 = tls.sha256_hex(), not_after = %tls.not_after(),
@@ -234,7 +225,7 @@ impl Listener {
 /// Completes the handshake of one incoming session, decides whether to
 /// accept it, and serves it. Runs in its own task: a handshake takes at
 /// least a round trip and a bad client could stall it.
-async fn accept(incoming: quinn::Incoming, ctx: Ctx, permits: Arc<Semaphore>) {
+async fn accept(incoming: IncomingSession, ctx: Ctx, permits: Arc<Semaphore>) {
     // A task's future is allocated at its largest state for the task's
     // whole life. Boxed, the handshake's state is freed once it is over
     // instead of being carried by every open session.
@@ -261,9 +252,8 @@ struct Admitted {
 
 /// The handshake and the refusals; `None` once a refused client has its
 /// answer (or the handshake failed).
-async fn admit(incoming: quinn::Incoming, ctx: &Ctx, permits: &Arc<Semaphore>) -> Option<Admitted> {
-    let handshake = IncomingSessionFuture::with_quic_incoming(incoming);
-    let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+async fn admit(incoming: IncomingSession, ctx: &Ctx, permits: &Arc<Semaphore>) -> Option<Admitted> {
+    let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(request)) => request,
         // Wrong ALPN, bad TLS, timeouts: the client's problem, not ours.
         Ok(Err(error)) => {
@@ -328,6 +318,13 @@ async fn admit(incoming: quinn::Incoming, ctx: &Ctx, permits: &Arc<Semaphore>) -
     })
 }
 
+/// Where an endpoint config binds: a socket prepared by [`udp_socket`], or
+/// (on reload, which keeps the socket) just the address.
+enum Bind {
+    Socket(std::net::UdpSocket),
+    Address(SocketAddr),
+}
+
 /// The endpoint's UDP socket, bound to `addr` with `buffer`-byte kernel
 /// buffers where the kernel allows them (0: the system's default). The
 /// common 208 KiB default holds about a thousand packets: a burst of
@@ -363,7 +360,7 @@ fn udp_socket(addr: SocketAddr, buffer: u32) -> std::io::Result<std::net::UdpSoc
 
 /// The full endpoint config for `tls`. Rotation rebuilds it whole, since
 /// wtransport takes identity and transport settings together.
-fn server_config(cfg: &Config, tls: &TlsMaterial) -> Result<ServerConfig, QuicError> {
+fn server_config(cfg: &Config, bind: Bind, tls: &TlsMaterial) -> Result<ServerConfig, QuicError> {
     let mut transport = wtransport::config::QuicTransportConfig::default();
     // quinn's `VarInt`, not wtransport's: the two are distinct types.
     transport.max_concurrent_bidi_streams(QuicVarInt::from_u32(cfg.wt_max_streams));
@@ -376,10 +373,11 @@ fn server_config(cfg: &Config, tls: &TlsMaterial) -> Result<ServerConfig, QuicEr
     // speed.
     transport.stream_receive_window(QuicVarInt::from_u32(STREAM_WINDOW));
     transport.receive_window(QuicVarInt::from_u32(SESSION_WINDOW));
-    // The address is not bound: the endpoint is built on the socket from
-    // [`udp_socket`], with this config's quinn parts.
-    Ok(ServerConfig::builder()
-        .with_bind_address(cfg.h3)
+    let builder = match bind {
+        Bind::Socket(socket) => ServerConfig::builder().with_bind_socket(socket),
+        Bind::Address(addr) => ServerConfig::builder().with_bind_address(addr),
+    };
+    Ok(builder
         .with_custom_transport(tls.identity()?, transport)
         // Without keep-alive an idle browser subscription would hit the idle
         // timeout and be dropped.
