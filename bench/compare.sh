@@ -4,7 +4,7 @@
 # the load client to the other, then empty short-poll / long-poll requests
 # per second against Ladder and a trivial Node `http` handler (wrk), and
 # Ladder's WebTransport at the 50 000 deliveries/s load beside its
-# WebSocket. Prints the comparison table with ratios; raw lines go to
+# WebSocket and the two floors of that load (TCP, raw quinn). Prints the comparison table with ratios; raw lines go to
 # bench/results/.
 #
 #   bench/compare.sh                 # full size (≈ 4 minutes)
@@ -56,6 +56,11 @@ PIN=(--server-cpu "$SERVER_CPU" --client-cpu "$CLIENT_CPU")
   # WebTransport streams, same load as the WebSocket "50k" row above.
   "$B" fanout --server-bin target/release/ladder "${PIN[@]}" --transport webtransport \
     --subs "$SUBS" --rate "$MID_RATE" --count "$MID_COUNT" --label 50k-wt --wt-endpoints 8
+  # The same load's floors: one send() per delivery over TCP, and raw quinn
+  # (a 64-byte write per stream per message), what each Ladder rung is
+  # measured against.
+  "$B" floor "${PIN[@]}" --subs "$SUBS" --rate "$MID_RATE" --count "$MID_COUNT"
+  "$B" floor --quic "${PIN[@]}" --subs "$SUBS" --rate "$MID_RATE" --count "$MID_COUNT"
 
   # Empty polls: Ladder vs node:http, wrk on the client core, 64 connections.
   port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -47,6 +47,16 @@ const wt = get('ladder', '50k-wt');
 if (wt.server_cpu_us_per_delivery) {
   console.log(`  Ladder WebTransport ÷ WebSocket, CPU/delivery at 50k/s: ${n(wt.server_cpu_us_per_delivery / L.mid_us)} (${n(wt.server_cpu_us_per_delivery)} µs, lost ${wt.lost ?? '-'})`);
 }
+const tcpFloor = runs.find((r) => r.kind === 'floor') || {};
+const quicFloor = runs.find((r) => r.kind === 'quic-floor') || {};
+const tf = tcpFloor.server_cpu_us_per_delivery;
+const qf = quicFloor.server_cpu_us_per_delivery;
+if (tf && qf) {
+  console.log('\nFloors of the 50k/s load (one write per delivery), server µs/delivery:');
+  console.log(`  TCP send(): ${n(tf)}; Ladder WebSocket ÷ it: ${n(L.mid_us / tf)}`);
+  console.log(`  raw quinn: ${n(qf)} (${quicFloor.short_streams ?? '-'} streams short); Ladder WebTransport ÷ it: ${n(wt.server_cpu_us_per_delivery / qf)}`);
+  console.log(`  raw quinn ÷ Ladder WebSocket: ${n(qf / L.mid_us)} (the part of WebTransport ÷ WebSocket that is quinn's own)`);
+}
 const node = wrk['http node'];
 if (node) {
   console.log('\nEmpty requests/s (wrk -t1 -c64, server on one core), ratio to node:http:');

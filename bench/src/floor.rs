@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 
-use crate::sys::{src_ip, tcp_connect};
+use crate::sys::{process_cpu_s as cpu_s, src_ip, tcp_connect};
 
 /// A 66-byte unmasked text frame (2-byte header + 64 bytes of payload).
 fn frame() -> Vec<u8> {
@@ -58,16 +58,6 @@ pub fn serve(subs: usize, rate: f64, count: u64, batch: usize) -> Result<()> {
     // Let the clients drain before the sockets close.
     std::thread::sleep(Duration::from_millis(500));
     Ok(())
-}
-
-fn cpu_s() -> f64 {
-    // SAFETY: getrusage fills the struct we pass.
-    unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut u);
-        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-        t(u.ru_utime) + t(u.ru_stime)
-    }
 }
 
 /// Starts the floor server (pinned to `cpu`), connects `subs` readers, and

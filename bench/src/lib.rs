@@ -7,7 +7,8 @@
 //!   and what it measures ([`load::LoadResult`]).
 //! - [`idle`]: N idle connections, memory per connection.
 //! - [`floor`]: the one-`send()`-per-delivery floor of this machine.
-//! - [`quic_base`]: raw quinn vs a Ladder WebTransport stream (bulk, echo).
+//! - [`quic_base`]: raw quinn vs a Ladder WebTransport stream (bulk, echo),
+//!   and fan-out's QUIC floor (`floor --quic`).
 //! - [`clients`]: one small client per transport (and the Node peers'
 //!   protocols: plain `ws` and hand-framed Socket.IO v4).
 //! - [`probe`]: the server process (started here or given by pid), its CPU

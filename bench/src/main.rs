@@ -87,7 +87,7 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },
-    /// The fan-out syscall floor: a blocking server writing a 66 B frame per
+    /// The fan-out floor: a blocking server writing a 66 B frame per
     /// socket per message (or `--batch` frames per write).
     Floor {
         #[command(flatten)]
@@ -104,6 +104,13 @@ enum Cmd {
         /// Frames coalesced per write.
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Measure QUIC's floor instead: raw quinn, one stream per
+        /// connection, a 64-byte write per stream per message.
+        #[arg(long, conflicts_with = "batch")]
+        quic: bool,
+        /// Client UDP sockets for `--quic`.
+        #[arg(long, default_value_t = 8)]
+        endpoints: usize,
     },
     /// (internal) The floor measurement's server.
     FloorServer {
@@ -269,15 +276,28 @@ async fn async_main(cli: Cli, nofile: u64) -> Result<()> {
             rate,
             count,
             batch,
+            quic,
+            endpoints,
         } => {
-            let v = floor::run(so.server_cpu.as_deref(), subs, rate, count, batch).await?;
-            println!(
-                "floor: {} sockets, {} msg/s, batch {}: {:.2} µs server CPU per delivery",
-                subs,
-                rate,
-                batch,
-                v["server_cpu_us_per_delivery"].as_f64().unwrap_or(f64::NAN)
-            );
+            let cpu = so.server_cpu.as_deref();
+            let v = if quic {
+                quic_base::floor(cpu, subs, rate, count, endpoints).await?
+            } else {
+                floor::run(cpu, subs, rate, count, batch).await?
+            };
+            let us = v["server_cpu_us_per_delivery"].as_f64().unwrap_or(f64::NAN);
+            if quic {
+                println!(
+                    "quic floor: {subs} connections, {rate} msg/s: {us:.2} µs server CPU per \
+                     delivery, {} streams short",
+                    v["short_streams"]
+                );
+            } else {
+                println!(
+                    "floor: {subs} sockets, {rate} msg/s, batch {batch}: {us:.2} µs server CPU \
+                     per delivery"
+                );
+            }
             println!("JSON {v}");
             Ok(())
         }

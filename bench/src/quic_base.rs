@@ -13,11 +13,19 @@
 //! Both sides use the TLS and transport settings wtransport builds (the
 //! raw-quinn configs are taken from wtransport's builders), so the ratio is
 //! framing and application, not congestion or crypto settings.
+//!
+//! The same server also gives fan-out's QUIC floor ([`floor`]): N
+//! connections, one stream each, and a 64-byte write per stream per
+//! message from one task, which is all quinn needs to do for a Ladder
+//! WebTransport delivery. Its server CPU per delivery is what Ladder's
+//! WebTransport fan-out cannot beat while it sends one packet per delivery.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -28,9 +36,19 @@ use wtransport::{ClientConfig, Identity, ServerConfig};
 use crate::clients::wt::digest;
 use crate::probe::Target;
 
-/// Serves raw quinn on `addr` until killed: a stream whose first line is
-/// `get N` receives N bytes; any other stream is echoed back. Prints
-/// `quinn addr=… cert_sha256=…` once ready.
+/// Streams whose first line was `sub`, waiting for a `fanout` line.
+#[derive(Default)]
+struct Subscribers {
+    streams: Mutex<Vec<quinn::SendStream>>,
+    joined: tokio::sync::Notify,
+}
+
+/// Serves raw quinn on `addr` until killed. A stream whose first line is
+/// `get N` receives N bytes; `sub` subscribes the stream; `fanout N RATE
+/// COUNT SIZE` waits for N subscribers, writes COUNT lines of SIZE bytes to
+/// each at RATE per second, then answers with one JSON line (the server's
+/// CPU for it) and ends the subscribers' streams; any other stream is
+/// echoed back. Prints `quinn addr=… cert_sha256=…` once ready.
 pub async fn serve(addr: SocketAddr) -> Result<()> {
     // Certificate hashes are accepted only for ECDSA certificates valid at
     // most 14 days (the W3C rule wtransport enforces): yesterday + 10 days.
@@ -55,11 +73,13 @@ pub async fn serve(addr: SocketAddr) -> Result<()> {
     let ep = quinn::Endpoint::server(cfg.quic_config().clone(), addr)?;
     let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     println!("quinn addr={} cert_sha256={hex}", ep.local_addr()?);
+    let subs = Arc::new(Subscribers::default());
     while let Some(inc) = ep.accept().await {
+        let subs = subs.clone();
         tokio::spawn(async move {
             let Ok(conn) = inc.await else { return };
             while let Ok((send, recv)) = conn.accept_bi().await {
-                tokio::spawn(stream(send, recv));
+                tokio::spawn(stream(send, recv, subs.clone()));
             }
         });
     }
@@ -80,9 +100,39 @@ fn civil(z: i64) -> (i32, u8, u8) {
     (y, m, d)
 }
 
-async fn stream(mut send: quinn::SendStream, recv: quinn::RecvStream) -> Result<()> {
+async fn stream(
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    subs: Arc<Subscribers>,
+) -> Result<()> {
     let mut recv = BufReader::with_capacity(64 * 1024, recv);
     let first = recv.fill_buf().await?;
+    if first.starts_with(b"sub\n") {
+        subs.streams.lock().unwrap().push(send);
+        subs.joined.notify_one();
+        return Ok(());
+    }
+    if first.starts_with(b"fanout ") {
+        let mut line = String::new();
+        recv.read_line(&mut line).await?;
+        let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let [n, rate, count, size] = args[..] else {
+            bail!("bad fanout line {line:?}")
+        };
+        let result = fan_out(
+            &subs,
+            n.parse()?,
+            rate.parse()?,
+            count.parse()?,
+            size.parse()?,
+        )
+        .await;
+        let reply = result.unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
+        send.write_all(format!("{reply}\n").as_bytes()).await?;
+        send.finish()?;
+        let _ = send.stopped().await;
+        return Ok(());
+    }
     if first.starts_with(b"get ") {
         let mut line = String::new();
         recv.read_line(&mut line).await?;
@@ -102,16 +152,131 @@ async fn stream(mut send: quinn::SendStream, recv: quinn::RecvStream) -> Result<
     Ok(())
 }
 
-/// A raw-quinn client connection to the `quinn-server`.
-async fn quinn_conn(addr: SocketAddr, hash: &str) -> Result<(quinn::Endpoint, quinn::Connection)> {
+/// The server side of [`floor`]: waits (at most a minute) for `n`
+/// subscribers, then writes `count` rounds of one `size`-byte line to each.
+async fn fan_out(
+    subs: &Subscribers,
+    n: usize,
+    rate: f64,
+    count: u64,
+    size: usize,
+) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut streams = loop {
+        {
+            let mut joined = subs.streams.lock().unwrap();
+            if joined.len() >= n {
+                break std::mem::take(&mut *joined);
+            }
+        }
+        tokio::time::timeout_at(deadline, subs.joined.notified())
+            .await
+            .context("the subscribers did not all arrive")?;
+    };
+    let mut line = vec![b'x'; size.max(1)];
+    *line.last_mut().unwrap() = b'\n';
+    let line = Bytes::from(line);
+    let cpu0 = crate::sys::process_cpu_s();
+    let t0 = tokio::time::Instant::now();
+    for k in 0..count {
+        tokio::time::sleep_until(t0 + Duration::from_secs_f64(k as f64 / rate)).await;
+        for s in &mut streams {
+            s.write_chunk(line.clone()).await?;
+        }
+    }
+    let cpu = crate::sys::process_cpu_s() - cpu0;
+    let elapsed = t0.elapsed().as_secs_f64();
+    for s in &mut streams {
+        s.finish()?;
+    }
+    let deliveries = count * streams.len() as u64;
+    Ok(
+        json!({"kind": "quic-floor", "subs": streams.len(), "rate": rate, "count": count,
+              "size": size, "deliveries": deliveries, "elapsed_s": elapsed,
+              "server_cpu_s": cpu,
+              "server_cpu_us_per_delivery": cpu * 1e6 / deliveries.max(1) as f64}),
+    )
+}
+
+/// A raw-quinn client endpoint that trusts the `quinn-server`'s certificate.
+fn quinn_client(hash: &str) -> Result<quinn::Endpoint> {
     let cfg = ClientConfig::builder()
         .with_bind_default()
         .with_server_certificate_hashes([digest(hash)?])
         .build();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     ep.set_default_client_config(cfg.quic_config().clone());
+    Ok(ep)
+}
+
+/// A raw-quinn client connection to the `quinn-server`.
+async fn quinn_conn(addr: SocketAddr, hash: &str) -> Result<(quinn::Endpoint, quinn::Connection)> {
+    let ep = quinn_client(hash)?;
     let conn = ep.connect(addr, "localhost")?.await?;
     Ok((ep, conn))
+}
+
+/// Fan-out's QUIC floor: starts the `quinn-server` (pinned to `cpu`),
+/// connects `subs` subscribers over `endpoints` client sockets, has the
+/// server write `count` 64-byte lines to each at `rate` per second, and
+/// returns the server's JSON with what the subscribers received.
+pub async fn floor(
+    cpu: Option<&str>,
+    subs: usize,
+    rate: f64,
+    count: u64,
+    endpoints: usize,
+) -> Result<Value> {
+    const SIZE: usize = 64;
+    let (addr, hash, _server) = spawn_server(cpu).await?;
+    let eps = (0..endpoints.max(1))
+        .map(|_| quinn_client(&hash))
+        .collect::<Result<Vec<_>>>()?;
+    let t0 = Instant::now();
+    let mut conns = Vec::with_capacity(subs);
+    let mut readers = Vec::with_capacity(subs);
+    for i in 0..subs {
+        let conn = eps[i % eps.len()].connect(addr, "localhost")?.await?;
+        let (mut s, mut r) = conn.open_bi().await?;
+        s.write_all(b"sub\n").await?;
+        readers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut got = 0;
+            while let Some(n) = r.read(&mut buf).await? {
+                got += n;
+            }
+            drop(s);
+            anyhow::Ok(got)
+        }));
+        conns.push(conn);
+    }
+    let connect_s = t0.elapsed().as_secs_f64();
+    let (mut s, r) = conns[0].open_bi().await?;
+    s.write_all(format!("fanout {subs} {rate} {count} {SIZE}\n").as_bytes())
+        .await?;
+    let mut reply = String::new();
+    let wait = Duration::from_secs_f64(count as f64 / rate + 120.0);
+    tokio::time::timeout(wait, BufReader::new(r).read_line(&mut reply))
+        .await
+        .context("quinn-server did not answer")??;
+    let mut v: Value = serde_json::from_str(&reply)?;
+    if let Some(e) = v.get("error") {
+        bail!("quinn-server: {e}");
+    }
+    let want = count as usize * SIZE;
+    let mut short = 0;
+    for r in readers {
+        let got = tokio::time::timeout(Duration::from_secs(60), r)
+            .await
+            .context("a subscriber's stream did not end")???;
+        short += usize::from(got != want);
+    }
+    v["connect_s"] = json!(connect_s);
+    v["short_streams"] = json!(short);
+    for c in &conns {
+        c.close(0u32.into(), b"done");
+    }
+    Ok(v)
 }
 
 fn gbit(bytes: u64, d: Duration) -> f64 {

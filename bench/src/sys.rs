@@ -17,6 +17,17 @@ pub fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) this process has used so far.
+pub fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        t(u.ru_utime) + t(u.ru_stime)
+    }
+}
+
 /// Raises `RLIMIT_NOFILE` as far as allowed: to `fs.nr_open` (up to
 /// 1 048 576) when privileged, else to the hard limit. Returns the new soft
 /// limit. A server started by the tool inherits it.

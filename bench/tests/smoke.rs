@@ -64,3 +64,33 @@ async fn every_transport_tiny_load() -> Result<()> {
     tokio::time::timeout(Duration::from_secs(20), handle).await??;
     Ok(())
 }
+
+/// The floors run as their own processes (this package's binary); a tiny
+/// run of each must deliver every message and report its CPU.
+#[test]
+fn the_floors_run_and_deliver_everything() -> Result<()> {
+    let bench = env!("CARGO_BIN_EXE_ladder-bench");
+    for extra in [&[][..], &["--quic", "--endpoints", "2"][..]] {
+        let out = std::process::Command::new(bench)
+            .args(["floor", "--subs", "4", "--rate", "100", "--count", "20"])
+            .args(extra)
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{extra:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("JSON "))
+            .expect("a JSON line");
+        let v: serde_json::Value = serde_json::from_str(json)?;
+        assert_eq!(v["deliveries"], 80, "{v}");
+        assert!(v["server_cpu_us_per_delivery"].as_f64().is_some(), "{v}");
+        if !extra.is_empty() {
+            assert_eq!(v["short_streams"], 0, "{v}");
+        }
+    }
+    Ok(())
+}
