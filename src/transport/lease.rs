@@ -20,6 +20,8 @@ pub struct Slot {
     pub channel: ChannelName,
     /// The last offset written.
     pub cursor: u64,
+    /// How its messages travel (datagrams only over WebTransport).
+    pub mode: DeliveryMode,
 }
 
 /// Which subscriptions an outlet is lent for, kept under the outlet's lock.
@@ -110,6 +112,11 @@ impl Lease {
         }
     }
 
+    /// How slot `slot`'s messages travel.
+    pub fn mode(&self, slot: usize) -> DeliveryMode {
+        self.slots[slot].mode
+    }
+
     /// Slot `slot` now has all of `batch`.
     pub fn wrote(&mut self, slot: usize, batch: &Batch) {
         self.slots[slot].cursor = batch.last();
@@ -160,13 +167,12 @@ impl Lender {
     }
 
     /// Whether `session` could be lent: it has subscriptions, and every one
-    /// is caught up and delivered on the socket or stream (datagram
-    /// delivery stays with the task).
+    /// is caught up.
     pub fn caught_up(session: &mut OpSession) -> bool {
         session.has_subscriptions()
             && session
                 .streams_mut()
-                .all(|(_, s)| s.mode() == DeliveryMode::Stream && s.subscription().is_caught_up())
+                .all(|(_, s)| s.subscription().is_caught_up())
     }
 
     /// Joins the fan-out of every subscribed channel and lends `outlet` for
@@ -187,9 +193,17 @@ impl Lender {
             }
         }
         let candidates = self.joined.iter().filter_map(|m| {
-            let cursor = session.stream_mut(m.channel())?.subscription().cursor();
+            let s = session.stream_mut(m.channel())?;
+            let (cursor, mode) = (s.subscription().cursor(), s.mode());
             let channel = m.channel().clone();
-            Some((Slot { channel, cursor }, m.fanout()))
+            Some((
+                Slot {
+                    channel,
+                    cursor,
+                    mode,
+                },
+                m.fanout(),
+            ))
         });
         let lent = outlet.lend(candidates);
         self.lent = !lent.is_empty();

@@ -5,6 +5,7 @@
 //! socket for junk.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
@@ -632,6 +633,58 @@ async fn lent_streams_get_every_message_in_order_while_ops_come_and_go() -> Resu
         s.shutdown().await?;
     }
     Ok(())
+}
+
+#[tokio::test]
+async fn lent_datagram_subscriptions_get_their_datagrams_from_the_fan_out() -> Result<()> {
+    use ladder::stats::Transport;
+    let s = TestServer::spawn().await?;
+    let stats = s.ctx.stats.of(Transport::WebTransport);
+    let wt = Wt::connect(&s).await?;
+    let mut st = wt.stream().await?;
+    st.subscribe(json!({"op": "subscribe", "channel": "dg", "delivery": "datagram"}))
+        .await?;
+    // Each message is published once the previous one arrived, so none is
+    // queued long enough to be dropped (datagrams are unreliable).
+    let next_datagram = || async {
+        let d = tokio::time::timeout(Duration::from_secs(10), wt.conn.receive_datagram())
+            .await
+            .context("no datagram within 10 s")??;
+        anyhow::Ok(serde_json::from_slice::<Value>(&d.payload())?)
+    };
+    // One at a time until the fan-out sent one itself (the stream is lent
+    // once caught up).
+    let mut n = 0;
+    while stats.direct_writes.get() == 0 {
+        ensure!(n < 100, "no direct write in 100 messages");
+        let offset = s.publish("dg", json!({"n": n})).await?["offset"].clone();
+        assert_eq!(next_datagram().await?["offset"], offset);
+        n += 1;
+    }
+    let (writes, datagrams) = (stats.direct_writes.get(), stats.datagrams_out.get());
+    for i in 0..20 {
+        let offset = s.publish("dg", json!({"i": i})).await?["offset"].clone();
+        let m = next_datagram().await?;
+        assert_eq!(
+            (&m["op"], &m["offset"], &m["data"]),
+            (&json!("message"), &offset, &json!({"i": i}))
+        );
+    }
+    // All twenty from the fan-out, none from the stream's task.
+    assert_eq!(stats.direct_writes.get() - writes, 20);
+    assert_eq!(stats.datagrams_out.get() - datagrams, 20);
+    // Too big for a datagram: the fan-out puts it on the stream, and the
+    // stream stays lent for the next one.
+    let big = s.publish("dg", json!({"big": "y".repeat(4000)})).await?;
+    let line = st.recv().await?;
+    assert_eq!(
+        (&line["op"], &line["offset"]),
+        (&json!("message"), &big["offset"])
+    );
+    let after = s.publish("dg", json!("small")).await?["offset"].clone();
+    assert_eq!(next_datagram().await?["offset"], after);
+    assert_eq!(stats.direct_writes.get() - writes, 22);
+    s.shutdown().await
 }
 
 #[tokio::test]

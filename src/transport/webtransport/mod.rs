@@ -62,7 +62,6 @@ use bytes::Bytes;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span};
-use wtransport::error::SendDatagramError;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use self::outlet::StreamOutlet;
@@ -73,7 +72,7 @@ use super::sleep_until_opt;
 use crate::config::WtFanout;
 use crate::context::Ctx;
 use crate::hub::{ChannelName, Event};
-use crate::protocol::{self, ClientOp, DeliveryMode, ErrorCode, Message, ProtocolError};
+use crate::protocol::{self, ClientOp, DeliveryMode, ErrorCode, ProtocolError};
 use crate::quic::{CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN, CLOSE_SHUTDOWN_REASON};
 use crate::stats::{Stats, Transport, TransportStats};
 
@@ -284,9 +283,8 @@ enum Flow {
 /// One client-opened bidirectional stream.
 struct StreamTask {
     ctx: Ctx,
-    /// For datagram delivery of this stream's subscriptions.
-    conn: Connection,
-    /// The send half, lendable to the fan-outs of the stream's channels.
+    /// The send half, lendable to the fan-outs of the stream's channels;
+    /// also sends this stream's datagram deliveries.
     outlet: Arc<StreamOutlet>,
     /// Lending the stream to its channels' fan-outs.
     lender: Lender,
@@ -312,8 +310,7 @@ impl StreamTask {
             creds_deadline: creds.deadline(),
             session: OpSession::new(ctx.clone(), Transport::WebTransport, creds),
             ctx,
-            conn,
-            outlet: Arc::new(StreamOutlet::new(send, stats.clone())),
+            outlet: Arc::new(StreamOutlet::new(conn, send, stats.clone())),
             lender: Lender::default(),
             stats,
             out: Vec::new(),
@@ -445,7 +442,7 @@ impl StreamTask {
             match ev {
                 Event::Message(m) => {
                     self.stats.messages_out.inc();
-                    if mode != DeliveryMode::Datagram || !self.send_datagram(&m) {
+                    if mode != DeliveryMode::Datagram || !self.outlet.send_datagram(&m.op_frame()) {
                         self.push_chunk(m.op_line().clone());
                     }
                 }
@@ -464,33 +461,6 @@ impl StreamTask {
             }
         }
         Flow::Continue
-    }
-
-    /// Sends a message as a datagram if it fits now; false means it must go
-    /// on the stream instead.
-    fn send_datagram(&self, m: &Message) -> bool {
-        let frame = m.op_frame();
-        // The size changes with path MTU discovery: checked per send.
-        if self
-            .conn
-            .max_datagram_size()
-            .is_none_or(|max| frame.len() > max)
-        {
-            debug!(
-                len = frame.len(),
-                "message too big for a datagram; sent on the stream"
-            );
-            return false;
-        }
-        match self.conn.send_datagram(&frame) {
-            Ok(()) => {
-                self.stats.datagrams_out.inc();
-                true
-            }
-            Err(SendDatagramError::TooLarge | SendDatagramError::UnsupportedByPeer) => false,
-            // The session is gone; the stream write will notice too.
-            Err(SendDatagramError::NotConnected) => true,
-        }
     }
 
     fn push_line(&mut self, frame: Bytes) {

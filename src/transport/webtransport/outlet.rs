@@ -8,6 +8,11 @@
 //! while flow control allows) and the stream's task sleeps. Any write by the
 //! task ends the lease; a fan-out write that quinn cannot take whole ends it
 //! too, and the rest is written by the task first, under its send timeout.
+//!
+//! A subscription with datagram delivery is lent the same way: the fan-out
+//! sends each message that fits as a datagram (quinn queues it without
+//! blocking, dropping the oldest queued datagram when its buffer is full)
+//! and writes the rest to the stream, as the task would.
 
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -16,10 +21,13 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::sync::Notify;
-use wtransport::SendStream;
+use tracing::debug;
+use wtransport::error::SendDatagramError;
 use wtransport::quinn::WriteError;
+use wtransport::{Connection, SendStream};
 
 use crate::hub::ChannelName;
+use crate::protocol::DeliveryMode;
 use crate::stats::TransportStats;
 use crate::transport::fanout::{Batch, ChannelFanout};
 use crate::transport::lease::{Due, Lease, Lendable, Slot};
@@ -28,6 +36,8 @@ use crate::transport::lease::{Due, Lease, Lendable, Slot};
 #[derive(Debug)]
 pub struct StreamOutlet {
     state: Mutex<State>,
+    /// The stream's session, for datagram delivery.
+    conn: Connection,
     /// Tells the stream's task the lease ended.
     returned: Notify,
     stats: TransportStats,
@@ -44,9 +54,10 @@ struct State {
 }
 
 impl StreamOutlet {
-    /// Holds `send`; counts deliveries into `stats`.
-    pub fn new(send: SendStream, stats: TransportStats) -> Self {
+    /// Holds `send` of a stream of `conn`; counts deliveries into `stats`.
+    pub fn new(conn: Connection, send: SendStream, stats: TransportStats) -> Self {
         Self {
+            conn,
             state: Mutex::new(State {
                 send: Some(send),
                 lease: Lease::default(),
@@ -94,8 +105,34 @@ impl StreamOutlet {
         }
     }
 
-    /// Puts the lines of `batch` that `channel`'s subscription lacks into
-    /// the stream, if it is lent for it, without waiting. `lines` is scratch
+    /// Sends `frame` (a message without its newline) as a datagram if it
+    /// fits now; false means it must go on the stream instead.
+    pub fn send_datagram(&self, frame: &[u8]) -> bool {
+        // The size changes with path MTU discovery: checked per send.
+        if self
+            .conn
+            .max_datagram_size()
+            .is_none_or(|max| frame.len() > max)
+        {
+            debug!(
+                len = frame.len(),
+                "message too big for a datagram; sent on the stream"
+            );
+            return false;
+        }
+        match self.conn.send_datagram(frame) {
+            Ok(()) => {
+                self.stats.datagrams_out.inc();
+                true
+            }
+            Err(SendDatagramError::TooLarge | SendDatagramError::UnsupportedByPeer) => false,
+            // The session is gone; the stream write will notice too.
+            Err(SendDatagramError::NotConnected) => true,
+        }
+    }
+
+    /// Delivers the messages of `batch` that `channel`'s subscription lacks,
+    /// if the stream is lent for it, without waiting. `lines` is scratch
     /// space, reused across calls.
     pub(crate) fn offer(&self, channel: &ChannelName, batch: &Batch, lines: &mut Vec<Bytes>) {
         let mut st = self.lock();
@@ -104,31 +141,47 @@ impl StreamOutlet {
             Due::Missed => return self.end_lease(&mut st),
             Due::After { slot, cursor } => (slot, cursor),
         };
+        let due = batch.lines_after(cursor);
+        let total = due.len();
         lines.clear();
-        lines.extend_from_slice(batch.lines_after(cursor));
+        match st.lease.mode(i) {
+            DeliveryMode::Stream => lines.extend_from_slice(due),
+            DeliveryMode::Datagram => lines.extend(
+                due.iter()
+                    .filter(|line| !self.send_datagram(&line[..line.len() - 1]))
+                    .cloned(),
+            ),
+        }
+        self.stats.direct_writes.inc();
         let n = lines.len();
+        if n == 0 {
+            st.lease.wrote(i, batch);
+            self.stats.messages_out.inc_by(total as u64);
+            return;
+        }
         let written = match st.send.as_mut() {
             Some(send) => send.quic_stream_mut().write_chunks(lines).now_or_never(),
             None => None,
         };
-        self.stats.direct_writes.inc();
-        match written {
-            Some(Ok(w)) if w.bytes > 0 => {
-                st.lease.wrote(i, batch);
-                self.stats.messages_out.inc_by(n as u64);
-                if w.chunks < n {
-                    // quinn advanced a partly taken line in place.
-                    st.leftover = lines.drain(w.chunks..).collect();
-                    self.stats.direct_handbacks.inc();
-                    self.end_lease(&mut st);
-                }
-            }
+        let taken = match written {
+            Some(Ok(w)) if w.bytes > 0 => w.chunks,
+            // Some went as datagrams: the batch counts as delivered and the
+            // stream owes the rest, written by the task first.
+            _ if n < total => 0,
             // Flow control (a slow reader) or a closed stream: the task
             // finds out which.
             _ => {
                 self.stats.direct_handbacks.inc();
-                self.end_lease(&mut st);
+                return self.end_lease(&mut st);
             }
+        };
+        st.lease.wrote(i, batch);
+        self.stats.messages_out.inc_by(total as u64);
+        if taken < n {
+            // quinn advanced a partly taken line in place.
+            st.leftover = lines.drain(taken..).collect();
+            self.stats.direct_handbacks.inc();
+            self.end_lease(&mut st);
         }
     }
 
