@@ -4,8 +4,8 @@
 # the load client to the other, then empty short-poll / long-poll requests
 # per second against Ladder and a trivial Node `http` handler (wrk), and
 # Ladder's WebTransport at the 50 000 deliveries/s load beside its
-# WebSocket and the two floors of that load (TCP, raw quinn). Prints the comparison table with ratios; raw lines go to
-# bench/results/.
+# WebSocket and the two floors of that load (TCP, raw quinn). Prints the
+# comparison table with ratios; raw lines go to bench/results/.
 #
 #   bench/compare.sh                 # full size (≈ 4 minutes)
 #   SUBS=200 IDLE=2000 bench/compare.sh   # quicker

@@ -146,6 +146,8 @@ impl StreamOutlet {
         lines.clear();
         match st.lease.mode(i) {
             DeliveryMode::Stream => lines.extend_from_slice(due),
+            // A batch line is `Message::op_line`; without its newline it
+            // is the datagram form, `op_frame`.
             DeliveryMode::Datagram => lines.extend(
                 due.iter()
                     .filter(|line| !self.send_datagram(&line[..line.len() - 1]))
