@@ -4,7 +4,7 @@
 //!
 //! - [`load`]: the fan-out workload — N subscribers on one transport, one
 //!   publisher at a fixed rate or as fast as possible for a bounded count —
-//!   and what it measures ([`load::LoadResult`]).
+//!   and what it measures ([`report::LoadResult`]).
 //! - [`idle`]: N idle connections, memory per connection.
 //! - [`floor`]: the one-`send()`-per-delivery floor of this machine.
 //! - [`quic_base`]: raw quinn vs a Ladder WebTransport stream (bulk, echo),

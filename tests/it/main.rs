@@ -1,4 +1,4 @@
-//! Integration tests: one binary, one module per area (see STYLE.md). Each
+//! Integration tests: one binary (so it links once), one module per area. Each
 //! test starts the real server on loopback with OS-chosen ports.
 
 // Test helpers are `pub` for sibling modules, not for export.

@@ -1,4 +1,4 @@
-//! The fault-injecting soak of `examples/soak.rs` at CI size: the real
+//! The fault-injecting soak of `examples/soak/` at CI size: the real
 //! binary restarted with SIGTERM and SIGKILL while subscribers on all five
 //! rungs are killed and resume. Run it at full size with
 //! `cargo run --release --example soak -- --secs 120`.
