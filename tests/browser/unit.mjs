@@ -1,28 +1,23 @@
-// Unit checks of web/ladder.js in Node, with test-double transports: the
-// fallback race, the remembered winner and re-probe, backoff bounds, and the
-// one-cursor dedupe across drops and epoch changes. No browser, no server.
+// Unit checks of web/ladder.js in Node, with test-double transports on a
+// manual clock (lib/clock.mjs): the fallback race (unit-race.mjs), the
+// client around it (remembered winner, re-probe, reconnect), backoff
+// bounds, and the one-cursor dedupe across drops and epoch changes. No
+// browser, no server, no real timers.
 
 import { Ladder, backoffDelay, hexToBytes } from '../../web/ladder.js';
+import { Cursor } from '../../web/ladder/cursor.js';
+import { ManualClock, fakeRung } from './lib/clock.mjs';
+import { runRaceUnit } from './unit-race.mjs';
 
 const INFO = {
   version: 'test',
   transports: ['webtransport', 'websocket', 'sse', 'longpoll', 'poll'],
   webtransport: { url: 'https://127.0.0.1:1/wt', cert_sha256: 'ab'.repeat(32) },
 };
+const ORIGIN_KEY = 'ladder.rung:http://127.0.0.1:9';
 
 function fakeFetch(info = INFO) {
   return async () => ({ ok: true, status: 200, json: async () => info });
-}
-
-/** A transport double: ready (or failing) after `delayMs`. */
-function fake(name, { delayMs = 0, fail = null, log = [] } = {}) {
-  return class {
-    constructor(ladder) { this.ladder = ladder; this.name = name; this.closed = false; this.subscribed = []; log.push(this); }
-    open() { return new Promise((res, rej) => setTimeout(() => (fail ? rej(new Error(fail)) : res()), delayMs)); }
-    subscribe(sub) { this.subscribed.push({ channel: sub.channel, ...sub.cursor }); }
-    unsubscribe() {}
-    close() { this.closed = true; }
-  };
 }
 
 function memoryStorage() {
@@ -30,18 +25,25 @@ function memoryStorage() {
   return { getItem: (k) => (m.has(k) ? m.get(k) : null), setItem: (k, v) => m.set(k, String(v)), removeItem: (k) => m.delete(k) };
 }
 
-function once(emitter, event, timeoutMs = 3000) {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`no ${event} within ${timeoutMs} ms`)), timeoutMs);
-    const off = emitter.on(event, (d) => { clearTimeout(t); off(); resolve(d); });
-  });
+/** Records every `event` the ladder emits. */
+function record(ladder, event) {
+  const seen = [];
+  ladder.on(event, (d) => seen.push(d));
+  return seen;
 }
 
 const BASE = { base: 'http://127.0.0.1:9', raceDelayMs: 100, staggerMs: 50, probeTimeoutMs: 2000, reprobeMs: 0, backoffBaseMs: 10, backoffCapMs: 40 };
 
-export async function runUnit(tally) {
-  globalThis.localStorage = memoryStorage();
+/** A Ladder on a manual clock whose rungs follow `plans` (see fakeRung). */
+function ladderWith(plans, extra = {}) {
+  const clock = new ManualClock();
+  const log = [];
+  const impls = Object.fromEntries(Object.entries(plans).map(([n, p]) => [n, fakeRung(n, clock, p, log)]));
+  const ladder = new Ladder({ ...BASE, fetch: fakeFetch(), clock, impls, ...extra });
+  return { clock, log, ladder, rung: (n) => log.find((t) => t.name === n) };
+}
 
+export async function runUnit(tally) {
   await tally.check('unit: backoff is full jitter, exponential, capped', () => {
     for (let a = 0; a < 12; a++) {
       const hi = backoffDelay(a, 500, 8000, () => 0.999999);
@@ -56,72 +58,85 @@ export async function runUnit(tally) {
     tally.expect(b.length === 32 && b[0] === 0 && b[1] === 255 && b[2] === 16, `got ${Array.from(b.slice(0, 3))}`);
   });
 
-  await tally.check('unit: WebTransport not ready in the window -> WebSocket wins the race', async () => {
+  await runRaceUnit(tally);
+
+  await tally.check('unit: Ladder: WebTransport not ready in the window -> WebSocket wins, is remembered', async () => {
     globalThis.localStorage = memoryStorage();
-    const log = [];
-    const ladder = new Ladder({
-      ...BASE, fetch: fakeFetch(),
-      impls: { webtransport: fake('webtransport', { delayMs: 5000, log }), websocket: fake('websocket', { delayMs: 20, log }), sse: fake('sse', { delayMs: 5, log }), longpoll: fake('longpoll', { delayMs: 5, log }), poll: fake('poll', { log }) },
+    const { clock, ladder, rung } = ladderWith({
+      webtransport: { opensIn: 5000 }, websocket: { opensIn: 20 }, sse: { opensIn: 70 }, longpoll: { opensIn: 5 }, poll: {},
     });
-    await ladder.connect();
+    const reports = record(ladder, 'report');
+    const connected = ladder.connect();
+    await clock.advanceTo(120);
+    await connected;
     const r = ladder.report;
     ladder.close();
-    tally.expect(ladder.transport === 'websocket', `won ${ladder.transport}: ${JSON.stringify(r)}`);
-    tally.expect(r.elapsedMs >= 100 && r.elapsedMs < 400, `elapsed ${r.elapsedMs}`);
-    tally.expect(/not ready/.test(r.losers.webtransport), `webtransport: ${r.losers.webtransport}`);
-    tally.expect(log.find((t) => t.name === 'webtransport').closed, 'losing WebTransport attempt not closed');
-    tally.expect(JSON.parse(globalThis.localStorage.getItem('ladder.rung:http://127.0.0.1:9')).rung === 'websocket', 'winner not remembered');
+    tally.expect(ladder.transport === 'websocket' && r.elapsedMs === 120, `won ${ladder.transport} in ${r.elapsedMs} ms: ${JSON.stringify(r)}`);
+    tally.expect(reports.length === 1 && reports[0] === r, `${reports.length} reports emitted`);
+    tally.expect(/not ready/.test(r.losers.webtransport) && rung('webtransport').closed, `webtransport: ${r.losers.webtransport}`);
+    tally.expect(JSON.parse(globalThis.localStorage.getItem(ORIGIN_KEY)).rung === 'websocket', 'winner not remembered');
     return r.reason;
   });
 
-  await tally.check('unit: WebTransport failing fast -> next rung starts at once', async () => {
+  await tally.check('unit: Ladder: remembered winner goes first, better rung re-probed and upgraded to', async () => {
     globalThis.localStorage = memoryStorage();
-    const ladder = new Ladder({
-      ...BASE, raceDelayMs: 1000, fetch: fakeFetch(),
-      impls: { webtransport: fake('webtransport', { delayMs: 5, fail: 'handshake failed' }), websocket: fake('websocket', { delayMs: 5 }) },
-    });
-    await ladder.connect();
-    const r = ladder.report;
-    ladder.close();
-    tally.expect(ladder.transport === 'websocket' && r.elapsedMs < 500, `won ${ladder.transport} in ${r.elapsedMs} ms`);
-    tally.expect(/failed.*handshake failed/.test(r.losers.webtransport), r.losers.webtransport);
-  });
-
-  await tally.check('unit: remembered winner goes first, better rung re-probed and upgraded to', async () => {
-    globalThis.localStorage = memoryStorage();
-    globalThis.localStorage.setItem('ladder.rung:http://127.0.0.1:9', JSON.stringify({ rung: 'sse' }));
-    const ladder = new Ladder({
-      ...BASE, reprobeMs: 50, fetch: fakeFetch(),
-      impls: { webtransport: fake('webtransport', { delayMs: 10 }), websocket: fake('websocket', { delayMs: 10 }), sse: fake('sse', { delayMs: 10 }) },
-    });
-    const upgraded = once(ladder, 'upgrade');
-    await ladder.connect();
+    globalThis.localStorage.setItem(ORIGIN_KEY, JSON.stringify({ rung: 'sse' }));
+    const { clock, log, ladder } = ladderWith(
+      { webtransport: { opensIn: 10 }, websocket: { opensIn: 10 }, sse: { opensIn: 10 } },
+      { reprobeMs: 50 },
+    );
+    const upgrades = record(ladder, 'upgrade');
+    const connected = ladder.connect();
+    await clock.advanceTo(10);
+    await connected;
     const first = ladder.transport;
     const reason = ladder.report.reason;
+    const startedFirst = log.map((t) => t.name).join();
     const sub = ladder.subscribe('c', { since: 7, epoch: 'e1' }, () => {});
-    const up = await upgraded;
+    await clock.advanceTo(10 + 50 + 10); // the re-probe fires at +50 and WebTransport opens in 10
     const cursorOnNew = ladder._transport.subscribed.at(-1);
     ladder.close();
-    tally.expect(first === 'sse' && /remembered/.test(reason), `first ${first} (${reason})`);
-    tally.expect(up.to === 'webtransport' && ladder.transport === 'webtransport', `upgrade ${JSON.stringify(up)}`);
+    tally.expect(first === 'sse' && startedFirst === 'sse' && /remembered/.test(reason), `first ${first} of ${startedFirst} (${reason})`);
+    tally.expect(upgrades.length === 1 && upgrades[0].to === 'webtransport' && ladder.transport === 'webtransport', `upgrades ${JSON.stringify(upgrades)}`);
     tally.expect(cursorOnNew.offset === 7 && cursorOnNew.epoch === 'e1', `resubscribed with ${JSON.stringify(cursorOnNew)}`);
     tally.expect(sub.cursor.offset === 7, 'cursor moved');
   });
 
+  await tally.check('unit: Ladder: a failed race is reported and retried with backoff', async () => {
+    globalThis.localStorage = memoryStorage();
+    let attempts = 0;
+    const { clock, ladder } = ladderWith({ websocket: { failsIn: 5, error: 'refused' } }, { transports: ['websocket'] });
+    ladder.options.impls.websocket = class extends ladder.options.impls.websocket {
+      open() { attempts++; return attempts === 1 ? super.open() : Promise.resolve(); }
+    };
+    const states = record(ladder, 'state');
+    const connected = ladder.connect();
+    await clock.advanceTo(5);
+    tally.expect(/every rung failed \(websocket: failed after 5 ms: refused\)/.test(ladder.report.reason), ladder.report.reason);
+    const retry = states.find((s) => s.state === 'reconnecting');
+    tally.expect(retry && retry.retryInMs >= 0 && retry.retryInMs < BASE.backoffBaseMs, `state ${JSON.stringify(retry)}`);
+    await clock.advance(BASE.backoffBaseMs);
+    await connected;
+    ladder.close();
+    tally.expect(attempts === 2 && ladder.stats.connects === 1, `attempts ${attempts}, connects ${ladder.stats.connects}`);
+  });
+
   await tally.check('unit: one cursor: no repeat, no gap across a drop; truncated takes the new epoch', async () => {
     globalThis.localStorage = memoryStorage();
-    const log = [];
-    const ladder = new Ladder({ ...BASE, force: 'websocket', fetch: fakeFetch(), impls: { websocket: fake('websocket', { delayMs: 1, log }) } });
-    await ladder.connect();
+    const { clock, log, ladder } = ladderWith({ websocket: { opensIn: 1 } }, { force: 'websocket' });
+    const connected = ladder.connect();
+    await clock.advance(1);
+    await connected;
     const got = [];
     const truncs = [];
     const sub = ladder.subscribe('c', { since: 0, onTruncated: (t) => truncs.push(t) }, (m) => got.push(m.offset));
     const msg = (offset) => ({ op: 'message', channel: 'c', offset, data: offset, ts: Date.now() });
     ladder._subscribed('c', 'e1', 0);
     for (const o of [1, 2, 3]) ladder._message(msg(o));
-    const reopened = once(ladder, 'open');
+    const opens = record(ladder, 'open');
     ladder.drop();
-    await reopened;
+    await clock.advance(BASE.backoffCapMs + 1); // the jittered backoff, then the 1 ms handshake
+    tally.expect(opens.length === 1, `reopened ${opens.length} times`);
     const resumedWith = ladder._transport.subscribed.at(-1);
     for (const o of [2, 3, 4, 5]) ladder._message(msg(o)); // the server replays 2..3 again
     ladder._truncated('c', 1, 'e2'); // the channel restarted
@@ -134,12 +149,23 @@ export async function runUnit(tally) {
     tally.expect(ladder.stats.reconnects === 1 && log.length === 2, `reconnects ${ladder.stats.reconnects}, transports ${log.length}`);
   });
 
+  await tally.check('unit: datagram cursor drops repeats, counts reordering, keeps the highest offset', () => {
+    const c = new Cursor({ offset: 10, unordered: true });
+    const seen = [12, 11, 12, 15, 13].map((o) => c.admit(o, 'e'));
+    tally.expect(seen.map((v) => (v.deliver ? (v.outOfOrder ? 'late' : 'new') : 'dup')).join() === 'new,late,dup,new,late', JSON.stringify(seen));
+    tally.expect(c.offset === 15 && c.epoch === 'e', JSON.stringify(c));
+    const gap = new Cursor({ offset: 3 }).admit(6);
+    tally.expect(gap.deliver && gap.missing === 2, JSON.stringify(gap));
+  });
+
   await tally.check('unit: a forced rung the server does not offer is reported unavailable', async () => {
-    const ladder = new Ladder({ ...BASE, force: 'websocket', fetch: fakeFetch({ ...INFO, transports: ['sse'] }), impls: { websocket: fake('websocket') } });
+    const clock = new ManualClock();
+    const ladder = new Ladder({ ...BASE, clock, force: 'websocket', fetch: fakeFetch({ ...INFO, transports: ['sse'] }), impls: { websocket: fakeRung('websocket', clock) } });
     let err = null;
     try { await ladder.connect(); } catch (e) { err = e; }
     ladder.close();
-    tally.expect(err && /not offered/.test(err.message), `error ${err?.message}`);
+    tally.expect(err && /not offered/.test(err.message) && ladder.state === 'closed', `error ${err?.message}`);
+    tally.expect(/not offered/.test(ladder.report?.losers.websocket), JSON.stringify(ladder.report));
   });
 
   delete globalThis.localStorage;

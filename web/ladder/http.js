@@ -1,0 +1,33 @@
+// http.js: plain-HTTP requests to the contract's routes — the channel URLs,
+// JSON requests with the contract's error body turned into an Error, and
+// the publish by POST that every rung without a `publish` op falls back on.
+
+export function channelUrl(base, channel, tail, params) {
+  const url = new URL(`/api/channels/${encodeURIComponent(channel)}/${tail}`, base);
+  for (const [k, v] of Object.entries(params)) if (v !== null && v !== undefined) url.searchParams.set(k, v);
+  return url.toString();
+}
+
+/** GETs (or sends `init`) and parses JSON; a non-2xx answer throws with the contract's error code. */
+export async function httpJson(fetchFn, url, init = {}) {
+  const res = await fetchFn(url, { cache: 'no-store', ...init });
+  let body = null;
+  try { body = await res.json(); } catch { body = null; }
+  if (!res.ok) {
+    const code = body?.error?.code || `http_${res.status}`;
+    const e = new Error(`${code}: ${body?.error?.message || res.statusText}`);
+    e.status = res.status;
+    e.code = code;
+    throw e;
+  }
+  return body;
+}
+
+/** Publishes over plain HTTP: POST /api/channels/{channel}/messages. */
+export async function httpPublish(base, channel, data, fetchFn = globalThis.fetch.bind(globalThis)) {
+  return httpJson(fetchFn, channelUrl(base, channel, 'messages', {}), {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(data),
+  });
+}

@@ -1,0 +1,79 @@
+// subscription.js: one subscription to one channel. It owns the channel's
+// resume cursor (./cursor.js), counts what the client had to repair, holds
+// deliveries while paused, and hands each new message to the application.
+
+import { Cursor } from './cursor.js';
+
+export class Subscription {
+  constructor(ladder, channel, opts, onMessage) {
+    this.ladder = ladder;
+    this.channel = channel;
+    this.onMessage = onMessage;
+    this.onTruncated = opts.onTruncated || null;
+    this.delivery = opts.delivery === 'datagram' ? 'datagram' : 'stream';
+    /** The one resume cursor, shared by every rung this subscription lives on. */
+    this.cursor = new Cursor({ epoch: opts.epoch ?? null, offset: opts.since, unordered: this.delivery === 'datagram' });
+    this.stats = { delivered: 0, duplicatesDropped: 0, gaps: 0, outOfOrder: 0, truncations: 0 };
+    this.active = true;
+    this.paused = false;
+    this._held = [];
+    this.ready = new Promise((resolve) => { this._resolveReady = resolve; });
+  }
+
+  /** Stops delivery and tells the server. */
+  unsubscribe() {
+    if (!this.active) return;
+    this.active = false;
+    this.ladder._unsubscribe(this);
+  }
+
+  /**
+   * Stops reading this subscription's data. On WebTransport the stream is
+   * left unread, so QUIC flow control pushes back on the server for this
+   * stream alone; elsewhere deliveries are held in memory.
+   */
+  pause() { this.paused = true; this.ladder._transport?.pause?.(this.channel); }
+
+  /** Resumes reading after `pause()`. */
+  resume() {
+    this.paused = false;
+    this.ladder._transport?.resume?.(this.channel);
+    const held = this._held;
+    this._held = [];
+    for (const [msg, epoch, via] of held) this._deliver(msg, epoch, via);
+  }
+
+  /** The server confirmed the subscription at (`epoch`, `head`). */
+  _subscribed(epoch, head) {
+    this.cursor.position(epoch, head);
+    this._resolveReady({ epoch, head });
+  }
+
+  /** The server's history no longer reaches the cursor; tells the application. */
+  _truncated(oldest, epoch) {
+    const previous = this.cursor.truncate(oldest, epoch);
+    this.stats.truncations++;
+    const detail = { channel: this.channel, oldest, epoch, previous };
+    this.onTruncated?.(detail);
+    this.ladder.emit('truncated', detail);
+  }
+
+  /** Every message from every rung comes through here: ordered and deduplicated by the cursor. */
+  _deliver(msg, epoch, via = null) {
+    if (!this.active) return;
+    if (this.paused) { this._held.push([msg, epoch, via]); return; }
+    const offset = Number(msg.offset);
+    const verdict = this.cursor.admit(offset, epoch);
+    if (!verdict.deliver) { this.stats.duplicatesDropped++; return; }
+    if (verdict.missing) {
+      this.stats.gaps += verdict.missing;
+      this.ladder.emit('gap', { channel: this.channel, after: offset - verdict.missing - 1, missing: verdict.missing });
+    }
+    if (verdict.outOfOrder) this.stats.outOfOrder++;
+    this.stats.delivered++;
+    if (via === 'datagram') this.stats.datagrams = (this.stats.datagrams || 0) + 1;
+    this._resolveReady({ epoch: this.cursor.epoch, head: null });
+    const clean = { channel: msg.channel, offset, data: msg.data, ts: msg.ts };
+    try { this.onMessage(clean, this); } catch (e) { setTimeout(() => { throw e; }); }
+  }
+}

@@ -1,0 +1,68 @@
+// duplex.js: what the two duplex rungs (WebSocket, WebTransport) share:
+// request/response bookkeeping by `id` (publish, echo) with a timeout on
+// each request, and the routing of the server's operations to the client.
+
+/** Routes one server→client operation (WebSocket frame or WebTransport line). */
+export function dispatchOp(ladder, tr, op) {
+  switch (op.op) {
+    case 'message': ladder._message(op, null); break;
+    case 'subscribed': ladder._subscribed(op.channel, op.epoch, Number(op.offset)); break;
+    case 'truncated': ladder._truncated(op.channel, op.oldest, op.epoch); break;
+    case 'published': tr._settle(op.id, null, op); break;
+    case 'echo': tr._settle(op.id ?? op.data?.id, null, op); break;
+    case 'lagged': ladder._lagged(op.channel); break;
+    case 'unsubscribed': break;
+    case 'error':
+      if (op.id !== undefined && tr._settle(op.id, new Error(`${op.code}: ${op.message}`))) break;
+      ladder.emit('error', new Error(`${op.code}: ${op.message}`));
+      break;
+    default: break;
+  }
+}
+
+export function subscribeOp(sub, extra = {}) {
+  const op = { op: 'subscribe', channel: sub.channel, ...extra };
+  if (sub.cursor.offset !== null) op.since = sub.cursor.offset;
+  if (sub.cursor.epoch !== null) op.epoch = sub.cursor.epoch;
+  return op;
+}
+
+/** Shared request/response bookkeeping for the two duplex rungs. */
+export class Duplex {
+  constructor(ladder, info) {
+    this.ladder = ladder;
+    this.info = info;
+    this._pending = new Map();
+    this._nextId = 1;
+    this.closed = false;
+  }
+  _settle(id, err, value) {
+    const p = this._pending.get(id);
+    if (!p) return false;
+    this._pending.delete(id);
+    clearTimeout(p.timer);
+    if (err) p.reject(err); else p.resolve(value);
+    return true;
+  }
+  _request(op) {
+    const id = `c${this._nextId++}`;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => this._settle(id, new Error(`${op.op} timed out`)), this.ladder.options.publishTimeoutMs);
+      this._pending.set(id, { resolve, reject, timer });
+      Promise.resolve(this._send({ ...op, id })).catch((e) => this._settle(id, e));
+    });
+  }
+  async publish(channel, data) {
+    const r = await this._request({ op: 'publish', channel, data });
+    return { channel: r.channel, epoch: r.epoch, offset: r.offset };
+  }
+  _failAll(reason) {
+    for (const id of [...this._pending.keys()]) this._settle(id, new Error(reason));
+  }
+  _lost(reason) {
+    if (this.closed) return;
+    this.closed = true;
+    this._failAll(reason);
+    this.ladder._transportClosed(this, reason);
+  }
+}

@@ -1,0 +1,57 @@
+// poll.js: the long-polling and short-polling rungs — the same GET of
+// /api/channels/{channel}/messages from the cursor, with or without `wait`.
+
+import { abortError, describe } from '../util.js';
+import { channelUrl, httpJson } from '../http.js';
+import { HttpRung, PROBE_CHANNEL } from './http-rung.js';
+
+/** Long polling and short polling: the same GET, with or without `wait`. */
+export class PollTransport extends HttpRung {
+  get name() { return 'poll'; }
+  get waitS() { return null; }
+
+  async open() {
+    // Ready = one real request of this kind succeeds.
+    await httpJson(this.ladder.fetch, channelUrl(this.base, PROBE_CHANNEL, 'messages', { wait: this.waitS === null ? null : 0 }));
+  }
+
+  subscribe(sub) {
+    const ctrl = new AbortController();
+    const entry = { stop: () => ctrl.abort(), kick: null };
+    this.subs.set(sub.channel, entry);
+    this._loop(sub, ctrl.signal, entry).catch((err) => {
+      if (err.name !== 'AbortError' && this.subs.get(sub.channel) === entry) this._lost(`${this.name} request failed: ${describe(err)}`);
+    });
+  }
+
+  kick() { for (const e of this.subs.values()) e.kick?.(); }
+
+  async _loop(sub, signal, entry) {
+    const ladder = this.ladder;
+    for (;;) {
+      const c = sub.cursor;
+      const limit = ladder.options.pollLimit;
+      const url = channelUrl(this.base, sub.channel, 'messages', { since: c.offset, epoch: c.epoch, limit, wait: this.waitS });
+      const timeout = AbortSignal.any([signal, AbortSignal.timeout(((this.waitS ?? 0) + 10) * 1000)]);
+      const body = await httpJson(ladder.fetch, url, { signal: timeout });
+      if (signal.aborted) throw abortError();
+      if (!sub.active) return;
+      if (body.truncated) ladder._truncated(sub.channel, body.truncated.oldest, body.truncated.epoch);
+      for (const msg of body.messages || []) ladder._deliver(sub, { channel: sub.channel, ...msg }, body.epoch);
+      ladder._subscribed(sub.channel, body.epoch, Number(body.next));
+      const full = (body.messages || []).length >= limit;
+      if (this.waitS === null && !full) { // a full page means more is waiting: ask again at once
+        await new Promise((resolve, reject) => {
+          const t = setTimeout(resolve, ladder.options.pollIntervalMs);
+          entry.kick = () => { clearTimeout(t); resolve(); };
+          signal.addEventListener('abort', () => { clearTimeout(t); reject(abortError()); }, { once: true });
+        });
+      }
+    }
+  }
+}
+
+export class LongPollTransport extends PollTransport {
+  get name() { return 'longpoll'; }
+  get waitS() { return this.ladder.options.longPollWaitS; }
+}
