@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::hub::{BackendConfig, Fsync};
+use crate::hub::{BackendConfig, Fsync, PresenceConfig};
 use crate::stats::Transport;
 
 /// Every setting of the server. `Config::default()` equals running with no
@@ -196,6 +196,21 @@ pub struct Config {
     /// (`redis://HOST:PORT`): offsets, history and fan-out live there.
     #[arg(long, env = "LADDER_REDIS")]
     pub redis: Option<String>,
+
+    /// Most presence members per channel; a client joining beyond it gets
+    /// an error and keeps its subscription.
+    #[arg(long, env = "LADDER_MAX_PRESENCE", default_value_t = 1000)]
+    pub max_presence: usize,
+
+    /// Largest presence `info` a client may send, compact JSON bytes.
+    #[arg(long, env = "LADDER_MAX_PRESENCE_INFO", default_value_t = 512)]
+    pub max_presence_info: usize,
+
+    /// Seconds a polling client stays present after its last poll; with
+    /// --redis also how long a dead node's members linger there.
+    #[arg(long, env = "LADDER_PRESENCE_LAPSE", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub presence_lapse: u64,
 }
 
 /// See [`Config::ws_fanout`].
@@ -235,6 +250,15 @@ impl Config {
                 group_commit: Duration::from_millis(self.group_commit_ms),
             },
             (None, None) => BackendConfig::Memory,
+        }
+    }
+
+    /// The presence settings.
+    pub fn presence(&self) -> PresenceConfig {
+        PresenceConfig {
+            max_members: self.max_presence,
+            max_info_bytes: self.max_presence_info,
+            lapse: Duration::from_secs(self.presence_lapse),
         }
     }
 

@@ -93,6 +93,7 @@ impl Server {
             max_channels: cfg.max_channels,
             idle_ttl: Duration::from_secs(cfg.channel_idle_secs),
             backend: cfg.backend(),
+            presence: cfg.presence(),
         })
         .await?;
         let auth = auth_from(&cfg)?;
@@ -153,6 +154,8 @@ impl Server {
             ctx.tasks.spawn(quic.run(ctx.clone()));
         }
         ctx.tasks.spawn(sweep(ctx.clone()));
+        ctx.tasks
+            .spawn(ctx.hub.presence().clone().run(ctx.shutdown.clone()));
         shutdown.cancelled().await;
         info!("shutting down");
         ctx.shutdown.cancel();

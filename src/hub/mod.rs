@@ -28,6 +28,7 @@
 pub mod backend;
 mod channel;
 mod name;
+pub mod presence;
 mod state;
 mod subscription;
 
@@ -39,6 +40,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use backend::{BackendConfig, BackendError, Fsync};
 pub use channel::{ChannelLog, Commit, ReadOutcome, Start, Truncation};
 pub use name::{ChannelName, Epoch, MAX_CHANNEL_LEN, NameError, Position};
+pub use presence::{Presence, PresenceConfig};
 pub use subscription::{Event, Subscription};
 
 use self::backend::{Appended, Backend};
@@ -56,6 +58,8 @@ pub struct HubConfig {
     pub idle_ttl: Duration,
     /// Where the logs live.
     pub backend: BackendConfig,
+    /// Presence limits and lapse.
+    pub presence: PresenceConfig,
 }
 
 impl Default for HubConfig {
@@ -65,6 +69,7 @@ impl Default for HubConfig {
             max_channels: 100_000,
             idle_ttl: Duration::from_secs(300),
             backend: BackendConfig::Memory,
+            presence: PresenceConfig::default(),
         }
     }
 }
@@ -127,6 +132,8 @@ pub struct Hub {
 struct Inner {
     cfg: HubConfig,
     backend: Backend,
+    /// Who is in each channel (shared through Redis with that backend).
+    presence: Presence,
     channels: RwLock<HashMap<ChannelName, Arc<Channel>>>,
     /// Random keys, so epochs differ between runs of the server.
     epoch_keys: std::collections::hash_map::RandomState,
@@ -147,7 +154,8 @@ impl Hub {
     /// Creates an empty in-memory hub (ignoring `cfg.backend`; see
     /// [`Hub::open`] for the others).
     pub fn new(cfg: HubConfig) -> Self {
-        Self::with_backend(cfg, Backend::memory())
+        let presence = Presence::new(cfg.presence.clone());
+        Self::with_backend(cfg, Backend::memory(), presence)
     }
 
     /// Opens a hub on the backend `cfg.backend` names: verifies or connects
@@ -155,16 +163,23 @@ impl Hub {
     /// stops the server from starting.
     pub async fn open(cfg: HubConfig) -> Result<Self, BackendError> {
         let backend = Backend::connect(&cfg.backend, cfg.history).await?;
-        let hub = Self::with_backend(cfg, backend);
+        let presence = match &cfg.backend {
+            BackendConfig::Redis { url } => Presence::shared(cfg.presence.clone(), url)
+                .await
+                .map_err(|e| BackendError::Open(e.to_string()))?,
+            _ => Presence::new(cfg.presence.clone()),
+        };
+        let hub = Self::with_backend(cfg, backend, presence);
         hub.inner.backend.attach(Arc::downgrade(&hub.inner));
         Ok(hub)
     }
 
-    fn with_backend(cfg: HubConfig, backend: Backend) -> Self {
+    fn with_backend(cfg: HubConfig, backend: Backend, presence: Presence) -> Self {
         Self {
             inner: Arc::new(Inner {
                 cfg,
                 backend,
+                presence,
                 channels: RwLock::new(HashMap::new()),
                 epoch_keys: Default::default(),
                 epoch_counter: AtomicU64::new(0),
@@ -176,6 +191,11 @@ impl Hub {
     /// connections). Later publishes are refused with `unavailable`.
     pub async fn close(&self) {
         self.inner.backend.close().await;
+    }
+
+    /// Who is in each channel.
+    pub fn presence(&self) -> &Presence {
+        &self.inner.presence
     }
 
     /// The configuration it was built with.
