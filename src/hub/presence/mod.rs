@@ -1,7 +1,7 @@
 //! Presence: who is in a channel now. [`Presence`] is the async handle the
 //! adapters use; the bookkeeping itself is the sans-IO [`Registry`], and
 //! with Redis the members of every node are shared through
-//! [`redis`](self::redis) hashes.
+//! Redis hashes (the private `redis` module).
 //!
 //! A member joins when it subscribes with an identity and is held by that
 //! subscription ([`Held`]: dropping it leaves), or — for polls, which hold
