@@ -1,5 +1,5 @@
 //! What every relay shares: the idle clock a NAT keeps per flow
-//! ([`Activity`]), the network-switch lever ([`NetworkSwitch`]) and the
+//! (`Activity`), the network-switch lever ([`NetworkSwitch`]) and the
 //! counters a test reads back ([`RelayStats`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};

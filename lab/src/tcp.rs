@@ -4,7 +4,7 @@
 //!
 //! A plain relay copies bytes (with an optional delay each way). With
 //! `refuse_upgrade` or `buffer_bytes` it becomes an HTTP/1.1 proxy
-//! ([`crate::http1`]) that reads every request and response head.
+//! (`http1`) that reads every request and response head.
 
 use std::io;
 use std::net::SocketAddr;
