@@ -33,6 +33,7 @@ pub mod context;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod name;
 pub mod protocol;
 pub mod quic;
 pub mod server;

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use super::name::{ChannelName, Epoch, Position};
+use crate::name::{ChannelName, Epoch, Position};
 use crate::protocol::{Data, Message};
 
 /// The reader asked for messages that are no longer retained, or its epoch is

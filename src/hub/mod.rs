@@ -27,7 +27,6 @@
 
 pub mod backend;
 mod channel;
-mod name;
 pub mod presence;
 mod state;
 mod subscription;
@@ -39,7 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use backend::{BackendConfig, BackendError, Fsync};
 pub use channel::{ChannelLog, Commit, ReadOutcome, Start, Truncation};
-pub use name::{ChannelName, Epoch, MAX_CHANNEL_LEN, NameError, Position};
+pub use crate::name::{ChannelName, Epoch, MAX_CHANNEL_LEN, NameError, Position};
 pub use presence::{Presence, PresenceConfig};
 pub use subscription::{Event, Subscription};
 

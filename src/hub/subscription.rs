@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 
 use super::channel::{ReadOutcome, Start, Truncation};
-use super::name::{ChannelName, Epoch};
+use crate::name::{ChannelName, Epoch};
 use super::{Channel, READ_BATCH, ReaderGuard};
 use crate::protocol::Message;
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::{ErrorCode, ProtocolError};
-use crate::hub::{ChannelName, Epoch};
+use crate::name::{ChannelName, Epoch};
 
 /// A message's payload: valid JSON on one line, within the size limit.
 #[derive(Debug, Clone)]

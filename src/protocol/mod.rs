@@ -22,7 +22,7 @@ pub use ops::{
     published_frame, subscribed_frame, truncated_frame, unsubscribed_frame,
 };
 
-use crate::hub::NameError;
+use crate::name::NameError;
 
 /// Error codes of the contract (plus a few of Ladder's own), shared by the
 /// HTTP error body and the `{"op":"error"}` frame.

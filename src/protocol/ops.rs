@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{Data, ErrorCode, ProtocolError};
-use crate::hub::{ChannelName, Epoch};
+use crate::name::{ChannelName, Epoch};
 
 /// How a WebTransport subscription wants its messages carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -1,7 +1,12 @@
-//! Validated names and positions: [`ChannelName`], [`Epoch`] and [`Position`].
+//! The vocabulary the wire format and the hub share: validated channel
+//! names ([`ChannelName`]), epochs ([`Epoch`]) and read positions
+//! ([`Position`]).
 //!
-//! Everything that reaches the hub has been parsed here first, so the hub never
-//! sees a channel name the contract forbids.
+//! The leaf of the layering: it imports nothing from the crate, so both
+//! `protocol` (which parses names off the wire) and `hub` (which keys its
+//! logs by them) can use it without either reaching into the other.
+//! Everything that reaches the hub has been parsed here first, so the hub
+//! never sees a channel name the contract forbids.
 
 use std::fmt;
 use std::sync::Arc;
