@@ -15,16 +15,9 @@
 //! - a QUIC client without the `h3` ALPN, or junk UDP: the handshake fails
 //!   inside quinn and only that connection attempt is affected.
 //!
-//! # Session close codes
-//!
-//! wtransport closes a session with a QUIC `CONNECTION_CLOSE` carrying a raw
-//! application code and reason (see [`crate::transport::webtransport`] for
-//! why clients should not rely on them alone):
-//!
-//! | code | reason | when |
-//! |---|---|---|
-//! | [`CLOSE_SHUTDOWN`] = 0 | `server shutting down` | graceful shutdown |
-//! | [`CLOSE_PROTOCOL_ERROR`] = 1 | `protocol error: …` | the client broke the session protocol (it opened a unidirectional stream, which Ladder does not use) |
+//! Session close codes belong to the WebTransport adapter
+//! ([`crate::transport::webtransport`]); this listener sends
+//! [`CLOSE_SHUTDOWN`] when it shuts the endpoint down.
 //!
 //! # Certificate rotation
 //!
@@ -52,13 +45,8 @@ use crate::context::{Ctx, WebTransportInfo};
 use crate::limits::PerIpGuard;
 use crate::tls::{CertSource, TlsError, TlsMaterial};
 use crate::transport::session::Credentials;
+use crate::transport::webtransport::{CLOSE_SHUTDOWN, CLOSE_SHUTDOWN_REASON};
 
-/// Session close code on server shutdown.
-pub const CLOSE_SHUTDOWN: u32 = 0;
-/// Reason sent with [`CLOSE_SHUTDOWN`].
-pub const CLOSE_SHUTDOWN_REASON: &str = "server shutting down";
-/// Session close code when the client breaks the session protocol.
-pub const CLOSE_PROTOCOL_ERROR: u32 = 1;
 /// The one path sessions are accepted on.
 pub const WT_PATH: &str = "/wt";
 

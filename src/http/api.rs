@@ -5,9 +5,8 @@
 use axum::Router;
 use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::StreamExt;
@@ -16,12 +15,10 @@ use std::time::Duration;
 
 use tower_http::services::ServeDir;
 
-use super::Peer;
-use crate::auth::{Grant, token_from};
 use crate::context::Ctx;
-use crate::hub::ChannelName;
-use crate::protocol::{self, Data, ErrorCode, ProtocolError};
+use crate::protocol::{Data, ErrorCode, ProtocolError};
 use crate::stats::Transport;
+use crate::transport::extract::{ChannelParam, Granted, Peer, json_bytes};
 use crate::transport::{polling, sse, websocket};
 
 /// Builds the router for the HTTP listener.
@@ -43,63 +40,6 @@ pub fn router(ctx: Ctx) -> Router {
         .with_state(ctx)
 }
 
-impl IntoResponse for ProtocolError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
-            status,
-            [(header::CONTENT_TYPE, "application/json")],
-            protocol::error_body(&self),
-        )
-            .into_response()
-    }
-}
-
-/// A JSON response from pre-encoded bytes.
-pub fn json_bytes(status: StatusCode, body: impl Into<Bytes>) -> Response {
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body.into(),
-    )
-        .into_response()
-}
-
-/// Parses the `{channel}` path segment; one that is not even UTF-8 after
-/// percent-decoding is a `bad_channel` too (not axum's plain-text 400).
-pub fn channel_param(
-    raw: Result<Path<String>, PathRejection>,
-) -> Result<ChannelName, ProtocolError> {
-    let Path(raw) = raw.map_err(|e| ProtocolError::new(ErrorCode::BadChannel, e.body_text()))?;
-    Ok(ChannelName::parse(&raw)?)
-}
-
-/// Verifies the request's token (header or `token` query parameter) and
-/// returns what it allows; everything when auth is off.
-pub fn grant(ctx: &Ctx, headers: &HeaderMap, uri: &Uri) -> Result<Grant, ProtocolError> {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let token = token_from(authorization, uri.query());
-    Ok(ctx.auth.check(token.as_deref())?)
-}
-
-/// Refuses a request for a transport switched off with `--disable`.
-pub fn ensure_enabled(ctx: &Ctx, t: Transport) -> Result<(), ProtocolError> {
-    if ctx.cfg.enabled(t) {
-        Ok(())
-    } else {
-        Err(ProtocolError::new(
-            ErrorCode::NotFound,
-            format!("the {t} transport is disabled on this server"),
-        ))
-    }
-}
-
 async fn not_found() -> ProtocolError {
     ProtocolError::new(ErrorCode::NotFound, "no such route")
 }
@@ -113,15 +53,14 @@ async fn method_not_allowed() -> ProtocolError {
 
 async fn publish(
     State(ctx): State<Ctx>,
-    channel: Result<Path<String>, PathRejection>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
-    uri: Uri,
+    channel: Result<ChannelParam, ProtocolError>,
+    granted: Result<Granted, ProtocolError>,
+    peer: Option<Peer>,
     body: Body,
 ) -> Result<Response, ProtocolError> {
-    let channel = channel_param(channel)?;
-    grant(&ctx, &headers, &uri)?.can_publish(&channel)?;
-    if let Some(Extension(Peer(addr))) = peer
+    let ChannelParam(channel) = channel?;
+    granted?.0.can_publish(&channel)?;
+    if let Some(Peer(addr)) = peer
         && !ctx.limits.http_publish_allowed(addr.ip())
     {
         return Err(ProtocolError::new(

@@ -29,6 +29,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::context::Ctx;
 use crate::stats::{Stats, Transport};
+use crate::transport::extract::Peer;
 use meter::{Meter, MeteredIo};
 
 /// Runs the accept loop until shutdown, then lets every connection finish
@@ -236,10 +237,6 @@ fn classify<B>(req: &Request<B>) -> Transport {
 pub(crate) fn unbox<T>(boxed: Box<T>) -> T {
     *boxed
 }
-
-/// The client's address, as a request extension.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
 
 /// Why a connection is refused before it is served.
 #[derive(Debug, Clone, Copy)]

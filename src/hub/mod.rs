@@ -36,9 +36,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use crate::name::{ChannelName, Epoch, MAX_CHANNEL_LEN, NameError, Position};
 pub use backend::{BackendConfig, BackendError, Fsync};
 pub use channel::{ChannelLog, Commit, ReadOutcome, Start, Truncation};
-pub use crate::name::{ChannelName, Epoch, MAX_CHANNEL_LEN, NameError, Position};
 pub use presence::{Presence, PresenceConfig};
 pub use subscription::{Event, Subscription};
 

@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 
 use super::channel::{ReadOutcome, Start, Truncation};
-use crate::name::{ChannelName, Epoch};
 use super::{Channel, READ_BATCH, ReaderGuard};
+use crate::name::{ChannelName, Epoch};
 use crate::protocol::Message;
 
 /// What a subscriber receives, in order.

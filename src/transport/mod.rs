@@ -6,9 +6,11 @@
 //! - [`sse`]: Server-Sent Events;
 //! - [`websocket`]: WebSocket, speaking the JSON ops of [`session`];
 //! - [`webtransport`]: WebTransport streams and datagrams, same ops;
+//! - [`extract`]: what the HTTP rungs' handlers share (axum extractors);
 //! - [`fanout`]: per-channel tasks that write new messages straight to the
 //!   WebSockets and WebTransport streams lent to them.
 
+pub mod extract;
 pub mod fanout;
 pub mod lease;
 pub mod polling;

@@ -8,17 +8,16 @@
 use std::future::Future;
 use std::time::Duration;
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::{BufMut, BytesMut};
 use serde::Deserialize;
 
+use super::extract::{ChannelParam, Granted, Peer, ensure_enabled, json_bytes};
 use super::parse_position;
 use crate::context::Ctx;
-use crate::http::Peer;
-use crate::http::api::{channel_param, ensure_enabled, grant, json_bytes};
 use crate::hub::{ChannelName, Page, Position};
 use crate::limits::PerIpGuard;
 use crate::protocol::{ErrorCode, ProtocolError};
@@ -73,13 +72,12 @@ pub fn parse_wait(s: &str) -> Result<Duration, ProtocolError> {
 /// twice.
 pub fn get(
     State(ctx): State<Ctx>,
-    channel: Result<Path<String>, PathRejection>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
-    uri: Uri,
+    channel: Result<ChannelParam, ProtocolError>,
+    granted: Result<Granted, ProtocolError>,
+    peer: Option<Peer>,
     query: Result<Query<PollQuery>, QueryRejection>,
 ) -> impl Future<Output = Result<Response, ProtocolError>> {
-    let poll = check(&ctx, channel, peer, &headers, &uri, query);
+    let poll = check(&ctx, channel, granted, peer, query);
     async move {
         let Poll {
             channel,
@@ -129,15 +127,14 @@ struct Poll {
 /// enabled, and a long poll's per-address limit.
 fn check(
     ctx: &Ctx,
-    channel: Result<Path<String>, PathRejection>,
-    peer: Option<Extension<Peer>>,
-    headers: &HeaderMap,
-    uri: &Uri,
+    channel: Result<ChannelParam, ProtocolError>,
+    granted: Result<Granted, ProtocolError>,
+    peer: Option<Peer>,
     query: Result<Query<PollQuery>, QueryRejection>,
 ) -> Result<Poll, ProtocolError> {
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
-    let channel = channel_param(channel)?;
-    let grant = grant(ctx, headers, uri)?;
+    let ChannelParam(channel) = channel?;
+    let Granted(grant) = granted?;
     grant.can_subscribe(&channel)?;
     let pos = parse_position(q.since.as_deref(), q.epoch.as_deref())?;
     let limit = parse_limit(q.limit.as_deref())?;
@@ -157,14 +154,12 @@ fn check(
         wait = wait.min(left);
     }
     let slot = match peer {
-        Some(Extension(Peer(addr))) => {
-            Some(ctx.limits.long_polls.acquire(addr.ip()).ok_or_else(|| {
-                ProtocolError::new(
-                    ErrorCode::RateLimited,
-                    "too many long polls waiting from this address",
-                )
-            })?)
-        }
+        Some(Peer(addr)) => Some(ctx.limits.long_polls.acquire(addr.ip()).ok_or_else(|| {
+            ProtocolError::new(
+                ErrorCode::RateLimited,
+                "too many long polls waiting from this address",
+            )
+        })?),
         None => None,
     };
     Ok(Poll {
@@ -234,10 +229,9 @@ mod tests {
         };
         let poll = get(
             State(ctx),
-            Ok(Path("a".into())),
+            Ok(ChannelParam(ChannelName::parse("a").unwrap())),
+            Ok(Granted(crate::auth::Grant::all())),
             None,
-            HeaderMap::new(),
-            Uri::from_static("/api/channels/a/messages?wait=1"),
             Ok(Query(q)),
         );
         let size = std::mem::size_of_val(&poll);

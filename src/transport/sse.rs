@@ -6,17 +6,17 @@
 //! would wait forever on an open event stream).
 
 use axum::body::Body;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+use super::extract::{ChannelParam, Granted, ensure_enabled};
 use super::{parse_position, sleep_until_opt};
 use crate::context::Ctx;
-use crate::http::api::{channel_param, ensure_enabled, grant};
 use crate::hub::{Event, Position, Subscription};
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::stats::{ConnGuard, Transport};
@@ -54,15 +54,15 @@ pub fn parse_last_event_id(id: &str) -> Result<Position, ProtocolError> {
 /// `GET /api/channels/{channel}/events`.
 pub async fn get(
     State(ctx): State<Ctx>,
-    channel: Result<Path<String>, PathRejection>,
+    channel: Result<ChannelParam, ProtocolError>,
+    granted: Result<Granted, ProtocolError>,
     headers: HeaderMap,
-    uri: Uri,
     query: Result<Query<SseQuery>, QueryRejection>,
 ) -> Result<Response, ProtocolError> {
     ensure_enabled(&ctx, Transport::Sse)?;
     let Query(q) = query.map_err(|e| ProtocolError::new(ErrorCode::BadRequest, e.body_text()))?;
-    let channel = channel_param(channel)?;
-    let grant = grant(&ctx, &headers, &uri)?;
+    let ChannelParam(channel) = channel?;
+    let Granted(grant) = granted?;
     grant.can_subscribe(&channel)?;
     let pos = match headers.get("last-event-id") {
         Some(v) => {

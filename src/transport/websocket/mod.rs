@@ -22,7 +22,7 @@ use std::time::Duration;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, Uri};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::SinkExt;
@@ -32,12 +32,12 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::debug;
 
 use self::outlet::Outlet;
+use super::extract::{Granted, ensure_enabled};
 use super::fanout::Member;
 use super::lease::Lender;
 use super::session::{Credentials, OpSession, token_expired};
 use crate::config::WsFanout;
 use crate::context::Ctx;
-use crate::http::api::{ensure_enabled, grant};
 use crate::http::meter::Meter;
 use crate::hub::{ChannelName, Event};
 use crate::protocol::{self, DeliveryMode, ErrorCode, ProtocolError};
@@ -54,12 +54,12 @@ const COALESCE_FRAMES: usize = 64;
 pub async fn upgrade(
     State(ctx): State<Ctx>,
     meter: Option<Extension<Arc<Meter>>>,
+    granted: Result<Granted, ProtocolError>,
     headers: HeaderMap,
-    uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ProtocolError> {
     ensure_enabled(&ctx, Transport::WebSocket)?;
-    let creds = Credentials::new(&ctx, grant(&ctx, &headers, &uri)?);
+    let creds = Credentials::new(&ctx, granted?.0);
     let ws = ws.map_err(|e| ProtocolError::new(ErrorCode::BadRequest, e.body_text()))?;
     let origin = headers.get("origin").and_then(|o| o.to_str().ok());
     if !ctx.origin_allowed(origin) {

@@ -31,7 +31,17 @@
 //! Stream and session codes go on the wire as raw QUIC codes (wtransport
 //! does not map them into the HTTP/3 WebTransport error range), so browsers
 //! may not see them as such; the JSON line sent before each is the part
-//! clients should rely on. Session close codes: see [`crate::quic`].
+//! clients should rely on.
+//!
+//! # Session close codes
+//!
+//! wtransport closes a session with a QUIC `CONNECTION_CLOSE` carrying a raw
+//! application code and reason:
+//!
+//! | code | reason | when |
+//! |---|---|---|
+//! | [`CLOSE_SHUTDOWN`] = 0 | `server shutting down` | graceful shutdown |
+//! | [`CLOSE_PROTOCOL_ERROR`] = 1 | `protocol error: …` | the client broke the session protocol (it opened a unidirectional stream, which Ladder does not use) |
 //!
 //! # Datagrams
 //!
@@ -73,7 +83,6 @@ use crate::config::WtFanout;
 use crate::context::Ctx;
 use crate::hub::{ChannelName, Event};
 use crate::protocol::{self, ClientOp, DeliveryMode, ErrorCode, ProtocolError};
-use crate::quic::{CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN, CLOSE_SHUTDOWN_REASON};
 use crate::stats::{Stats, Transport, TransportStats};
 
 mod lines;
@@ -81,6 +90,12 @@ pub mod outlet;
 
 pub use lines::LineBuf;
 
+/// Session close code on server shutdown.
+pub const CLOSE_SHUTDOWN: u32 = 0;
+/// Reason sent with [`CLOSE_SHUTDOWN`].
+pub const CLOSE_SHUTDOWN_REASON: &str = "server shutting down";
+/// Session close code when the client breaks the session protocol.
+pub const CLOSE_PROTOCOL_ERROR: u32 = 1;
 /// Stream code: the receive side was stopped after an oversized line.
 pub const STREAM_TOO_LARGE: u32 = 1;
 /// Stream code: the send side was reset because the client stopped reading.
