@@ -52,9 +52,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tower::Service;
 
-use super::meter::{Meter, MeteredIo};
 use crate::context::Ctx;
 use crate::stats::Stats;
+use crate::transport::meter::{Meter, MeteredIo};
 
 /// Most bytes of a request head this path looks at; longer heads (large
 /// tokens in headers) go to hyper.

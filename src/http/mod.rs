@@ -8,7 +8,6 @@
 
 pub mod api;
 pub mod lean;
-pub mod meter;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,7 +29,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 use crate::context::Ctx;
 use crate::stats::{Stats, Transport};
 use crate::transport::extract::Peer;
-use meter::{Meter, MeteredIo};
+use crate::transport::meter::{Meter, MeteredIo};
 
 /// Runs the accept loop until shutdown, then lets every connection finish
 /// its current response.

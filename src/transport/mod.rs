@@ -7,12 +7,15 @@
 //! - [`websocket`]: WebSocket, speaking the JSON ops of [`session`];
 //! - [`webtransport`]: WebTransport streams and datagrams, same ops;
 //! - [`extract`]: what the HTTP rungs' handlers share (axum extractors);
+//! - [`meter`]: the socket under every HTTP connection: byte counts, the
+//!   send timeout, and handing a lent socket back;
 //! - [`fanout`]: per-channel tasks that write new messages straight to the
 //!   WebSockets and WebTransport streams lent to them.
 
 pub mod extract;
 pub mod fanout;
 pub mod lease;
+pub mod meter;
 pub mod polling;
 pub mod session;
 pub mod sse;

@@ -35,10 +35,10 @@ use self::outlet::Outlet;
 use super::extract::{Granted, ensure_enabled};
 use super::fanout::Member;
 use super::lease::Lender;
+use super::meter::Meter;
 use super::session::{Credentials, OpSession, token_expired};
 use crate::config::WsFanout;
 use crate::context::Ctx;
-use crate::http::meter::Meter;
 use crate::hub::{ChannelName, Event};
 use crate::protocol::{self, DeliveryMode, ErrorCode, ProtocolError};
 use crate::stats::{ConnGuard, Transport};
@@ -314,7 +314,12 @@ impl Handler {
             return Flow::Continue;
         }
         if self.direct.is_none() {
-            let Some(outlet) = self.meter.as_ref().and_then(|m| m.outlet()) else {
+            let stats = self.guard.stats();
+            let lent = self.meter.as_ref().and_then(|m| {
+                m.handover()
+                    .lend(|fd| Arc::new(Outlet::new(fd, stats.clone())))
+            });
+            let Some(outlet) = lent else {
                 return Flow::Continue;
             };
             self.direct = Some(Direct {
@@ -375,7 +380,7 @@ async fn returned(outlet: Option<&Outlet>) {
 /// Goes on after a successful write; a failed one ends the connection.
 /// Writes need no timeout here: every HTTP connection, upgraded ones
 /// included, fails a write blocked for `--send-timeout` at the socket
-/// ([`crate::http::meter::MeteredIo`]), counting the client as lagged.
+/// ([`crate::transport::meter::MeteredIo`]), counting the client as lagged.
 fn sent<E>(write: Result<(), E>) -> Flow {
     match write {
         Ok(()) => Flow::Continue,

@@ -11,7 +11,7 @@
 //! here, through the ordinary path with its send timeout and lag policy.
 //!
 //! Frames never interleave: every write to the socket, direct or through the
-//! WebSocket layer ([`crate::http::meter::MeteredIo`]), holds this outlet's
+//! WebSocket layer ([`crate::transport::meter::MeteredIo`]), holds this outlet's
 //! lock, and direct writes happen only while lent, which the task grants
 //! only with the WebSocket layer's output fully flushed.
 
@@ -25,6 +25,7 @@ use crate::hub::ChannelName;
 use crate::stats::TransportStats;
 use crate::transport::fanout::{Batch, ChannelFanout};
 use crate::transport::lease::{Due, Lease, Lendable, Slot};
+use crate::transport::meter::handover::Borrower;
 
 /// One connection's lendable socket.
 #[derive(Debug)]
@@ -226,20 +227,14 @@ impl Lendable for Outlet {
     }
 }
 
-impl State {
-    /// The leftover of a partial direct write, to be written before anything
-    /// else.
-    pub(crate) fn leftover(&mut self) -> Option<&mut Bytes> {
-        self.leftover.as_mut().filter(|b| !b.is_empty())
+/// The stream under the WebSocket layer takes the socket back through this
+/// for each of its writes.
+impl Borrower for Outlet {
+    fn close(&self) {
+        Self::close(self);
     }
 
-    /// Drops the first `n` bytes of the leftover (they were written).
-    pub(crate) fn wrote_leftover(&mut self, n: usize) {
-        if let Some(b) = &mut self.leftover {
-            let _ = b.split_to(n.min(b.len()));
-            if b.is_empty() {
-                self.leftover = None;
-            }
-        }
+    fn exclusive(&self, write: &mut dyn FnMut(&mut Option<Bytes>)) {
+        write(&mut self.take().leftover);
     }
 }

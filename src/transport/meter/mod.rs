@@ -1,5 +1,14 @@
-//! Byte counting at the socket: [`MeteredIo`] wraps each accepted TCP
-//! stream and [`Meter`] attributes what it reads and writes to a transport.
+//! The socket under every HTTP connection: [`MeteredIo`] wraps each
+//! accepted TCP stream and does three jobs for it, one per module part:
+//!
+//! - byte attribution (here): [`Meter`] attributes what the stream reads
+//!   and writes to a transport;
+//! - the send timeout (`timeout`): a write blocked too long fails;
+//! - the lease hand-over ([`handover`]): a socket lent to a direct writer
+//!   comes back before the stream writes to it.
+//!
+//! It sits with the adapters, not the listener: the listener wraps its
+//! connections in it, and the WebSocket adapter lends the socket through it.
 //!
 //! HTTP/1.1 serves requests on a connection one after another, so the
 //! connection's transport is whatever its current request is. Writes go to
@@ -9,20 +18,23 @@
 //! its response body is dropped, when a WebSocket frame has been read, and
 //! when the connection closes.
 
+pub mod handover;
+mod timeout;
+
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 
+use self::handover::Handover;
+use self::timeout::SendTimeout;
 use crate::stats::{Stats, Transport};
-use crate::transport::websocket::outlet::Outlet;
 
 /// Per-connection attribution of bytes to a transport.
 #[derive(Debug)]
@@ -31,10 +43,8 @@ pub struct Meter {
     /// Index into `Transport::ALL` of the current request's transport.
     current: AtomicU8,
     pending_in: AtomicU64,
-    /// The connection's socket while it is open (TCP connections only).
-    socket: Mutex<Option<RawFd>>,
-    /// Set once the connection's WebSocket lends its socket.
-    outlet: OnceLock<Arc<Outlet>>,
+    /// The connection's socket as it can be lent (TCP connections only).
+    handover: Handover,
 }
 
 impl Meter {
@@ -45,31 +55,13 @@ impl Meter {
             stats,
             current: AtomicU8::new(Transport::Api as u8),
             pending_in: AtomicU64::new(0),
-            socket: Mutex::new(None),
-            outlet: OnceLock::new(),
+            handover: Handover::default(),
         }
     }
 
-    /// The connection's [`Outlet`], made on first use; `None` when the
-    /// connection is not a TCP socket or is already closed.
-    pub fn outlet(&self) -> Option<&Arc<Outlet>> {
-        // Under the socket lock, which the stream's drop also takes: an
-        // outlet is never made for a descriptor already closed.
-        let socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
-        let fd = (*socket)?;
-        Some(self.outlet.get_or_init(|| {
-            let stats = self.stats.of(Transport::WebSocket).clone();
-            Arc::new(Outlet::new(fd, stats))
-        }))
-    }
-
-    /// The socket is about to close: no direct write may follow.
-    fn closing(&self) {
-        let mut socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
-        *socket = None;
-        if let Some(o) = self.outlet.get() {
-            o.close();
-        }
+    /// The connection's socket, to lend to a direct writer.
+    pub fn handover(&self) -> &Handover {
+        &self.handover
     }
 
     fn current(&self) -> Transport {
@@ -106,10 +98,7 @@ impl Meter {
 pub struct MeteredIo<S> {
     inner: S,
     meter: Arc<Meter>,
-    /// How long a write may stay blocked; `None` = forever.
-    send_timeout: Option<Duration>,
-    /// Armed when a write first blocks, disarmed by any progress.
-    stalled: Option<Pin<Box<Sleep>>>,
+    send_timeout: SendTimeout,
 }
 
 impl<S> MeteredIo<S> {
@@ -118,8 +107,7 @@ impl<S> MeteredIo<S> {
         Self {
             inner,
             meter,
-            send_timeout: None,
-            stalled: None,
+            send_timeout: SendTimeout::default(),
         }
     }
 
@@ -132,14 +120,14 @@ impl<S> MeteredIo<S> {
     /// reading (an SSE subscriber, a big response) is cut off and counted
     /// as lagged instead of holding its connection forever.
     pub fn with_send_timeout(mut self, limit: Duration) -> Self {
-        self.send_timeout = Some(limit);
+        self.send_timeout = SendTimeout::new(limit);
         self
     }
 
-    /// Runs a write while no direct writer can touch the socket. If the
-    /// socket was lent ([`Outlet`]), the lease ends and whatever a direct
-    /// write left unsent goes out first, so frames never interleave.
-    fn exclusive<T>(
+    /// Runs a write while no direct writer can touch the socket (see
+    /// [`Handover::exclusive`]), failing it once it has been blocked for
+    /// the send timeout.
+    fn write<T>(
         &mut self,
         cx: &mut Context<'_>,
         write: impl FnOnce(&mut S, &mut Context<'_>) -> Poll<io::Result<T>>,
@@ -147,61 +135,22 @@ impl<S> MeteredIo<S> {
     where
         S: AsyncWrite + Unpin,
     {
-        let Some(outlet) = self.meter.outlet.get() else {
-            return write(&mut self.inner, cx);
-        };
-        let mut st = outlet.take();
-        while let Some(left) = st.leftover() {
-            match Pin::new(&mut self.inner).poll_write(cx, left) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    self.meter.wrote(n);
-                    st.wrote_leftover(n);
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        write(&mut self.inner, cx)
-    }
-
-    /// Tracks a write's outcome against the send timeout.
-    fn check_stall<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        res: Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
-        let Poll::Pending = res else {
-            self.stalled = None;
-            return res;
-        };
-        let Some(limit) = self.send_timeout else {
-            return res;
-        };
-        let timer = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        if timer.as_mut().poll(cx).is_ready() {
-            self.stalled = None;
-            self.meter.stats.of(self.meter.current()).lagged.inc();
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "send timeout: the client stopped reading",
-            )));
-        }
-        res
+        let meter = &self.meter;
+        let res = meter
+            .handover
+            .exclusive(&mut self.inner, cx, |n| meter.wrote(n), write);
+        self.send_timeout.check(cx, res, || {
+            meter.stats.of(meter.current()).lagged.inc();
+        })
     }
 }
 
 impl MeteredIo<TcpStream> {
     /// Wraps an accepted TCP connection, counting into a new meter; its
-    /// socket can be lent to direct writers ([`Meter::outlet`]).
+    /// socket can be lent to direct writers ([`Meter::handover`]).
     pub fn tcp(stream: TcpStream, stats: Arc<Stats>) -> Self {
         let mut meter = Meter::new(stats);
-        *meter
-            .socket
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner) = Some(stream.as_raw_fd());
+        meter.handover = Handover::open(stream.as_raw_fd());
         Self::new(stream, Arc::new(meter))
     }
 
@@ -240,7 +189,7 @@ impl MeteredIo<TcpStream> {
 impl<S> Drop for MeteredIo<S> {
     fn drop(&mut self) {
         // Runs before `inner` (the socket) is dropped and closed.
-        self.meter.closing();
+        self.meter.handover.closing();
         self.meter.flush_in();
     }
 }
@@ -267,11 +216,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MeteredIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let res = self.exclusive(cx, |io, cx| Pin::new(io).poll_write(cx, buf));
+        let res = self.write(cx, |io, cx| Pin::new(io).poll_write(cx, buf));
         if let Poll::Ready(Ok(n)) = res {
             self.meter.wrote(n);
         }
-        self.check_stall(cx, res)
+        res
     }
 
     fn poll_write_vectored(
@@ -279,11 +228,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MeteredIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let res = self.exclusive(cx, |io, cx| Pin::new(io).poll_write_vectored(cx, bufs));
+        let res = self.write(cx, |io, cx| Pin::new(io).poll_write_vectored(cx, bufs));
         if let Poll::Ready(Ok(n)) = res {
             self.meter.wrote(n);
         }
-        self.check_stall(cx, res)
+        res
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -291,8 +240,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MeteredIo<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let res = self.exclusive(cx, |io, cx| Pin::new(io).poll_flush(cx));
-        self.check_stall(cx, res)
+        self.write(cx, |io, cx| Pin::new(io).poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
