@@ -9,6 +9,9 @@
 //! - [`floor`]: the one-`send()`-per-delivery floor of this machine.
 //! - [`quic_base`]: raw quinn vs a Ladder WebTransport stream (bulk, echo),
 //!   and fan-out's QUIC floor (`floor --quic`).
+//! - [`hol`]: head-of-line blocking under real packet loss: N channels on
+//!   one WebSocket against a WebTransport stream per channel and datagrams,
+//!   across an emulated lossy wire inside a network namespace.
 //! - [`clients`]: one small client per transport (and the Node peers'
 //!   protocols: plain `ws` and hand-framed Socket.IO v4).
 //! - [`probe`]: the server process (started here or given by pid), its CPU
@@ -18,10 +21,12 @@
 //! - [`sys`]: file-descriptor limit, CPU pinning, source addresses.
 //! - [`report`]: the human table and the one-JSON-line-per-run output.
 //!
-//! Every run is bounded in count and time and talks to loopback only.
+//! Every run is bounded in count and time and talks to loopback only (or,
+//! for `hol`, to the wire of a namespace it made).
 
 pub mod clients;
 pub mod floor;
+pub mod hol;
 pub mod idle;
 pub mod load;
 pub mod probe;

@@ -112,6 +112,10 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         endpoints: usize,
     },
+    /// Head-of-line blocking under real packet loss: N channels on one
+    /// WebSocket vs a WebTransport stream per channel vs datagrams, inside
+    /// a network namespace with kernel packet loss and a delay each way.
+    Hol(ladder_bench::hol::command::HolArgs),
     /// (internal) The floor measurement's server.
     FloorServer {
         #[arg(long)]
@@ -248,7 +252,7 @@ fn main() -> Result<()> {
         | Cmd::Idle { server, .. }
         | Cmd::Quinn { server, .. }
         | Cmd::Floor { server, .. } => server.client_cpu.clone(),
-        Cmd::QuinnServer { .. } | Cmd::FloorServer { .. } => None,
+        Cmd::QuinnServer { .. } | Cmd::FloorServer { .. } | Cmd::Hol(_) => None,
     };
     if let Some(c) = client_cpu {
         sys::pin_self(&sys::parse_cpus(&c)?)?;
@@ -264,6 +268,7 @@ fn main() -> Result<()> {
 async fn async_main(cli: Cli, nofile: u64) -> Result<()> {
     match cli.cmd {
         Cmd::QuinnServer { addr } => quic_base::serve(addr).await,
+        Cmd::Hol(args) => ladder_bench::hol::command::main(args).await,
         Cmd::FloorServer {
             subs,
             rate,
