@@ -11,8 +11,13 @@
 //! Claims (`exp` is required):
 //!
 //! ```json
-//! {"sub": "alice", "exp": 1795300000, "subscribe": ["room:*"], "publish": ["room:alice"]}
+//! {"sub": "alice", "exp": 1795300000, "subscribe": ["room:*"], "publish": ["room:alice"],
+//!  "presence": ["room:*"]}
 //! ```
+//!
+//! `sub` is the client's presence identity. `presence` lists the channels
+//! whose member lists the holder may read; without it, those it may
+//! subscribe to.
 //!
 //! A pattern is a channel name in which `*` matches any run of characters.
 
@@ -39,7 +44,7 @@ pub enum AuthError {
     /// The token is valid but does not allow this action.
     #[error("token does not allow {action} on channel {channel}")]
     Forbidden {
-        /// `subscribe` or `publish`.
+        /// `subscribe`, `publish` or `presence`.
         action: &'static str,
         /// The channel asked for.
         channel: String,
@@ -59,6 +64,10 @@ impl From<AuthError> for ProtocolError {
 #[derive(Debug, Deserialize)]
 struct Claims {
     exp: u64,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    presence: Option<Vec<String>>,
     #[serde(default)]
     subscribe: Vec<String>,
     #[serde(default)]
@@ -112,7 +121,10 @@ impl Auth {
                 _ => AuthError::Invalid(e.to_string()),
             })?;
         let c = data.claims;
+        let presence = c.presence.unwrap_or_else(|| c.subscribe.clone());
         Ok(Grant {
+            sub: c.sub.map(Arc::from),
+            presence: presence.into(),
             expires_ms: Some(c.exp.saturating_mul(1000)),
             subscribe: c.subscribe.into(),
             publish: c.publish.into(),
@@ -123,6 +135,10 @@ impl Auth {
 /// What one token allows. Cloning is shallow.
 #[derive(Debug, Clone)]
 pub struct Grant {
+    /// The token's subject: the holder's presence identity.
+    sub: Option<Arc<str>>,
+    /// Channels whose presence the holder may read.
+    presence: Arc<[String]>,
     /// Unix ms at which the grant ends; `None` when auth is off.
     expires_ms: Option<u64>,
     subscribe: Arc<[String]>,
@@ -133,6 +149,8 @@ impl Grant {
     /// Everything, forever (auth off).
     pub fn all() -> Self {
         Self {
+            sub: None,
+            presence: Arc::from(["*".to_owned()]),
             expires_ms: None,
             subscribe: Arc::from(["*".to_owned()]),
             publish: Arc::from(["*".to_owned()]),
@@ -161,6 +179,22 @@ impl Grant {
     pub fn can_subscribe(&self, channel: &ChannelName) -> Result<(), AuthError> {
         self.live()?;
         allowed(&self.subscribe, channel, "subscribe")
+    }
+
+    /// The token's `sub`, if auth is on and the token has one.
+    pub fn subject(&self) -> Option<&str> {
+        self.sub.as_deref()
+    }
+
+    /// Whether a token was checked (auth on), so `sub` is the identity.
+    pub fn authenticated(&self) -> bool {
+        self.expires_ms.is_some()
+    }
+
+    /// May the holder read the presence of `channel`?
+    pub fn can_read_presence(&self, channel: &ChannelName) -> Result<(), AuthError> {
+        self.live()?;
+        allowed(&self.presence, channel, "presence")
     }
 
     /// May the holder publish to `channel`?

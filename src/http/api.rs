@@ -19,7 +19,7 @@ use crate::context::Ctx;
 use crate::protocol::{Data, ErrorCode, ProtocolError};
 use crate::stats::Transport;
 use crate::transport::extract::{ChannelParam, Granted, Peer, json_bytes};
-use crate::transport::{polling, sse, websocket};
+use crate::transport::{polling, presence, sse, websocket};
 
 /// Builds the router for the HTTP listener.
 pub fn router(ctx: Ctx) -> Router {
@@ -33,6 +33,7 @@ pub fn router(ctx: Ctx) -> Router {
             get(polling::get).post(publish),
         )
         .route("/api/channels/{channel}/events", get(sse::get))
+        .route("/api/channels/{channel}/presence", get(presence::get))
         .route("/api/ws", get(websocket::upgrade))
         .route("/api/{*rest}", axum::routing::any(not_found))
         .fallback_service(web)

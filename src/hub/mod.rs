@@ -39,7 +39,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use crate::name::{ChannelName, Epoch, MAX_CHANNEL_LEN, NameError, Position};
 pub use backend::{BackendConfig, BackendError, Fsync};
 pub use channel::{ChannelLog, Commit, ReadOutcome, Start, Truncation};
-pub use presence::{Presence, PresenceConfig};
+pub use presence::{Presence, PresenceConfig, PresenceEvent};
 pub use subscription::{Event, Subscription};
 
 use self::backend::{Appended, Backend};

@@ -30,6 +30,9 @@ pub enum Event {
         /// The last offset it was given.
         last: u64,
     },
+    /// The channel's presence changed (only for subscribers that asked;
+    /// never from the log, so it takes no offset).
+    Presence(super::presence::PresenceEvent),
 }
 
 /// A subscription to one channel. Dropping it unsubscribes.

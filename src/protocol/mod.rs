@@ -18,8 +18,9 @@ mod ops;
 
 pub use message::{Data, Message};
 pub use ops::{
-    ClientOp, DeliveryMode, OpError, echo_frame, error_body, error_frame, lagged_frame,
-    published_frame, subscribed_frame, truncated_frame, unsubscribed_frame,
+    ClientOp, DeliveryMode, OpError, PresenceAsk, echo_frame, error_body, error_frame,
+    lagged_frame, presence_change_frame, presence_frame, published_frame, subscribed_frame,
+    subscribed_frame_presence_error, truncated_frame, unsubscribed_frame,
 };
 
 use crate::name::NameError;

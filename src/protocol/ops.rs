@@ -33,6 +33,13 @@ pub enum ClientOp {
         epoch: Option<String>,
         /// Stream or datagram delivery (WebTransport only).
         delivery: DeliveryMode,
+        /// Joining the channel's presence, and hearing who else is there.
+        presence: PresenceAsk,
+    },
+    /// Read who is in a channel.
+    Presence {
+        /// Which channel.
+        channel: ChannelName,
     },
     /// Stop receiving a channel.
     Unsubscribe {
@@ -53,6 +60,18 @@ pub enum ClientOp {
     },
 }
 
+/// What a `subscribe` asks of the channel's presence.
+#[derive(Debug, Default)]
+pub struct PresenceAsk {
+    /// `client`: the id to join as when auth is off (with auth, the
+    /// token's `sub` is the id and this must equal it if given).
+    pub client: Option<String>,
+    /// `info`: what the member says about itself (a small JSON object).
+    pub info: Option<Box<RawValue>>,
+    /// `presence: true`: send the member list, then joins and leaves.
+    pub events: bool,
+}
+
 /// The loose shape every op is read into before it is checked, so that a
 /// wrong field gets a precise error and the `id` survives for the reply.
 #[derive(Deserialize)]
@@ -66,6 +85,9 @@ struct RawOp<'a> {
     delivery: Option<DeliveryMode>,
     data: Option<Box<RawValue>>,
     id: Option<Box<RawValue>>,
+    client: Option<String>,
+    info: Option<Box<RawValue>>,
+    presence: Option<bool>,
 }
 
 /// An op that could not be parsed, with the client's `id` when it had one.
@@ -107,7 +129,13 @@ impl ClientOp {
                 since: raw.since,
                 epoch: raw.epoch,
                 delivery: raw.delivery.unwrap_or_default(),
+                presence: PresenceAsk {
+                    client: raw.client,
+                    info: raw.info,
+                    events: raw.presence.unwrap_or(false),
+                },
             }),
+            Some("presence") => need_channel(raw.channel).map(|channel| Self::Presence { channel }),
             Some("unsubscribe") => {
                 need_channel(raw.channel).map(|channel| Self::Unsubscribe { channel })
             }
@@ -126,7 +154,9 @@ impl ClientOp {
                 .map(|data| Self::Echo { data }),
             Some(other) => Err(ProtocolError::new(
                 ErrorCode::BadRequest,
-                format!("unknown op {other:?}; expected subscribe, unsubscribe, publish or echo"),
+                format!(
+                    "unknown op {other:?}; expected subscribe, unsubscribe, publish, presence or echo"
+                ),
             )),
             None => Err(ProtocolError::new(
                 ErrorCode::BadRequest,
@@ -191,6 +221,40 @@ pub fn subscribed_frame(channel: &ChannelName, epoch: &Epoch, head: u64) -> Byte
         ..Frame::op("subscribed")
     }
     .encode()
+}
+
+/// `{"op":"subscribed",…}` with `"presence_error":{"code","message"}`: the
+/// subscription works, joining its presence did not.
+pub fn subscribed_frame_presence_error(
+    channel: &ChannelName,
+    epoch: &Epoch,
+    head: u64,
+    error: &ProtocolError,
+) -> Bytes {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&subscribed_frame(channel, epoch, head)).unwrap_or_default();
+    v["presence_error"] = serde_json::json!({
+        "code": error.code.as_str(),
+        "message": error.message,
+    });
+    Bytes::from(v.to_string())
+}
+
+/// `{"op":"presence","channel","members":[…]}`; `members` is a JSON array
+/// already encoded.
+pub fn presence_frame(channel: &ChannelName, members: &str) -> Bytes {
+    // Channel names hold no character JSON must escape (see ChannelName).
+    Bytes::from(format!(
+        r#"{{"op":"presence","channel":"{channel}","members":{members}}}"#
+    ))
+}
+
+/// `{"op":"join"|"leave","channel","member":{"id","info"}}`; `member` is
+/// already encoded.
+pub fn presence_change_frame(kind: &str, channel: &ChannelName, member: &str) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"op":"{kind}","channel":"{channel}","member":{member}}}"#
+    ))
 }
 
 /// `{"op":"unsubscribed","channel"}`.

@@ -285,8 +285,9 @@ async fn relay(
         while let Some(ev) = next.take() {
             match ev {
                 Event::Message(m) => batch.push(&m),
-                // A live subscription is never truncated.
-                Event::Truncated(_) => {}
+                // A live subscription is never truncated, and the hub's
+                // subscriptions carry no presence (sessions add it).
+                Event::Truncated(_) | Event::Presence(_) => {}
                 Event::Lagged { .. } => {
                     lagged = true;
                     break;

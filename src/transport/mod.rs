@@ -9,6 +9,8 @@
 //! - [`extract`]: what the HTTP rungs' handlers share (axum extractors);
 //! - [`meter`]: the socket under every HTTP connection: byte counts, the
 //!   send timeout, and handing a lent socket back;
+//! - [`presence`]: who a subscriber joins a channel's presence as, and
+//!   presence events on each rung's wire;
 //! - [`fanout`]: per-channel tasks that write new messages straight to the
 //!   WebSockets and WebTransport streams lent to them.
 
@@ -17,6 +19,7 @@ pub mod fanout;
 pub mod lease;
 pub mod meter;
 pub mod polling;
+pub mod presence;
 pub mod session;
 pub mod sse;
 pub mod websocket;

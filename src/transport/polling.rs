@@ -18,10 +18,12 @@ use serde::Deserialize;
 use super::extract::{ChannelParam, Granted, Peer, ensure_enabled, json_bytes};
 use super::parse_position;
 use crate::context::Ctx;
+use crate::hub::presence::{ClientId, Held, Info, Since, members_json};
 use crate::hub::{ChannelName, Page, Position};
 use crate::limits::PerIpGuard;
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::stats::Transport;
+use crate::transport::presence as wire;
 
 /// The longest wait the contract allows, in seconds.
 pub const MAX_WAIT_SECS: f64 = 60.0;
@@ -37,6 +39,20 @@ pub struct PollQuery {
     epoch: Option<String>,
     limit: Option<String>,
     wait: Option<String>,
+    /// Presence id (auth off) and its `info` (JSON): the poller stays a
+    /// member while it keeps polling within `--presence-lapse`.
+    client: Option<String>,
+    info: Option<String>,
+    /// `presence=V`: the joins and leaves after version V (from the last
+    /// answer's `presence.version`), or `0` for the member list.
+    presence: Option<String>,
+}
+
+/// What a poll asks of presence.
+struct PollPresence {
+    who: Option<(ClientId, Info)>,
+    /// `Some(v)` to be told the changes after `v` (0: the list).
+    after: Option<u64>,
 }
 
 fn bad(msg: String) -> ProtocolError {
@@ -84,7 +100,14 @@ pub fn get(
             pos,
             limit,
             wait,
+            presence,
         } = poll?;
+        // Boxed, as is the tail below: they would otherwise size the
+        // future every waiting long poll holds.
+        let (held, refused) = match &presence {
+            Some(p) => Box::pin(join(&ctx, &channel, p, wait.is_some())).await,
+            None => (None, None),
+        };
         let (t, page) = match wait {
             None => {
                 let _open = ctx.stats.open(Transport::Poll);
@@ -110,7 +133,15 @@ pub fn get(
             .of(t)
             .messages_out
             .inc_by(page.messages.len() as u64);
-        Ok(json_bytes(StatusCode::OK, encode_page(&channel, &page)))
+        drop(held);
+        let tail = match presence {
+            Some(p) => Box::pin(tail(&ctx, &channel, *p, refused)).await,
+            None => String::new(),
+        };
+        Ok(json_bytes(
+            StatusCode::OK,
+            encode_page(&channel, &page, &tail),
+        ))
     }
 }
 
@@ -121,6 +152,77 @@ struct Poll {
     limit: usize,
     /// A long poll's wait and its per-address slot.
     wait: Option<(Duration, Option<PerIpGuard>)>,
+    presence: Option<Box<PollPresence>>,
+}
+
+/// Renews the poller's presence lease; a long poll also holds the member
+/// while it waits. Returns the hold and, if joining failed, why.
+async fn join(
+    ctx: &Ctx,
+    channel: &ChannelName,
+    p: &PollPresence,
+    waits: bool,
+) -> (Option<Held>, Option<ProtocolError>) {
+    let Some((id, info)) = &p.who else {
+        return (None, None);
+    };
+    let presence = ctx.hub.presence();
+    if let Err(e) = presence.touch(channel, id, info).await {
+        return (None, Some(e.into()));
+    }
+    if !waits {
+        return (None, None);
+    }
+    match presence.hold(channel, id.clone(), info.clone()).await {
+        Ok(h) => (Some(h), None),
+        Err(e) => (None, Some(e.into())),
+    }
+}
+
+/// The presence part of a poll's answer: `,"presence":{"version",
+/// "members"|"changes"}` and `,"presence_error":{…}` as asked and needed.
+async fn tail(
+    ctx: &Ctx,
+    channel: &ChannelName,
+    p: PollPresence,
+    refused: Option<ProtocolError>,
+) -> String {
+    let mut out = String::new();
+    if let Some(e) = refused {
+        out.push_str(&format!(r#","presence_error":{}"#, wire::error_json(&e)));
+    }
+    let presence = ctx.hub.presence();
+    // A long poll renews its lease as it answers, so the wait counts as
+    // polling.
+    if let Some((id, info)) = &p.who {
+        let _ = presence.touch(channel, id, info).await;
+    }
+    let Some(after) = p.after else { return out };
+    let (since, version) = presence.since(channel, (after > 0).then_some(after));
+    let body = match since {
+        Since::Changes(changes) => {
+            let list: Vec<String> = changes
+                .iter()
+                .map(|c| {
+                    format!(
+                        r#"{{"type":"{}","member":{}}}"#,
+                        c.kind(),
+                        c.member().json()
+                    )
+                })
+                .collect();
+            format!(r#""changes":[{}]"#, list.join(","))
+        }
+        Since::Snapshot(local) => {
+            let members = match presence.is_shared() {
+                true => presence.members(channel).await.unwrap_or(local),
+                false => local,
+            };
+            format!(r#""members":{}"#, members_json(&members))
+        }
+    };
+    out.push_str(&format!(r#","presence":{{"version":{version},{body}}}"#));
+    out
 }
 
 /// Checks a poll request: its parameters, its grant, whether its rung is
@@ -138,6 +240,7 @@ fn check(
     grant.can_subscribe(&channel)?;
     let pos = parse_position(q.since.as_deref(), q.epoch.as_deref())?;
     let limit = parse_limit(q.limit.as_deref())?;
+    let presence = poll_presence(ctx, &grant, &channel, &q)?;
     let Some(w) = q.wait.as_deref() else {
         ensure_enabled(ctx, Transport::Poll)?;
         return Ok(Poll {
@@ -145,6 +248,7 @@ fn check(
             pos,
             limit,
             wait: None,
+            presence,
         });
     };
     ensure_enabled(ctx, Transport::LongPoll)?;
@@ -167,12 +271,38 @@ fn check(
         pos,
         limit,
         wait: Some((wait, slot)),
+        presence,
     })
+}
+
+/// Checks a poll's presence parameters.
+fn poll_presence(
+    ctx: &Ctx,
+    grant: &crate::auth::Grant,
+    channel: &ChannelName,
+    q: &PollQuery,
+) -> Result<Option<Box<PollPresence>>, ProtocolError> {
+    let who = wire::identity(ctx, grant, q.client.as_deref(), q.info.as_deref())?;
+    let after = q
+        .presence
+        .as_deref()
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                bad(format!(
+                    "`presence` must be a version from an earlier answer, or 0, got {v:?}"
+                ))
+            })
+        })
+        .transpose()?;
+    if after.is_some() {
+        grant.can_read_presence(channel)?;
+    }
+    Ok((who.is_some() || after.is_some()).then(|| Box::new(PollPresence { who, after })))
 }
 
 /// `{"channel","epoch","messages":[…],"next","truncated"?}` from the
 /// messages' shared encodings.
-fn encode_page(channel: &ChannelName, page: &Page) -> BytesMut {
+fn encode_page(channel: &ChannelName, page: &Page, tail: &str) -> BytesMut {
     let size: usize = page.messages.iter().map(|m| m.json().len() + 1).sum();
     let mut out = BytesMut::with_capacity(size + 128);
     out.put_slice(br#"{"channel":""#);
@@ -196,6 +326,7 @@ fn encode_page(channel: &ChannelName, page: &Page) -> BytesMut {
             .as_bytes(),
         );
     }
+    out.put_slice(tail.as_bytes());
     out.put_u8(b'}');
     out
 }
@@ -226,6 +357,9 @@ mod tests {
             epoch: None,
             limit: None,
             wait: Some("1".into()),
+            client: None,
+            info: None,
+            presence: None,
         };
         let poll = get(
             State(ctx),

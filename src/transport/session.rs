@@ -5,6 +5,7 @@
 //! multiplexes its subscriptions. The adapter owns the socket and decides
 //! framing; this module decides meaning.
 
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -12,12 +13,15 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio_stream::StreamMap;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::auth::Grant;
 use crate::context::Ctx;
-use crate::hub::{ChannelName, Event, Position, Subscription};
-use crate::protocol::{self, ClientOp, DeliveryMode, ErrorCode, ProtocolError};
+use crate::hub::presence::{Change, Held, members_json};
+use crate::hub::{ChannelName, Event, Position, PresenceEvent, Subscription};
+use crate::protocol::{self, ClientOp, DeliveryMode, ErrorCode, PresenceAsk, ProtocolError};
 use crate::stats::Transport;
 
 /// One subscription as a stream of events. It can be paused: its
@@ -150,6 +154,19 @@ pub struct OpSession {
     /// Boxed: the map's vector grows by several entries at once, and an
     /// idle connection should not carry room for subscriptions it lacks.
     subs: StreamMap<ChannelName, Box<SubStream>>,
+    /// Presence: the members this conversation holds (dropping one
+    /// leaves), the channels whose joins and leaves it asked for, and the
+    /// snapshots waiting to be sent.
+    presence: Option<Box<SessionPresence>>,
+}
+
+/// The presence side of an [`OpSession`]; absent until first used, so
+/// conversations that never use presence carry one pointer for it.
+#[derive(Default)]
+struct SessionPresence {
+    held: HashMap<ChannelName, Held>,
+    watching: StreamMap<ChannelName, BroadcastStream<Change>>,
+    pending: VecDeque<(ChannelName, PresenceEvent)>,
 }
 
 impl std::fmt::Debug for OpSession {
@@ -169,6 +186,7 @@ impl OpSession {
             transport,
             creds,
             subs: StreamMap::new(),
+            presence: None,
         }
     }
 
@@ -215,6 +233,7 @@ impl OpSession {
                 since,
                 epoch,
                 delivery,
+                presence,
             } => {
                 if delivery == DeliveryMode::Datagram && self.transport != Transport::WebTransport {
                     return Err(ProtocolError::new(
@@ -223,6 +242,15 @@ impl OpSession {
                     ));
                 }
                 self.creds.grant.can_subscribe(&channel)?;
+                let who = super::presence::identity(
+                    &self.ctx,
+                    &self.creds.grant,
+                    presence.client.as_deref(),
+                    presence
+                        .info
+                        .as_deref()
+                        .map(serde_json::value::RawValue::get),
+                )?;
                 let limit = self.ctx.cfg.max_subscriptions;
                 if self.subs.len() >= limit && !self.subs.contains_key(&channel) {
                     return Err(ProtocolError::new(
@@ -235,15 +263,25 @@ impl OpSession {
                     .hub
                     .subscribe(&channel, &Position { since, epoch })
                     .await?;
-                let reply = protocol::subscribed_frame(&channel, sub.epoch(), sub.head());
+                let (epoch, head) = (sub.epoch().clone(), sub.head());
                 // Replaces an earlier subscription to the same channel.
                 self.subs
-                    .insert(channel, Box::new(SubStream::new(sub, delivery)));
-                Ok(reply)
+                    .insert(channel.clone(), Box::new(SubStream::new(sub, delivery)));
+                let joined = self.join_presence(&channel, who, &presence).await;
+                Ok(match joined {
+                    Ok(()) => protocol::subscribed_frame(&channel, &epoch, head),
+                    Err(e) => protocol::subscribed_frame_presence_error(&channel, &epoch, head, &e),
+                })
             }
             ClientOp::Unsubscribe { channel } => {
                 self.subs.remove(&channel);
+                self.leave_presence(&channel);
                 Ok(protocol::unsubscribed_frame(&channel))
+            }
+            ClientOp::Presence { channel } => {
+                self.creds.grant.can_read_presence(&channel)?;
+                let members = self.ctx.hub.presence().members(&channel).await?;
+                Ok(protocol::presence_frame(&channel, &members_json(&members)))
             }
             ClientOp::Publish { channel, data } => {
                 self.creds.grant.can_publish(&channel)?;
@@ -255,9 +293,63 @@ impl OpSession {
         }
     }
 
+    /// Joins `who` to the presence of a just-made subscription and, if it
+    /// asked, starts telling it who is there. The subscription stands
+    /// whatever this returns.
+    async fn join_presence(
+        &mut self,
+        channel: &ChannelName,
+        who: Option<(crate::hub::presence::ClientId, crate::hub::presence::Info)>,
+        ask: &PresenceAsk,
+    ) -> Result<(), ProtocolError> {
+        // A resubscription starts its presence afresh, snapshot included.
+        self.leave_presence(channel);
+        // Both are tried; the first failure is what the client is told.
+        let held = match who {
+            Some((id, info)) => match self.ctx.hub.presence().hold(channel, id, info).await {
+                Ok(held) => {
+                    self.presence
+                        .get_or_insert_with(Default::default)
+                        .held
+                        .insert(channel.clone(), held);
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            },
+            None => Ok(()),
+        };
+        let watched = match ask.events {
+            true => self.watch_presence(channel).await,
+            false => Ok(()),
+        };
+        held.and(watched)
+    }
+
+    /// Starts telling this conversation the members of `channel`, then
+    /// their joins and leaves.
+    async fn watch_presence(&mut self, channel: &ChannelName) -> Result<(), ProtocolError> {
+        self.creds.grant.can_read_presence(channel)?;
+        let (rx, local) = self.ctx.hub.presence().watch_from(channel);
+        let members = super::presence::first_snapshot(&self.ctx, local, channel).await?;
+        let p = self.presence.get_or_insert_with(Default::default);
+        p.watching.insert(channel.clone(), BroadcastStream::new(rx));
+        p.pending
+            .push_back((channel.clone(), PresenceEvent::Snapshot(members)));
+        Ok(())
+    }
+
+    fn leave_presence(&mut self, channel: &ChannelName) {
+        if let Some(p) = &mut self.presence {
+            p.held.remove(channel);
+            p.watching.remove(channel);
+            p.pending.retain(|(c, _)| c != channel);
+        }
+    }
+
     /// Drops every subscription (the token that allowed them expired).
     pub fn unsubscribe_all(&mut self) {
         self.subs.clear();
+        self.presence = None;
     }
 
     /// Every subscription, by channel.
@@ -272,10 +364,28 @@ impl OpSession {
             .map(|(_, s)| s)
     }
 
-    /// Waits for the next event of any subscription. Cancel-safe.
+    /// Waits for the next event of any subscription, presence events
+    /// included. Cancel-safe.
     pub async fn next_event(&mut self) -> Option<(ChannelName, DeliveryMode, Event)> {
-        let (ch, (mode, ev)) = self.subs.next().await?;
-        Some((ch, mode, ev))
+        let presence = |ch, ev| Some((ch, DeliveryMode::Stream, Event::Presence(ev)));
+        let Some(p) = self.presence.as_deref_mut() else {
+            let (ch, (mode, ev)) = self.subs.next().await?;
+            return Some((ch, mode, ev));
+        };
+        if let Some((ch, ev)) = p.pending.pop_front() {
+            return presence(ch, ev);
+        }
+        tokio::select! {
+            next = self.subs.next() => next.map(|(ch, (mode, ev))| (ch, mode, ev)),
+            Some((ch, change)) = p.watching.next(), if !p.watching.is_empty() => match change {
+                Ok(c) => presence(ch, PresenceEvent::Change(c)),
+                // Fell behind the joins and leaves: the list as it is now.
+                Err(BroadcastStreamRecvError::Lagged(_)) => {
+                    let (_, members) = self.ctx.hub.presence().watch_from(&ch);
+                    presence(ch, PresenceEvent::Snapshot(members))
+                }
+            },
+        }
     }
 
     /// The next event if one is ready now.

@@ -17,9 +17,12 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use super::extract::{ChannelParam, Granted, ensure_enabled};
 use super::{parse_position, sleep_until_opt};
 use crate::context::Ctx;
-use crate::hub::{Event, Position, Subscription};
+use crate::hub::presence::{Change, Held};
+use crate::hub::{ChannelName, Event, Position, PresenceEvent, Subscription};
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::stats::{ConnGuard, Transport};
+use crate::transport::presence as wire;
+use tokio::sync::broadcast;
 
 /// The reconnection delay suggested to browsers, in milliseconds.
 pub const RETRY_MS: u64 = 2000;
@@ -31,6 +34,33 @@ const COALESCE_BYTES: usize = 16 * 1024;
 pub struct SseQuery {
     since: Option<String>,
     epoch: Option<String>,
+    /// Presence id (auth off), its `info` (JSON), and `presence=1` to
+    /// receive the member list and its joins and leaves.
+    client: Option<String>,
+    info: Option<String>,
+    presence: Option<String>,
+}
+
+/// Whether a `presence` query parameter asks for presence events.
+pub fn wants_presence(v: Option<&str>) -> Result<bool, ProtocolError> {
+    match v {
+        None | Some("0" | "false") => Ok(false),
+        Some("1" | "true") => Ok(true),
+        Some(other) => Err(ProtocolError::new(
+            ErrorCode::BadRequest,
+            format!("`presence` must be 1 or 0, got {other:?}"),
+        )),
+    }
+}
+
+/// An event stream's presence: the member it holds and the events it asked
+/// for. Boxed in the stream, which most clients never give one.
+struct StreamPresence {
+    channel: ChannelName,
+    _held: Option<Held>,
+    watch: Option<broadcast::Receiver<Change>>,
+    /// Said once, right after `retry:`: the snapshot, or why joining failed.
+    first: Bytes,
 }
 
 //= https://html.spec.whatwg.org/multipage/server-sent-events.html#the-last-event-id-header
@@ -73,7 +103,15 @@ pub async fn get(
         }
         None => parse_position(q.since.as_deref(), q.epoch.as_deref())?,
     };
+    let who = wire::identity(&ctx, &grant, q.client.as_deref(), q.info.as_deref())?;
+    let events = wants_presence(q.presence.as_deref())?;
     let sub = ctx.hub.subscribe(&channel, &pos).await?;
+    let presence = match (who, events) {
+        (None, false) => None,
+        (who, events) => Some(Box::new(
+            Box::pin(join(&ctx, &grant, &channel, who, events)).await,
+        )),
+    };
     let mut heartbeat = tokio::time::interval(ctx.cfg.heartbeat());
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let stream = EventStream {
@@ -83,6 +121,7 @@ pub async fn get(
         expires: grant.remaining().map(|left| Instant::now() + left),
         ctx: ctx.clone(),
         state: Phase::Start,
+        presence,
     };
     let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
         let chunk = s.next_chunk().await?;
@@ -101,6 +140,67 @@ pub async fn get(
         .into_response())
 }
 
+/// Joins an event stream's presence and starts its presence events. A
+/// failure is told in the stream (`presence_error`), which still delivers.
+async fn join(
+    ctx: &Ctx,
+    grant: &crate::auth::Grant,
+    channel: &ChannelName,
+    who: Option<(crate::hub::presence::ClientId, crate::hub::presence::Info)>,
+    events: bool,
+) -> StreamPresence {
+    let mut out = StreamPresence {
+        channel: channel.clone(),
+        _held: None,
+        watch: None,
+        first: Bytes::new(),
+    };
+    let mut first = BytesMut::new();
+    // Held first, so a stream that joins sees itself in its list.
+    if let Some((id, info)) = who {
+        match ctx.hub.presence().hold(channel, id, info).await {
+            Ok(h) => out._held = Some(h),
+            Err(e) => first.extend_from_slice(&wire::sse_error(&e.into())),
+        }
+    }
+    if events {
+        let watched = match grant.can_read_presence(channel) {
+            Ok(()) => {
+                let (rx, local) = ctx.hub.presence().watch_from(channel);
+                wire::first_snapshot(ctx, local, channel)
+                    .await
+                    .map(|m| (rx, m))
+            }
+            Err(e) => Err(e.into()),
+        };
+        match watched {
+            Ok((rx, members)) => {
+                out.watch = Some(rx);
+                first.extend_from_slice(&wire::sse_event(&PresenceEvent::Snapshot(members)));
+            }
+            Err(e) => first.extend_from_slice(&wire::sse_error(&e)),
+        }
+    }
+    out.first = first.freeze();
+    out
+}
+
+/// The next presence change of a stream that watches, or never.
+async fn next_change(p: Option<&mut StreamPresence>, ctx: &Ctx) -> Bytes {
+    let Some((rx, channel)) = p.and_then(|p| Some((p.watch.as_mut()?, &p.channel))) else {
+        return std::future::pending().await;
+    };
+    match rx.recv().await {
+        Ok(c) => wire::sse_event(&PresenceEvent::Change(c)),
+        // Fell behind: the list as it is now.
+        Err(broadcast::error::RecvError::Lagged(_)) => {
+            let (_, members) = ctx.hub.presence().watch_from(channel);
+            wire::sse_event(&PresenceEvent::Snapshot(members))
+        }
+        Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
     Start,
@@ -116,6 +216,7 @@ struct EventStream {
     expires: Option<Instant>,
     ctx: Ctx,
     state: Phase,
+    presence: Option<Box<StreamPresence>>,
 }
 
 impl EventStream {
@@ -126,7 +227,11 @@ impl EventStream {
                 self.state = Phase::Live;
                 // Consume the interval's immediate first tick.
                 self.heartbeat.reset();
-                return Some(Bytes::from(format!("retry: {RETRY_MS}\n\n")));
+                let retry = format!("retry: {RETRY_MS}\n\n");
+                return Some(match &self.presence {
+                    Some(p) => Bytes::from([retry.as_bytes(), &p.first].concat()),
+                    None => Bytes::from(retry),
+                });
             }
             Phase::Live => {}
         }
@@ -143,6 +248,10 @@ impl EventStream {
                 ));
             }
             ev = self.sub.next() => ev,
+            change = next_change(self.presence.as_deref_mut(), &self.ctx) => {
+                self.heartbeat.reset();
+                return Some(change);
+            }
         };
         let first = self.encode(event);
         if self.state == Phase::Done {
@@ -173,6 +282,7 @@ impl EventStream {
                 "event: truncated\ndata: {{\"oldest\":{},\"epoch\":\"{}\"}}\n\n",
                 t.oldest, t.epoch
             )),
+            Event::Presence(p) => wire::sse_event(&p),
             Event::Lagged { last } => {
                 self.guard.stats().lagged.inc();
                 self.state = Phase::Done;

@@ -14,6 +14,7 @@ mod browser;
 mod cross_transport;
 mod errors;
 mod polling;
+mod presence;
 mod shutdown;
 mod soak;
 mod sse;

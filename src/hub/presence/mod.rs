@@ -85,15 +85,22 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        let left = self
-            .presence
-            .inner
-            .registry()
-            .release(&self.channel, &self.id, now_ms());
-        if let Some(change) = left {
+        // Told under the registry's lock, like every change, so a watcher's
+        // snapshot and its events never overlap or miss one.
+        let mut reg = self.presence.inner.registry();
+        if let Some(change) = reg.release(&self.channel, &self.id, now_ms()) {
             self.presence.left(&self.channel, change);
         }
     }
+}
+
+/// What a watcher of a channel's presence is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceEvent {
+    /// The whole member list: first, and again after falling behind.
+    Snapshot(Vec<Member>),
+    /// One join or leave.
+    Change(Change),
 }
 
 impl Inner {
@@ -163,10 +170,11 @@ impl Presence {
         info: Info,
     ) -> Result<Held, PresenceError> {
         self.admit(channel, &id, &info).await?;
-        let joined = self.inner.registry().hold(channel, &id, &info)?;
-        if let Some(change) = joined {
+        let mut reg = self.inner.registry();
+        if let Some(change) = reg.hold(channel, &id, &info)? {
             self.inner.emit(channel, change);
         }
+        drop(reg);
         Ok(Held {
             presence: self.clone(),
             channel: channel.clone(),
@@ -185,8 +193,8 @@ impl Presence {
         if !self.inner.registry().contains(channel, id) {
             self.admit(channel, id, info).await?;
         }
-        let joined = self.inner.registry().lease(channel, id, info, until)?;
-        if let Some(change) = joined {
+        let mut reg = self.inner.registry();
+        if let Some(change) = reg.lease(channel, id, info, until)? {
             self.inner.emit(channel, change);
         }
         Ok(())
@@ -253,19 +261,36 @@ impl Presence {
 
     /// Join and leave events of `channel` from now on.
     pub fn watch(&self, channel: &ChannelName) -> broadcast::Receiver<Change> {
+        self.watch_from(channel).0
+    }
+
+    /// This node's members of `channel` and the events after exactly that
+    /// list. With Redis the first snapshot should come from
+    /// [`Self::members`] instead, which sees every node.
+    pub fn watch_from(&self, channel: &ChannelName) -> (broadcast::Receiver<Change>, Vec<Member>) {
+        let reg = self.inner.registry();
+        let members = reg.members(channel);
         let mut w = self
             .inner
             .watchers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        w.entry(channel.clone())
+        let rx = w
+            .entry(channel.clone())
             .or_insert_with(|| broadcast::channel(WATCH_CAPACITY).0)
-            .subscribe()
+            .subscribe();
+        (rx, members)
+    }
+
+    /// Whether members are shared with other nodes (Redis).
+    pub fn is_shared(&self) -> bool {
+        self.inner.store.is_some()
     }
 
     /// Ends the leases that ran out by `now`, telling watchers.
     pub fn expire(&self, now: u64) -> usize {
-        let lapsed = self.inner.registry().expire(now);
+        let mut reg = self.inner.registry();
+        let lapsed = reg.expire(now);
         let n = lapsed.len();
         for (channel, change) in lapsed {
             self.left(&channel, change);

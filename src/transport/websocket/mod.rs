@@ -281,6 +281,7 @@ impl Handler {
                     m.op_frame()
                 }
                 Event::Truncated(t) => protocol::truncated_frame(&channel, t.oldest, &t.epoch),
+                Event::Presence(p) => crate::transport::presence::op_frame(&channel, &p),
                 Event::Lagged { last } => {
                     self.guard.stats().lagged.inc();
                     let frame = text_frame(protocol::lagged_frame(&channel, last));

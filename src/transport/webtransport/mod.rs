@@ -464,6 +464,9 @@ impl StreamTask {
                 Event::Truncated(t) => {
                     self.push_line(protocol::truncated_frame(&channel, t.oldest, &t.epoch));
                 }
+                Event::Presence(p) => {
+                    self.push_line(crate::transport::presence::op_frame(&channel, &p));
+                }
                 Event::Lagged { last } => {
                     self.stats.lagged.inc();
                     self.push_line(protocol::lagged_frame(&channel, last));
