@@ -37,12 +37,16 @@
 //   util.js          clock, backoff, errors, emitter
 //   http.js          channel URLs, JSON requests, publish by POST
 //   transports/      one module per rung, index.js = order + availability
+//   shared/          shared mode, `new Ladder({ shared: true })`: one
+//                    connection for all tabs (SharedWorker, or a leader tab
+//                    elected with Web Locks relaying over BroadcastChannel)
 
 import { RUNGS, TRANSPORTS, offeredRungs, unavailableReason } from './ladder/transports/index.js';
 import { Race, raceOrder } from './ladder/race.js';
 import { Subscription } from './ladder/subscription.js';
 import { Emitter, backoffDelay, describe, realClock, withTimeout } from './ladder/util.js';
 import { httpJson, httpPublish } from './ladder/http.js';
+import { SharedLadder, sharedPath } from './ladder/shared/tab.js';
 
 export { RUNGS, Subscription, backoffDelay, httpPublish };
 export { hexToBytes, sleep } from './ladder/util.js';
@@ -79,6 +83,12 @@ const DEFAULTS = {
 export class Ladder extends Emitter {
   constructor(options = {}) {
     super();
+    // Shared mode: one connection for every tab of the origin
+    // (./ladder/shared/); the same API, so the application is unchanged.
+    // Where neither SharedWorker nor Web Locks exist, this tab connects alone.
+    if (options.shared && sharedPath(options.env || globalThis, options.sharedPath || null)) {
+      return new SharedLadder(options, Ladder);
+    }
     this.options = { ...DEFAULTS, ...options };
     if (this.options.force) this.options.transports = [this.options.force];
     this.fetch = this.options.fetch || globalThis.fetch.bind(globalThis);

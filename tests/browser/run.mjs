@@ -5,7 +5,7 @@
 //
 // Each scenario starts its own server (ports 0, fresh certificate dir) and
 // its own browser context. Scenarios: unit (ladder.js in Node, no
-// browser), main, fallback-ws, fallback-sse, fallback-udp,
+// browser), main, shared (shared mode, ./shared.mjs), fallback-ws, fallback-sse, fallback-udp,
 // fallback-udp-silent. Exit status 0 only if every check passed.
 // The screenshot goes to target/browser/screenshot.png, so test runs leave the
 // work tree clean; LADDER_SCREENSHOT=docs/screenshot.png refreshes the one the
@@ -18,6 +18,7 @@ import {
   REPO_ROOT, startServer, stopServer, launchBrowser, openPage, waitState, ladderState, Tally,
 } from './lib/harness.mjs';
 import { runUnit } from './unit.mjs';
+import { runShared } from './shared.mjs';
 
 const OVERALL_TIMEOUT_MS = Number(process.env.LADDER_BROWSER_TIMEOUT_MS || 480000);
 const SCREENSHOT = process.env.LADDER_SCREENSHOT || join(REPO_ROOT, 'target', 'browser', 'screenshot.png');
@@ -289,6 +290,7 @@ const SCENARIOS = {
   unit: () => runUnit(tally),
   main: (b) => scenarioMain(b),
   crash: (b) => scenarioCrash(b),
+  shared: (b) => runShared(b, tally),
   'fallback-ws': (b) => scenarioFallback(b, 'fallback-ws', ['--disable', 'webtransport'], 'websocket'),
   'fallback-sse': (b) => scenarioFallback(b, 'fallback-sse', ['--disable', 'webtransport', '--disable', 'websocket'], 'sse'),
   'fallback-udp': async (b) => {

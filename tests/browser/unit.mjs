@@ -8,6 +8,7 @@ import { Ladder, backoffDelay, hexToBytes } from '../../web/ladder.js';
 import { Cursor } from '../../web/ladder/cursor.js';
 import { ManualClock, fakeRung } from './lib/clock.mjs';
 import { runRaceUnit } from './unit-race.mjs';
+import { runSharedUnit } from './unit-shared.mjs';
 
 const INFO = {
   version: 'test',
@@ -59,6 +60,7 @@ export async function runUnit(tally) {
   });
 
   await runRaceUnit(tally);
+  await runSharedUnit(tally);
 
   await tally.check('unit: Ladder: WebTransport not ready in the window -> WebSocket wins, is remembered', async () => {
     globalThis.localStorage = memoryStorage();

@@ -1,0 +1,236 @@
+// Unit checks of shared mode (web/ladder/shared/) in Node, no browser:
+// several "tabs" in one process, each with its own SharedLadder, over an
+// in-memory BroadcastChannel and a FIFO exclusive lock manager shaped like
+// navigator.locks, and a fake server standing in for the host's Ladder
+// (one open connection per host, replay from `since`, then live). A tab
+// crash is what the browser does when a tab dies: its channel goes
+// silent and its lock is released, with no goodbye.
+
+import { SharedLadder, sharedPath } from '../../web/ladder/shared/tab.js';
+
+/** Lets every queued message and promise run (bounded; no timers). */
+async function settle(rounds = 40) {
+  for (let i = 0; i < rounds; i++) await new Promise((r) => setImmediate(r));
+}
+
+/** BroadcastChannel semantics: everyone with the name but the sender, asynchronously, in order. */
+class Bus {
+  constructor() { this.members = new Set(); }
+  channelClass() {
+    const bus = this;
+    return class FakeBroadcastChannel {
+      constructor(name) { this.name = name; this.onmessage = null; this.closed = false; bus.members.add(this); }
+      postMessage(data) {
+        if (this.closed) return;
+        const copy = structuredClone(data);
+        for (const m of bus.members) {
+          if (m !== this && m.name === this.name && !m.closed) setImmediate(() => { if (!m.closed) m.onmessage?.({ data: copy }); });
+        }
+      }
+      close() { this.closed = true; bus.members.delete(this); }
+    };
+  }
+}
+
+/** navigator.locks for exclusive locks: granted in request order, released when the callback's promise settles or the owner dies. */
+class Locks {
+  constructor() { this.held = new Map(); this.queue = new Map(); }
+  for(owner) {
+    return {
+      request: (name, opts, cb) => new Promise((resolve) => {
+        const q = this.queue.get(name) || [];
+        q.push({ owner, cb, resolve });
+        this.queue.set(name, q);
+        this._grant(name);
+      }),
+    };
+  }
+  _grant(name) {
+    if (this.held.has(name)) return;
+    const next = (this.queue.get(name) || []).shift();
+    if (!next) return;
+    this.held.set(name, next.owner);
+    Promise.resolve(next.cb()).finally(() => this.release(name, next.owner));
+  }
+  release(name, owner) {
+    if (this.held.get(name) !== owner) return;
+    this.held.delete(name);
+    setImmediate(() => this._grant(name));
+  }
+  /** The browser's part when a tab dies: its held lock goes, its queued requests too. */
+  dropOwner(owner) {
+    for (const [name, q] of this.queue) this.queue.set(name, q.filter((r) => r.owner !== owner));
+    for (const [name, o] of this.held) if (o === owner) this.release(name, owner);
+  }
+}
+
+/** One channel log and the connections (host Ladders) open to it. */
+class FakeServer {
+  constructor() { this.log = new Map(); this.open = 0; this.opened = 0; this.live = new Set(); }
+  publish(channel, data) {
+    const list = this.log.get(channel) || [];
+    const msg = { channel, offset: list.length + 1, data, ts: 0 };
+    list.push(msg);
+    this.log.set(channel, list);
+    for (const s of this.live) if (s.channel === channel) s.push(msg);
+    return { channel, epoch: 'e1', offset: msg.offset };
+  }
+  ladderClass() {
+    const server = this;
+    return class FakeLadder {
+      constructor(options) { this.options = options; this.state = 'idle'; this.transport = null; this.handlers = []; this.subs = new Set(); }
+      on(ev, fn) { if (ev === 'state') this.handlers.push(fn); }
+      async connect() {
+        server.open++;
+        server.opened++;
+        this.state = 'open';
+        this.transport = 'websocket';
+        for (const h of this.handlers) h({ state: 'open' });
+      }
+      subscribe(channel, opts, onMessage) {
+        const log = server.log.get(channel) || [];
+        const head = log.length;
+        const since = opts.since === undefined ? head : opts.since;
+        const sub = {
+          channel,
+          cursor: { offset: since, epoch: 'e1' },
+          ready: Promise.resolve({ epoch: 'e1', head }),
+          push: (m) => setImmediate(() => {
+            if (!server.live.has(sub) || m.offset <= sub.cursor.offset) return;
+            sub.cursor.offset = m.offset;
+            onMessage({ ...m });
+          }),
+          unsubscribe: () => { server.live.delete(sub); this.subs.delete(sub); },
+        };
+        server.live.add(sub);
+        this.subs.add(sub);
+        for (const m of log.slice(since)) sub.push(m);
+        return sub;
+      }
+      async publish(channel, data) { return server.publish(channel, data); }
+      close() {
+        if (this.state === 'closed') return;
+        this.state = 'closed';
+        server.open--;
+        for (const s of this.subs) server.live.delete(s);
+      }
+    };
+  }
+}
+
+/** A group of tabs on one fake server. */
+function world() {
+  const bus = new Bus();
+  const locks = new Locks();
+  const server = new FakeServer();
+  const tabs = [];
+  const open = (extra = {}) => {
+    const id = `tab${tabs.length + 1}`;
+    const env = { BroadcastChannel: bus.channelClass(), navigator: { locks: locks.for(id) } };
+    const t = new SharedLadder({ base: 'http://127.0.0.1:9', env, tabId: id, ...extra }, server.ladderClass());
+    t.got = [];
+    tabs.push(t);
+    return t;
+  };
+  const crash = (t) => {
+    t.election._stopped = true;
+    t.election.host?.close();
+    t.election.bc.close();
+    locks.dropOwner(t.tabId);
+  };
+  return { bus, locks, server, tabs, open, crash };
+}
+
+function follow(t, channel, opts = { since: 0 }) {
+  return t.subscribe(channel, opts, (m) => t.got.push(m.offset));
+}
+
+function exactly(got, n) { return JSON.stringify(got) === JSON.stringify(Array.from({ length: n }, (_, i) => i + 1)); }
+
+export async function runSharedUnit(tally) {
+  await tally.check('unit: shared path: SharedWorker where there is one, else a leader tab, else none', () => {
+    const locks = { request() {} };
+    class BC {}
+    class SW {}
+    tally.expect(sharedPath({ SharedWorker: SW, BroadcastChannel: BC, navigator: { locks } }) === 'worker', 'worker first');
+    tally.expect(sharedPath({ BroadcastChannel: BC, navigator: { locks } }) === 'leader', 'leader without SharedWorker');
+    tally.expect(sharedPath({ SharedWorker: SW, BroadcastChannel: BC, navigator: { locks } }, 'leader') === 'leader', 'leader on request');
+    tally.expect(sharedPath({ BroadcastChannel: BC }) === null, 'neither without Web Locks');
+  });
+
+  await tally.check('unit: shared (leader tab): five tabs, one connection, every tab gets every message once', async () => {
+    const w = world();
+    w.server.publish('room', 'early');
+    for (let i = 0; i < 5; i++) { const t = w.open(); follow(t, 'room'); t.connect(); }
+    await settle();
+    const leaders = w.tabs.filter((t) => t.role === 'leader');
+    tally.expect(leaders.length === 1, `${leaders.length} leaders`);
+    for (let i = 2; i <= 30; i++) w.server.publish('room', i);
+    await settle();
+    tally.expect(w.server.open === 1 && w.server.opened === 1, `${w.server.open} open, ${w.server.opened} opened`);
+    for (const t of w.tabs) {
+      tally.expect(exactly(t.got, 30), `${t.tabId} (${t.role}) got ${JSON.stringify(t.got)}`);
+      tally.expect(t.state === 'open', `${t.tabId} state ${t.state}`);
+    }
+    return `leader ${leaders[0].tabId}`;
+  });
+
+  await tally.check('unit: shared (leader tab): the leader dies mid-stream, the next takes over, cursors resume', async () => {
+    const w = world();
+    for (let i = 0; i < 5; i++) { const t = w.open(); follow(t, 'room'); t.connect(); }
+    await settle();
+    for (let i = 1; i <= 10; i++) w.server.publish('room', i);
+    await settle();
+    const old = w.tabs.find((t) => t.role === 'leader');
+    // Messages published while nobody leads are resumed from the cursors.
+    w.crash(old);
+    for (let i = 11; i <= 15; i++) w.server.publish('room', i);
+    await settle();
+    for (let i = 16; i <= 25; i++) w.server.publish('room', i);
+    await settle();
+    const rest = w.tabs.filter((t) => t !== old);
+    const leaders = rest.filter((t) => t.role === 'leader');
+    tally.expect(leaders.length === 1 && leaders[0] !== old, `${leaders.length} new leaders`);
+    tally.expect(w.server.open === 1 && w.server.opened === 2, `${w.server.open} open, ${w.server.opened} opened`);
+    for (const t of rest) tally.expect(exactly(t.got, 25), `${t.tabId} (${t.role}) got ${JSON.stringify(t.got)}`);
+    tally.expect(rest.every((t) => t.stats.leaderChanges === 1), `leader changes ${rest.map((t) => t.stats.leaderChanges)}`);
+    return `${old.tabId} -> ${leaders[0].tabId}`;
+  });
+
+  await tally.check('unit: shared: a tab asking from further back gets history; the others see no repeat', async () => {
+    const w = world();
+    const a = w.open();
+    follow(a, 'room');
+    a.connect();
+    await settle();
+    for (let i = 1; i <= 5; i++) w.server.publish('room', i);
+    await settle();
+    const b = w.open();
+    follow(b, 'room', { since: 2 });
+    b.connect();
+    await settle();
+    w.server.publish('room', 6);
+    await settle();
+    tally.expect(exactly(a.got, 6), `a got ${JSON.stringify(a.got)}`);
+    tally.expect(JSON.stringify(b.got) === '[3,4,5,6]', `b got ${JSON.stringify(b.got)}`);
+    tally.expect([...a._subs.values()][0].stats.duplicatesDropped === 3, 'a dropped the replayed 3..5');
+  });
+
+  await tally.check('unit: shared: publishes relay through the leader; unsubscribing the last tab lets the channel go', async () => {
+    const w = world();
+    const a = w.open();
+    const b = w.open();
+    a.connect();
+    b.connect();
+    await settle();
+    const sub = follow(a, 'x', {});
+    await settle();
+    const ack = await Promise.race([b.publish('x', 'hi'), settle().then(() => null)]);
+    await settle();
+    tally.expect(ack && ack.offset === 1, `ack ${JSON.stringify(ack)}`);
+    tally.expect(JSON.stringify(a.got) === '[1]', `a got ${JSON.stringify(a.got)}`);
+    sub.unsubscribe();
+    await settle();
+    tally.expect(w.server.live.size === 0, `${w.server.live.size} server subscriptions left`);
+  });
+}

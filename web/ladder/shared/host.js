@@ -1,0 +1,131 @@
+// host.js: the one connection of shared mode. A SharedHost runs one real
+// (unshared) Ladder and serves every tab of the origin through "links":
+// a link is anything with `send(msg)` whose incoming messages are handed to
+// `receive(tabId, msg)`. It lives in the SharedWorker, or in the leader tab
+// (./leader.js). No DOM, no timers of its own: Node tests drive it.
+//
+// Per channel the host holds ONE subscription and relays its messages to
+// every tab subscribed to it; each tab keeps its own cursor and drops what
+// it has already seen. When a tab asks for a channel from further back than
+// the host's subscription has delivered (a tab that was behind, or every
+// tab resuming on a new leader), the host resubscribes from the lowest
+// position asked: every tab then sees the repeats, and its cursor drops
+// them, so nothing is lost or doubled.
+
+/** Messages between tab and host (`t` is the kind). */
+export const KINDS = ['hello', 'sub', 'unsub', 'pub', 'bye', 'state', 'subscribed', 'msg', 'truncated', 'pubres'];
+
+export class SharedHost {
+  /** `makeLadder(options)` builds the real client from the first tab's options. */
+  constructor(makeLadder) {
+    this.makeLadder = makeLadder;
+    this.ladder = null;
+    /** tabId -> { send, channels: Set } */
+    this.tabs = new Map();
+    /** channel -> { sub, tabs: Set, since, epoch } */
+    this.channels = new Map();
+  }
+
+  /** Registers a tab reachable through `send`. */
+  attach(tabId, send) {
+    const known = this.tabs.get(tabId);
+    if (known) { known.send = send; return; }
+    this.tabs.set(tabId, { send, channels: new Set() });
+  }
+
+  /** One message from a tab. */
+  receive(tabId, msg) {
+    const tab = this.tabs.get(tabId);
+    if (!tab) return;
+    switch (msg.t) {
+      case 'hello': this._hello(tab, msg); break;
+      case 'sub': this._sub(tabId, tab, msg); break;
+      case 'unsub': this._unsub(tabId, tab, msg.channel); break;
+      case 'pub': this._pub(tab, msg); break;
+      case 'bye': this.detach(tabId); break;
+      default: break;
+    }
+  }
+
+  /** Forgets a tab that closed: its channels are let go when no tab is left on them. */
+  detach(tabId) {
+    const tab = this.tabs.get(tabId);
+    if (!tab) return;
+    for (const ch of [...tab.channels]) this._unsub(tabId, tab, ch);
+    this.tabs.delete(tabId);
+  }
+
+  /** Closes the connection (the host's tab or worker is going away). */
+  close() {
+    this.ladder?.close();
+    this.ladder = null;
+  }
+
+  _hello(tab, msg) {
+    if (!this.ladder) {
+      this.ladder = this.makeLadder(msg.options || {});
+      this.ladder.on('state', (d) => this._all({ t: 'state', state: d.state, transport: this.ladder.transport }));
+      this.ladder.connect().catch(() => {});
+    }
+    tab.send({ t: 'state', state: this.ladder.state, transport: this.ladder.transport });
+  }
+
+  _sub(tabId, tab, { channel, since, epoch }) {
+    tab.channels.add(channel);
+    let ch = this.channels.get(channel);
+    const from = since === null || since === undefined ? null : Number(since);
+    if (!ch) {
+      ch = { sub: null, tabs: new Set(), since: from, epoch: epoch ?? null };
+      this.channels.set(channel, ch);
+      this._open(channel, ch, from, epoch);
+    } else if (from !== null && (ch.sub.cursor.offset === null || from < ch.sub.cursor.offset
+      || (epoch && ch.sub.cursor.epoch && epoch !== ch.sub.cursor.epoch))) {
+      // Further back than delivered so far: start again from there.
+      ch.sub.unsubscribe();
+      this._open(channel, ch, from, epoch);
+    }
+    ch.tabs.add(tabId);
+    ch.sub.ready.then(({ epoch: e, head }) => {
+      if (!ch.tabs.has(tabId)) return;
+      tab.send({ t: 'subscribed', channel, epoch: e ?? ch.sub.cursor.epoch, head: head ?? ch.sub.cursor.offset });
+    });
+  }
+
+  _open(channel, ch, since, epoch) {
+    const opts = { onTruncated: (d) => this._each(ch, { t: 'truncated', channel, oldest: d.oldest, epoch: d.epoch }) };
+    if (since !== null) opts.since = since;
+    if (epoch) opts.epoch = epoch;
+    const sub = this.ladder.subscribe(channel, opts, (msg) => {
+      if (ch.sub === sub) this._each(ch, { t: 'msg', channel, msg, epoch: sub.cursor.epoch });
+    });
+    ch.sub = sub;
+  }
+
+  _unsub(tabId, tab, channel) {
+    tab.channels.delete(channel);
+    const ch = this.channels.get(channel);
+    if (!ch) return;
+    ch.tabs.delete(tabId);
+    if (ch.tabs.size === 0) {
+      ch.sub.unsubscribe();
+      this.channels.delete(channel);
+    }
+  }
+
+  async _pub(tab, { id, channel, data }) {
+    try {
+      const value = await this.ladder.publish(channel, data);
+      tab.send({ t: 'pubres', id, ok: true, value });
+    } catch (err) {
+      tab.send({ t: 'pubres', id, ok: false, error: String(err?.message || err) });
+    }
+  }
+
+  _each(ch, msg) {
+    for (const id of ch.tabs) this.tabs.get(id)?.send(msg);
+  }
+
+  _all(msg) {
+    for (const tab of this.tabs.values()) tab.send(msg);
+  }
+}
