@@ -7,13 +7,17 @@
 //!   and what it measures ([`report::LoadResult`]).
 //! - [`idle`]: N idle connections, memory per connection.
 //! - [`floor`]: the one-`send()`-per-delivery floor of this machine.
+//! - [`backends`]: publish throughput and latency of every log backend
+//!   (memory, durable, Redis) side by side, servers in-process.
 //! - [`quic_base`]: raw quinn vs a Ladder WebTransport stream (bulk, echo),
 //!   and fan-out's QUIC floor (`floor --quic`).
 //! - [`hol`]: head-of-line blocking under real packet loss: N channels on
 //!   one WebSocket against a WebTransport stream per channel and datagrams,
 //!   across an emulated lossy wire inside a network namespace.
-//! - [`clients`]: one small client per transport (and the Node peers'
-//!   protocols: plain `ws` and hand-framed Socket.IO v4).
+//! - [`clients`]: the load loop of each transport (and the Node peers'
+//!   protocols: plain `ws` and hand-framed Socket.IO v4), on the test kit's
+//!   connections (`ladder-testkit`: WebSocket, WebTransport endpoints,
+//!   source-address TCP).
 //! - [`probe`]: the server process (started here or given by pid), its CPU
 //!   time and RSS from `/proc`, and `/api/stats` deltas.
 //! - [`track`]: per-subscriber loss / duplicate / reorder accounting from
@@ -24,6 +28,7 @@
 //! Every run is bounded in count and time and talks to loopback only (or,
 //! for `hol`, to the wire of a namespace it made).
 
+pub mod backends;
 pub mod clients;
 pub mod floor;
 pub mod hol;

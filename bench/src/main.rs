@@ -10,7 +10,7 @@ use ladder_bench::clients::Kind;
 use ladder_bench::load::{self, LoadSpec};
 use ladder_bench::probe::{Peer, Spawned, Target};
 use ladder_bench::report::LoadResult;
-use ladder_bench::{floor, idle, quic_base, sys};
+use ladder_bench::{backends, floor, idle, quic_base, sys};
 
 #[derive(Parser)]
 #[command(
@@ -116,6 +116,9 @@ enum Cmd {
     /// WebSocket vs a WebTransport stream per channel vs datagrams, inside
     /// a network namespace with kernel packet loss and a delay each way.
     Hol(ladder_bench::hol::command::HolArgs),
+    /// Every log backend side by side (memory, durable, Redis): publish
+    /// throughput and latency, servers in this process.
+    Backends,
     /// (internal) The floor measurement's server.
     FloorServer {
         #[arg(long)]
@@ -252,7 +255,7 @@ fn main() -> Result<()> {
         | Cmd::Idle { server, .. }
         | Cmd::Quinn { server, .. }
         | Cmd::Floor { server, .. } => server.client_cpu.clone(),
-        Cmd::QuinnServer { .. } | Cmd::FloorServer { .. } | Cmd::Hol(_) => None,
+        Cmd::QuinnServer { .. } | Cmd::FloorServer { .. } | Cmd::Hol(_) | Cmd::Backends => None,
     };
     if let Some(c) = client_cpu {
         sys::pin_self(&sys::parse_cpus(&c)?)?;
@@ -269,6 +272,7 @@ async fn async_main(cli: Cli, nofile: u64) -> Result<()> {
     match cli.cmd {
         Cmd::QuinnServer { addr } => quic_base::serve(addr).await,
         Cmd::Hol(args) => ladder_bench::hol::command::main(args).await,
+        Cmd::Backends => backends::run().await,
         Cmd::FloorServer {
             subs,
             rate,

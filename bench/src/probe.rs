@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use ladder_testkit::process::{LadderCommand, LadderProcess, Stderr};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Which server speaks on the other end.
@@ -135,17 +135,24 @@ impl ProcSample {
 /// A server process started by the tool; killed when dropped.
 #[derive(Debug)]
 pub struct Spawned {
-    child: Child,
+    proc: Proc,
     /// Its HTTP address.
     pub http: SocketAddr,
-    /// Its pid.
+    /// Its pid (`taskset`'s, which execs the server).
     pub pid: u32,
 }
 
-/// A free TCP (and, for Ladder, UDP) port on loopback.
+#[derive(Debug)]
+enum Proc {
+    /// The test kit's `ladder` process.
+    Ladder(LadderProcess),
+    /// A peer command.
+    Peer(Child),
+}
+
+/// A free TCP port on loopback.
 fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    ladder_testkit::net::free_port(false)
 }
 
 fn pinned(cpu: Option<&str>, program: &str) -> Command {
@@ -179,43 +186,26 @@ pub const LADDER_LOAD_FLAGS: &[&str] = &[
 ];
 
 impl Spawned {
-    /// Starts the Ladder binary on free ports and waits for its banner.
+    /// Starts the Ladder binary on free ports (the test kit's
+    /// [`LadderCommand`]) with [`LADDER_LOAD_FLAGS`] and waits for its
+    /// start-up line.
     pub async fn ladder(bin: &str, cpu: Option<&str>, extra: &[String]) -> Result<Self> {
-        let (hp, qp) = (free_port()?, free_port()?);
         let certs = std::env::temp_dir().join(format!("ladder-bench-certs-{}", std::process::id()));
-        let mut cmd = pinned(cpu, bin);
-        cmd.args(["--http", &format!("127.0.0.1:{hp}")])
-            .args(["--h3", &format!("127.0.0.1:{qp}")])
-            .arg("--certs-dir")
-            .arg(&certs)
+        let proc = LadderCommand::new(bin)
+            .certs_dir(certs)
             .args(LADDER_LOAD_FLAGS)
             .args(extra)
+            .cpu(cpu)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().with_context(|| format!("starting {bin}"))?;
-        let out = child.stdout.take().context("stdout")?;
-        let mut lines = BufReader::new(out).lines();
-        let banner = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(l) = lines.next_line().await? {
-                if l.contains("http=http://") {
-                    return Ok(l);
-                }
-            }
-            bail!("server exited before its banner")
+            .stderr(Stderr::Inherit)
+            .start_wait(Duration::from_secs(30))
+            .start()
+            .await?;
+        Ok(Self {
+            http: proc.http,
+            pid: proc.pid,
+            proc: Proc::Ladder(proc),
         })
-        .await
-        .context("no banner within 30 s")??;
-        // Keep draining stdout so the server never blocks on it.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let http = banner
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http=http://"))
-            .context("banner without http=")?
-            .parse()?;
-        let pid = child.id().context("pid")?;
-        Ok(Self { child, http, pid })
     }
 
     /// Starts a peer command (`node bench/peers/…`) with `PORT` set and
@@ -240,20 +230,29 @@ impl Spawned {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let pid = child.id().context("pid")?;
-        Ok(Self { child, http, pid })
+        Ok(Self {
+            proc: Proc::Peer(child),
+            http,
+            pid,
+        })
     }
 
     /// Stops the server (SIGTERM, then kill after 5 s).
-    pub async fn stop(mut self) {
-        // SAFETY: sending a signal to our own child.
-        unsafe {
-            libc::kill(self.pid as i32, libc::SIGTERM);
-        }
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
+    pub async fn stop(self) {
+        match self.proc {
+            Proc::Ladder(p) => p.terminate().await,
+            Proc::Peer(mut child) => {
+                // SAFETY: sending a signal to our own child.
+                unsafe {
+                    libc::kill(self.pid as i32, libc::SIGTERM);
+                }
+                if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
         }
     }
 }

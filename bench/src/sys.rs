@@ -1,13 +1,11 @@
 //! Process-level helpers: the file-descriptor limit, CPU pinning, the
-//! wall clock carried in messages, and TCP connections from a chosen
-//! 127.0.0.x source address (so 50 000 connections do not run out of
-//! ephemeral ports on one address pair).
+//! wall clock carried in messages; and, from the test kit, TCP connections
+//! from a chosen 127.0.0.x source address (so 50 000 connections do not
+//! run out of ephemeral ports on one address pair).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use tokio::net::{TcpSocket, TcpStream};
 
 /// Microseconds since the Unix epoch (one machine, one clock).
 pub fn now_us() -> u64 {
@@ -93,22 +91,4 @@ pub fn parse_cpus(s: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// The source address of client `i` when spreading over `k` addresses:
-/// 127.0.0.1 … 127.0.0.k.
-pub fn src_ip(i: usize, k: usize) -> IpAddr {
-    let k = k.clamp(1, 250);
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, (i % k) as u8 + 1))
-}
-
-/// A TCP connection to `dst` from `src`:0, with Nagle off (as browsers do).
-pub async fn tcp_connect(src: IpAddr, dst: SocketAddr) -> Result<TcpStream> {
-    let sock = TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::new(src, 0))
-        .with_context(|| format!("bind {src}"))?;
-    let s = sock
-        .connect(dst)
-        .await
-        .with_context(|| format!("connect {dst} from {src}"))?;
-    s.set_nodelay(true)?;
-    Ok(s)
-}
+pub use ladder_testkit::net::{src_ip, tcp_connect};

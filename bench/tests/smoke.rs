@@ -8,27 +8,15 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use ladder::config::Config;
-use ladder::server::Server;
 use ladder_bench::clients::Kind;
 use ladder_bench::load::{self, LoadSpec};
 use ladder_bench::probe::{Peer, Target};
-use tokio_util::sync::CancellationToken;
+use ladder_testkit::TestServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_transport_tiny_load() -> Result<()> {
-    let certs = std::env::temp_dir().join(format!("ladder-bench-smoke-{}", std::process::id()));
-    let cfg = Config {
-        http: "127.0.0.1:0".parse()?,
-        h3: "127.0.0.1:0".parse()?,
-        certs_dir: certs,
-        publish_rate: 0,
-        ..Config::default()
-    };
-    let server = Server::bind(cfg).await?;
-    let http = server.http_addr();
-    let token = CancellationToken::new();
-    let handle = tokio::spawn(server.run(token.clone()));
+    let server = TestServer::spawn_with(|c| c.publish_rate = 0).await?;
+    let http = server.addr;
     // The server runs in this process, so /proc figures are ours: fine for
     // checking that they are produced.
     let target = Target::discover(http, Peer::Ladder, Some(std::process::id())).await?;
@@ -60,8 +48,7 @@ async fn every_transport_tiny_load() -> Result<()> {
     assert_eq!(v["received_after_hold"], 10, "{v}");
     assert!(v["kib_per_conn"].as_f64().is_some(), "{v}");
 
-    token.cancel();
-    tokio::time::timeout(Duration::from_secs(20), handle).await??;
+    server.shutdown().await?;
     Ok(())
 }
 

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::helpers::temp_dir;
+use ladder_testkit::soak as engine;
 
-#[path = "../../examples/soak/engine/mod.rs"]
-mod engine;
+use crate::helpers::temp_dir;
 
 fn opts(tag: &str, server_args: Vec<String>, durable: bool) -> engine::Opts {
     let seed = std::time::SystemTime::now()

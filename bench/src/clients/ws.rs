@@ -8,39 +8,36 @@
 //! and the client answers `3`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use ladder_testkit::ws::{WsOptions, open};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
 use super::{Kind, Ready, SubCtx, complete, deliver, set_ready};
-use crate::sys::{src_ip, tcp_connect};
+use crate::sys::src_ip;
 use crate::track::Tracker;
 
-/// A client WebSocket over a plain TCP stream.
-pub type Ws = WebSocketStream<TcpStream>;
+/// A client WebSocket over a plain TCP stream (the test kit's).
+pub type Ws = ladder_testkit::ws::WsStream;
 
-/// Small buffers so that 50 000 client sockets fit in the load machine
-/// (tungstenite's defaults are 128 KiB of read buffer per socket).
-fn config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
-        .write_buffer_size(0)
-}
-
-/// Opens a WebSocket to Ladder / the `ws` peer (`/api/ws`) or Socket.IO.
+/// Opens a WebSocket to Ladder / the `ws` peer (`/api/ws`) or Socket.IO,
+/// from `src`, with the kit's small buffers so that 50 000 client sockets
+/// fit in the load machine (tungstenite's defaults are 128 KiB of read
+/// buffer per socket).
 pub async fn connect(http: SocketAddr, kind: Kind, src: std::net::IpAddr) -> Result<Ws> {
-    let tcp = tcp_connect(src, http).await?;
     let url = match kind {
         Kind::SocketIo => format!("ws://{http}/socket.io/?EIO=4&transport=websocket"),
         _ => format!("ws://{http}/api/ws"),
     };
-    let (mut ws, _) = client_async_with_config(url, tcp, Some(config()))
-        .await
-        .context("websocket handshake")?;
+    let opts = WsOptions {
+        src,
+        small_buffers: true,
+        // A bound, not a target: connects queue behind thousands of others.
+        wait: Duration::from_secs(60),
+    };
+    let mut ws = open(&url, &opts).await?;
     if kind == Kind::SocketIo {
         let open = next_text(&mut ws).await?;
         if !open.starts_with('0') {

@@ -4,54 +4,37 @@
 //! datagram mode, as datagrams (and on the stream when one does not fit).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use ladder_testkit::wt::{EndpointOptions, endpoint};
+use wtransport::Endpoint;
 use wtransport::endpoint::endpoint_side::Client;
-use wtransport::tls::Sha256Digest;
-use wtransport::{ClientConfig, Endpoint};
+
+pub use ladder_testkit::wt::digest;
 
 use super::{Kind, Ready, SubCtx, complete, deliver, set_ready};
 use crate::sys::src_ip;
 use crate::track::Tracker;
-
-/// Parses a lowercase-hex SHA-256.
-pub fn digest(hex: &str) -> Result<Sha256Digest> {
-    if hex.len() != 64 {
-        bail!("hash {hex:?} is not 64 hex digits");
-    }
-    let mut b = [0u8; 32];
-    for (i, x) in b.iter_mut().enumerate() {
-        *x = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
-    }
-    Ok(Sha256Digest::new(b))
-}
 
 /// Kernel buffer asked for per client socket: one socket carries thousands
 /// of sessions, and a publish reaches all of them at once. The kernel caps
 /// it at `net.core.rmem_max` / `wmem_max`.
 const UDP_BUFFER: usize = 32 << 20;
 
-/// A client UDP socket on `addr` with [`UDP_BUFFER`]-sized buffers (capped
-/// by the kernel's `rmem_max` / `wmem_max`).
-fn socket(addr: SocketAddr) -> Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_recv_buffer_size(UDP_BUFFER)?;
-    s.set_send_buffer_size(UDP_BUFFER)?;
-    s.bind(&addr.into())?;
-    Ok(s.into())
-}
-
-/// `n` client endpoints trusting exactly the certificate `hash`.
+/// `n` client endpoints trusting exactly the certificate `hash`, on
+/// 127.0.0.1..=127.0.0.`src_ips` in turn, with [`UDP_BUFFER`]-sized
+/// buffers.
 pub fn endpoints(n: usize, src_ips: usize, hash: &str) -> Result<Vec<Endpoint<Client>>> {
     (0..n)
         .map(|k| {
-            let cfg = ClientConfig::builder()
-                .with_bind_socket(socket(SocketAddr::new(src_ip(k, src_ips), 0))?)
-                .with_server_certificate_hashes([digest(hash)?])
-                .keep_alive_interval(Some(std::time::Duration::from_secs(5)))
-                .build();
-            Ok(Endpoint::client(cfg)?)
+            let opts = EndpointOptions {
+                bind: Some(SocketAddr::new(src_ip(k, src_ips), 0)),
+                udp_buffer: UDP_BUFFER,
+                keep_alive: Some(Duration::from_secs(5)),
+                idle_timeout: None,
+            };
+            endpoint(hash, &opts)
         })
         .collect()
 }

@@ -6,16 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
-use futures_util::{SinkExt, StreamExt};
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
-use tokio::time::{sleep, timeout};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 
-use super::subscribers::Endpoints;
-use super::wt::{WtLines, wt_connect};
+use super::subscribers::{Endpoints, wt_options};
 use super::{Backoff, STEP};
+use crate::ws::{Ws, WsOptions};
+use crate::wt::Wt;
+use crate::{Base, within_for};
 
 /// Everything published and acked, per channel and epoch.
 #[derive(Default)]
@@ -63,56 +63,46 @@ pub(crate) async fn publisher(
             match kind {
                 PubKind::Http => loop {
                     n += 1;
-                    let resp = timeout(
+                    let data = json!({"n": n});
+                    let ack = within_for(
                         STEP,
-                        http.post(format!("{}/api/channels/{channel}/messages", ep.http))
-                            .json(&json!({"n": n}))
-                            .send(),
+                        "publish",
+                        crate::server::publish(&http, &ep.http, &channel, &data),
                     )
                     .await??;
-                    ensure!(resp.status() == 201, "publish answered {}", resp.status());
-                    let ack: Value = timeout(STEP, resp.json()).await??;
                     ack_of(&acks, &channel, &ack)?;
                     backoff.reset();
                     sleep(every).await;
                 },
                 PubKind::WebSocket => {
-                    let (mut ws, _) =
-                        timeout(STEP, tokio_tungstenite::connect_async(ep.ws())).await??;
+                    let opts = WsOptions {
+                        wait: STEP,
+                        ..WsOptions::default()
+                    };
+                    let mut ws = Ws::connect_with(&ep.ws_url(), opts).await?;
                     loop {
                         n += 1;
-                        let op =
-                            json!({"op": "publish", "channel": channel, "data": {"n": n}, "id": n});
-                        ws.send(Message::text(op.to_string())).await?;
-                        loop {
-                            match timeout(STEP, ws.next()).await? {
-                                Some(Ok(Message::Text(t))) => {
-                                    let v: Value = serde_json::from_str(&t)?;
-                                    if v["op"] == "published" && v["id"] == n {
-                                        ack_of(&acks, &channel, &v)?;
-                                        break;
-                                    }
-                                    ensure!(v["op"] != "error", "publish refused: {v}");
-                                }
-                                Some(Ok(_)) => {}
-                                other => bail!("socket ended: {other:?}"),
-                            }
-                        }
+                        let ack = within_for(STEP, "ack", ws.publish(&channel, json!({"n": n}), n))
+                            .await??;
+                        ack_of(&acks, &channel, &ack)?;
                         backoff.reset();
                         sleep(every).await;
                     }
                 }
                 PubKind::WebTransport => {
-                    let (_endpoint, conn) = wt_connect(&ep, &http).await?;
-                    let mut lines = WtLines::open(&conn).await?;
+                    let wt = within_for(
+                        STEP,
+                        "wt session",
+                        Wt::connect_with(&*ep, "", &wt_options()),
+                    )
+                    .await??;
+                    let mut lines = within_for(STEP, "wt stream", wt.stream())
+                        .await??
+                        .with_wait(STEP);
                     loop {
                         n += 1;
-                        let op =
-                            json!({"op": "publish", "channel": channel, "data": {"n": n}, "id": n});
-                        lines.send(&op).await?;
-                        let v = timeout(STEP, lines.next()).await??;
-                        ensure!(v["op"] == "published" && v["id"] == n, "ack: {v}");
-                        ack_of(&acks, &channel, &v)?;
+                        let ack = lines.publish(&channel, json!({"n": n}), n).await?;
+                        ack_of(&acks, &channel, &ack)?;
                         backoff.reset();
                         sleep(every).await;
                     }

@@ -1,9 +1,9 @@
 //! Publish throughput and publish→deliver latency of every log backend, side
 //! by side, in one bounded run (well under a minute).
 //!
-//! Run with `cargo run --release --example backends_bench`. It starts
-//! in-process servers on loopback port 0 (and a `redis-server` of its own,
-//! when installed) and prints a Markdown table:
+//! Run with `cargo run --release -p ladder-bench -- backends`. It starts
+//! in-process servers on loopback port 0 (the test kit's [`TestServer`]; and
+//! a `redis-server` of its own, when installed) and prints a Markdown table:
 //!
 //! - throughput: acknowledged publishes per second from 32 WebSocket
 //!   publishers (split over both nodes for "redis, 2 nodes"), each waiting
@@ -12,69 +12,45 @@
 //!   "redis, 2 nodes"): time from sending a publish to the subscriber
 //!   receiving it, and to the publisher receiving its ack.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use futures_util::{SinkExt, StreamExt};
 use ladder::config::Config;
 use ladder::hub::Fsync;
-use ladder::server::Server;
 use ladder::stats::Transport;
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
+use ladder_testkit::ws::{Ws, WsOptions};
+use ladder_testkit::{TestServer, temp_dir};
+use serde_json::json;
 
 const PUBLISHERS: usize = 32;
 const THROUGHPUT_FOR: Duration = Duration::from_secs(3);
 const LATENCY_SAMPLES: usize = 300;
 
-type WsStream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ladder-bench-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-/// Starts a server with `f` applied; returns its WebSocket URL.
-async fn start(token: &CancellationToken, f: impl FnOnce(&mut Config)) -> Result<String> {
-    let mut cfg = Config {
-        http: "127.0.0.1:0".parse()?,
-        h3: "127.0.0.1:0".parse()?,
-        certs_dir: scratch("certs"),
-        disable: vec![Transport::WebTransport],
+/// Starts a server with `f` applied; returns it (its WebSocket URL is
+/// `ws_url()`).
+async fn start(f: impl FnOnce(&mut Config)) -> Result<TestServer> {
+    TestServer::spawn_with(|cfg| {
+        cfg.disable = vec![Transport::WebTransport];
         // Measure the backends, not the per-connection publish limit.
-        publish_rate: 0,
-        ..Config::default()
+        cfg.publish_rate = 0;
+        f(cfg);
+    })
+    .await
+}
+
+async fn ws(url: &str) -> Result<Ws> {
+    let opts = WsOptions {
+        wait: Duration::from_secs(10),
+        ..WsOptions::default()
     };
-    f(&mut cfg);
-    let server = Server::bind(cfg).await?;
-    let url = format!("ws://{}/api/ws", server.http_addr());
-    tokio::spawn(server.run(token.clone()));
-    Ok(url)
+    Ws::connect_with(url, opts).await
 }
 
-async fn ws(url: &str) -> Result<WsStream> {
-    Ok(tokio_tungstenite::connect_async(url).await?.0)
-}
-
-async fn recv(ws: &mut WsStream) -> Result<Value> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
-            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
-            Some(Ok(_)) => continue,
-            other => bail!("websocket ended: {other:?}"),
-        }
-    }
-}
-
-async fn publish(ws: &mut WsStream, channel: &str, i: usize) -> Result<()> {
+async fn publish(ws: &mut Ws, channel: &str, i: usize) -> Result<()> {
     let op = json!({"op":"publish","channel":channel,"data":{"i":i,"pad":"0123456789abcdef0123456789abcdef"}});
-    ws.send(Message::text(op.to_string())).await?;
-    let ack = recv(ws).await?;
+    ws.send(op).await?;
+    let ack = ws.recv().await?;
     if ack["op"] != "published" {
         bail!("publish refused: {ack}");
     }
@@ -116,26 +92,20 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 async fn latency(pub_url: &str, sub_url: &str) -> Result<(f64, f64, f64)> {
     let mut publisher = ws(pub_url).await?;
     let mut sub = ws(sub_url).await?;
-    sub.send(Message::text(
-        json!({"op":"subscribe","channel":"lat"}).to_string(),
-    ))
-    .await?;
-    if recv(&mut sub).await?["op"] != "subscribed" {
-        bail!("subscribe failed");
-    }
+    sub.subscribe("lat", None).await?;
     let (mut acks, mut delivers) = (Vec::new(), Vec::new());
     for i in 0..LATENCY_SAMPLES {
         let t0 = Instant::now();
         let op = json!({"op":"publish","channel":"lat","data":{"i":i}});
-        publisher.send(Message::text(op.to_string())).await?;
+        publisher.send(op).await?;
         // Whichever comes first; both are awaited before the next publish.
         let (ack, msg) = tokio::join!(
             async {
-                let v = recv(&mut publisher).await;
+                let v = publisher.recv().await;
                 (v, t0.elapsed())
             },
             async {
-                let v = recv(&mut sub).await;
+                let v = sub.recv().await;
                 (v, t0.elapsed())
             }
         );
@@ -155,8 +125,7 @@ async fn redis() -> Result<(tokio::process::Child, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let dir = scratch("redis");
-    std::fs::create_dir_all(&dir)?;
+    let dir = temp_dir("redis");
     let child = tokio::process::Command::new("redis-server")
         .args([
             "--port",
@@ -187,53 +156,50 @@ async fn redis() -> Result<(tokio::process::Child, String)> {
     Ok((child, format!("redis://127.0.0.1:{port}")))
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let token = CancellationToken::new();
+/// Runs every backend and prints the table.
+pub async fn run() -> Result<()> {
+    let mut servers = Vec::new();
     let mut rows = Vec::new();
     let durable = |fsync: Fsync, window_ms: u64| {
-        let dir = scratch(&format!("{fsync:?}-{window_ms}"));
+        let dir = temp_dir(&format!("{fsync:?}-{window_ms}"));
         move |c: &mut Config| {
             c.data_dir = Some(dir);
             c.fsync = fsync;
             c.group_commit_ms = window_ms;
         }
     };
-    let memory = start(&token, |_| {}).await?;
-    rows.push(("memory", vec![memory.clone()], memory.clone(), memory));
-    let group = start(&token, durable(Fsync::Group, 1)).await?;
-    rows.push((
+    let mut add = |name: &'static str, s: TestServer| {
+        let url = s.ws_url();
+        rows.push((name, vec![url.clone()], url.clone(), url));
+        servers.push(s);
+    };
+    add("memory", start(|_| {}).await?);
+    add(
         "durable, fsync group, 1 ms window",
-        vec![group.clone()],
-        group.clone(),
-        group,
-    ));
-    let group0 = start(&token, durable(Fsync::Group, 0)).await?;
-    rows.push((
+        start(durable(Fsync::Group, 1)).await?,
+    );
+    add(
         "durable, fsync group, 0 ms window",
-        vec![group0.clone()],
-        group0.clone(),
-        group0,
-    ));
-    let per = start(&token, durable(Fsync::PerPublish, 0)).await?;
-    rows.push((
+        start(durable(Fsync::Group, 0)).await?,
+    );
+    add(
         "durable, fsync per-publish",
-        vec![per.clone()],
-        per.clone(),
-        per,
-    ));
+        start(durable(Fsync::PerPublish, 0)).await?,
+    );
     let redis = match redis().await {
         Ok((child, url)) => {
             let u = url.clone();
-            let a = start(&token, |c| c.redis = Some(u)).await?;
-            let b = start(&token, |c| c.redis = Some(url)).await?;
-            rows.push(("redis, 1 node", vec![a.clone()], a.clone(), a.clone()));
+            let a = start(|c| c.redis = Some(u)).await?;
+            let b = start(|c| c.redis = Some(url)).await?;
+            let (ua, ub) = (a.ws_url(), b.ws_url());
+            add("redis, 1 node", a);
             rows.push((
                 "redis, 2 nodes (latency: publish A, deliver B)",
-                vec![a.clone(), b.clone()],
-                a,
-                b,
+                vec![ua.clone(), ub.clone()],
+                ua,
+                ub,
             ));
+            servers.push(b);
             Some(child)
         }
         Err(e) => {
@@ -250,9 +216,10 @@ async fn main() -> Result<()> {
         let (ack, p50, p99) = latency(&pub_url, &sub_url).await?;
         println!("| {name} | {tp:.0} | {ack:.3} | {p50:.3} | {p99:.3} |");
     }
-    token.cancel();
-    // Let the servers close their files and connections before exiting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let the servers close their files and connections before Redis goes.
+    for s in servers {
+        s.shutdown().await?;
+    }
     drop(redis);
     Ok(())
 }

@@ -1,16 +1,20 @@
-//! The soak engine: [`run`] starts the server, the clients and the faults,
-//! then checks the records ([`check`]). Used by `main.rs` and by
-//! `tests/it/soak.rs`.
+//! The fault-injecting soak: [`run`] starts the real binary, publishers
+//! (HTTP, WebSocket, WebTransport) and subscribers on all five rungs, kills
+//! and resumes subscribers and restarts the server (SIGTERM and SIGKILL in
+//! turn) on the same ports, then checks every subscriber's record
+//! ([`Report::check`]). Used by `examples/soak.rs` (full size) and
+//! `tests/it/soak.rs` (CI size). The clients are this crate's.
 
 mod check;
 mod publishers;
 mod server;
 mod subscribers;
-mod wt;
 
-use check::{Report, Verdict, verify};
+pub use check::{Report, Verdict};
+
+use check::verify;
 use publishers::{Acks, PubKind, ack_of, publisher};
-use server::{ServerProc, free_port};
+use server::ServerProc;
 use subscribers::{Endpoints, SubState, subscriber};
 
 use std::collections::{HashMap, HashSet};
@@ -19,8 +23,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::net::free_port;
 use anyhow::{Context, Result, ensure};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
@@ -58,30 +63,30 @@ impl Rung {
 
 /// What to run.
 #[derive(Debug, Clone)]
-pub(crate) struct Opts {
+pub struct Opts {
     /// Seconds of faults (publishing, kills, restarts).
-    pub(crate) secs: u64,
+    pub secs: u64,
     /// The `ladder` binary.
-    pub(crate) server_bin: PathBuf,
+    pub server_bin: PathBuf,
     /// Extra server arguments (e.g. `--data-dir DIR`).
-    pub(crate) server_args: Vec<String>,
+    pub server_args: Vec<String>,
     /// Channels; each has one publisher per kind and one subscriber per rung
     /// and `subs_per_rung`.
-    pub(crate) channels: usize,
+    pub channels: usize,
     /// Subscribers per rung per channel.
-    pub(crate) subs_per_rung: usize,
+    pub subs_per_rung: usize,
     /// Pause between one publisher's publishes.
-    pub(crate) publish_every: Duration,
+    pub publish_every: Duration,
     /// Range of seconds between server restarts.
-    pub(crate) restart_every: (f64, f64),
+    pub restart_every: (f64, f64),
     /// Range of seconds a subscriber connection lives before it is killed.
-    pub(crate) kill_every: (f64, f64),
+    pub kill_every: (f64, f64),
     /// Seed of the random choices (printed, so a run can be repeated).
-    pub(crate) seed: u64,
+    pub seed: u64,
     /// Fail if any truncation is announced (durable history).
-    pub(crate) expect_no_truncation: bool,
+    pub expect_no_truncation: bool,
     /// Where the server's certificates and log go.
-    pub(crate) work_dir: PathBuf,
+    pub work_dir: PathBuf,
 }
 
 /// A small xorshift generator: reproducible from the seed, no dependency.
@@ -141,10 +146,11 @@ impl Backoff {
 }
 
 /// Runs the soak and returns its figures (call [`Report::check`]).
-pub(crate) async fn run(opts: Opts) -> Result<Report> {
+pub async fn run(opts: Opts) -> Result<Report> {
     std::fs::create_dir_all(&opts.work_dir)?;
     let (http_port, h3_port) = (free_port(false)?, free_port(true)?);
-    let mut server = ServerProc::new(&opts, http_port, h3_port);
+    let localhost = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut server = ServerProc::new(&opts, localhost(http_port), localhost(h3_port));
     server.start().await?;
     let ep = Arc::new(Endpoints {
         http: format!("http://127.0.0.1:{http_port}"),
@@ -226,13 +232,7 @@ pub(crate) async fn run(opts: Opts) -> Result<Report> {
     let http = reqwest::Client::new();
     let mut markers = HashMap::new();
     for channel in &channels {
-        let ack: Value = http
-            .post(format!("{}/api/channels/{channel}/messages", ep.http))
-            .json(&json!("end"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let ack = crate::server::publish(&http, &ep.http, channel, &json!("end")).await?;
         ack_of(&acks, channel, &ack)?;
         markers.insert(
             channel.clone(),

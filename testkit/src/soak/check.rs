@@ -9,21 +9,21 @@ use super::subscribers::Rec;
 
 /// What one subscriber's record shows.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Verdict {
+pub struct Verdict {
     /// Messages delivered.
-    pub(crate) delivered: u64,
+    pub delivered: u64,
     /// `truncated` announcements.
-    pub(crate) truncations: u64,
+    pub truncations: u64,
     /// `lagged` announcements.
-    pub(crate) lagged: u64,
+    pub lagged: u64,
     /// Gaps (or epoch changes) nobody announced: must be 0.
-    pub(crate) unannounced: u64,
+    pub unannounced: u64,
     /// Offsets delivered twice or out of order: must be 0.
-    pub(crate) duplicates: u64,
+    pub duplicates: u64,
     /// Acked messages this subscriber never got.
-    pub(crate) acked_missing: u64,
+    pub acked_missing: u64,
     /// Of those, how many no announced gap covers: must be 0.
-    pub(crate) acked_missing_unexplained: u64,
+    pub acked_missing_unexplained: u64,
 }
 
 pub(crate) fn verify(recs: &[Rec], acked: Option<&HashMap<String, Vec<u64>>>) -> Verdict {
@@ -114,32 +114,32 @@ pub(crate) fn verify(recs: &[Rec], acked: Option<&HashMap<String, Vec<u64>>>) ->
 
 /// The figures of a run.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Report {
+pub struct Report {
     /// Seconds of faults.
-    pub(crate) secs: u64,
+    pub secs: u64,
     /// Extra server arguments.
-    pub(crate) server_args: Vec<String>,
+    pub server_args: Vec<String>,
     /// The seed.
-    pub(crate) seed: u64,
+    pub seed: u64,
     /// Acked publishes.
-    pub(crate) published: u64,
+    pub published: u64,
     /// Publish attempts that failed (server down, connection lost).
-    pub(crate) publish_failures: u64,
+    pub publish_failures: u64,
     /// Server stops by SIGTERM.
-    pub(crate) restarts_graceful: u64,
+    pub restarts_graceful: u64,
     /// Server stops by SIGKILL.
-    pub(crate) restarts_killed: u64,
+    pub restarts_killed: u64,
     /// Per rung: subscribers' summed verdicts, resumes and reconnects.
-    pub(crate) rungs: BTreeMap<String, (Verdict, u64, u64)>,
+    pub rungs: BTreeMap<String, (Verdict, u64, u64)>,
     /// Whether every subscriber caught up with the final marker.
-    pub(crate) caught_up: bool,
+    pub caught_up: bool,
     /// Truncations are failures (durable history).
-    pub(crate) expect_no_truncation: bool,
+    pub expect_no_truncation: bool,
 }
 
 impl Report {
     /// The sum over rungs.
-    pub(crate) fn total(&self) -> (Verdict, u64, u64) {
+    pub fn total(&self) -> (Verdict, u64, u64) {
         let mut t = (Verdict::default(), 0, 0);
         for (v, r, c) in self.rungs.values() {
             t.0.delivered += v.delivered;
@@ -156,7 +156,7 @@ impl Report {
     }
 
     /// Fails unless the guarantees held.
-    pub(crate) fn check(&self) -> Result<()> {
+    pub fn check(&self) -> Result<()> {
         let (t, _, _) = self.total();
         ensure!(
             self.caught_up,

@@ -4,14 +4,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::time::{Instant, sleep, timeout};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::wt::{WtClient, WtLines, wt_connect};
 use super::{Backoff, Rng, Rung, STEP};
+use crate::http::{Sse, poll_page};
+use crate::ws::{Ws, WsOptions};
+use crate::wt::{EndpointOptions, Wt};
+use crate::{Base, within_for};
 
 /// One thing a subscriber was told, in arrival order.
 #[derive(Debug, Clone)]
@@ -76,15 +77,33 @@ pub(crate) enum Ended {
     Stopped,
 }
 
+/// Where the server is (the same across restarts).
 pub(crate) struct Endpoints {
+    /// `http://127.0.0.1:PORT`.
     pub(crate) http: String,
 }
 
-impl Endpoints {
-    pub(crate) fn ws(&self) -> String {
-        format!("{}/api/ws", self.http.replacen("http", "ws", 1))
+impl Base for Endpoints {
+    fn base(&self) -> &str {
+        &self.http
     }
 }
+
+/// A session's endpoint options: a killed server sends nothing, and
+/// without keep-alives and a short idle timeout the client would wait out
+/// QUIC's default idle period before noticing, and fall out of the history
+/// meanwhile.
+pub(crate) fn wt_options() -> EndpointOptions {
+    EndpointOptions {
+        keep_alive: Some(Duration::from_millis(500)),
+        idle_timeout: Some(Duration::from_secs(2)),
+        ..EndpointOptions::default()
+    }
+}
+
+/// How long a quiet socket subscriber waits for its next frame (longer
+/// than the server's 15 s heartbeat, so a live socket always has one).
+const QUIET: Duration = Duration::from_secs(40);
 
 pub(crate) async fn subscriber(
     mut st: SubState,
@@ -107,7 +126,7 @@ pub(crate) async fn subscriber(
                 Rung::Poll | Rung::LongPoll => poll_session(&mut st, &ep, &http, kill_at).await,
                 Rung::Sse => sse_session(&mut st, &ep, &http, kill_at).await,
                 Rung::WebSocket => ws_session(&mut st, &ep, kill_at).await,
-                Rung::WebTransport => wt_session(&mut st, &ep, &http, &mut wt, kill_at).await,
+                Rung::WebTransport => wt_session(&mut st, &ep, &mut wt, kill_at).await,
             }
         };
         let ended = tokio::select! {
@@ -151,9 +170,7 @@ pub(crate) async fn poll_session(
         if let Some(e) = &st.epoch {
             url.push_str(&format!("&epoch={e}"));
         }
-        let resp = timeout(STEP, http.get(&url).send()).await??;
-        ensure!(resp.status() == 200, "poll answered {}", resp.status());
-        let page: Value = timeout(STEP, resp.json()).await??;
+        let page = poll_page(http, &url, STEP).await?;
         let epoch = page["epoch"].as_str().context("epoch")?.to_owned();
         if let Some(t) = page.get("truncated") {
             let te = t["epoch"].as_str().context("truncated.epoch")?;
@@ -177,59 +194,44 @@ pub(crate) async fn sse_session(
     kill_at: Instant,
 ) -> Result<Ended> {
     let url = format!("{}/api/channels/{}/events", ep.http, st.channel);
-    let req = match &st.epoch {
+    let mut sse = match &st.epoch {
         // What a browser's EventSource sends back.
-        Some(e) => http
-            .get(&url)
-            .header("Last-Event-ID", format!("{e}:{}", st.last)),
-        None => http.get(format!("{url}?since={}", st.last)),
-    };
-    let resp = timeout(STEP, req.send()).await??;
-    ensure!(resp.status() == 200, "sse answered {}", resp.status());
-    let mut body = resp.bytes_stream();
-    let mut buf = String::new();
+        Some(e) => {
+            let id = format!("{e}:{}", st.last);
+            Sse::open(http, &url, Some(&id), STEP).await?
+        }
+        None => Sse::open(http, &format!("{url}?since={}", st.last), None, STEP).await?,
+    }
+    // Heartbeats come every 15 s: a quiet 20 s means the server is gone.
+    .with_wait(Duration::from_secs(20));
     loop {
-        let chunk = tokio::select! {
+        let ev = tokio::select! {
             () = tokio::time::sleep_until(kill_at) => return Ok(Ended::Killed),
-            c = timeout(Duration::from_secs(20), body.next()) => c?,
+            ev = sse.next() => ev?,
         };
-        let Some(chunk) = chunk else {
+        let Some(ev) = ev else {
             bail!("event stream ended")
         };
-        buf.push_str(std::str::from_utf8(&chunk?)?);
-        while let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            let (mut id, mut event, mut data) = (None, "message".to_owned(), None);
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id: ") {
-                    id = Some(v.to_owned());
-                } else if let Some(v) = line.strip_prefix("event: ") {
-                    v.clone_into(&mut event);
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data = Some(serde_json::from_str::<Value>(v)?);
-                }
+        let data: Value = serde_json::from_str(&ev.data)?;
+        match ev.event.as_str() {
+            "message" => {
+                let id = ev.id.context("message without id")?;
+                let (epoch, offset) = id.rsplit_once(':').context("id form")?;
+                ensure!(
+                    data["offset"].as_u64() == Some(offset.parse()?),
+                    "id and offset differ"
+                );
+                st.msg(epoch, offset.parse()?);
             }
-            let Some(data) = data else { continue };
-            match event.as_str() {
-                "message" => {
-                    let id = id.context("message without id")?;
-                    let (epoch, offset) = id.rsplit_once(':').context("id form")?;
-                    ensure!(
-                        data["offset"].as_u64() == Some(offset.parse()?),
-                        "id and offset differ"
-                    );
-                    st.msg(epoch, offset.parse()?);
-                }
-                "truncated" => st.truncated(
-                    data["epoch"].as_str().context("epoch")?,
-                    data["oldest"].as_u64().context("oldest")?,
-                ),
-                "lagged" => {
-                    st.recs.push(Rec::Lagged);
-                    bail!("lagged");
-                }
-                other => bail!("event {other}: {data}"),
+            "truncated" => st.truncated(
+                data["epoch"].as_str().context("epoch")?,
+                data["oldest"].as_u64().context("oldest")?,
+            ),
+            "lagged" => {
+                st.recs.push(Rec::Lagged);
+                bail!("lagged");
             }
+            other => bail!("event {other}: {data}"),
         }
     }
 }
@@ -274,47 +276,44 @@ pub(crate) async fn ws_session(
     ep: &Endpoints,
     kill_at: Instant,
 ) -> Result<Ended> {
-    let (mut ws, _) = timeout(STEP, tokio_tungstenite::connect_async(ep.ws())).await??;
-    ws.send(Message::text(subscribe_op(st).to_string())).await?;
+    let opts = WsOptions {
+        wait: STEP,
+        ..WsOptions::default()
+    };
+    // Each frame waits at most the kit's 20 s: heartbeats come every 15 s.
+    let mut ws = Ws::connect_with(&ep.ws_url(), opts).await?;
+    ws.send(subscribe_op(st)).await?;
     let mut epoch = None;
     loop {
-        let frame = tokio::select! {
+        let op = tokio::select! {
             () = tokio::time::sleep_until(kill_at) => return Ok(Ended::Killed),
-            f = timeout(Duration::from_secs(40), ws.next()) => f?,
+            op = ws.recv() => op?,
         };
-        match frame {
-            Some(Ok(Message::Text(t))) => on_op(st, &mut epoch, &serde_json::from_str(&t)?)?,
-            Some(Ok(Message::Close(c))) => bail!("closed: {c:?}"),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => bail!("socket ended"),
-        }
+        on_op(st, &mut epoch, &op)?;
     }
 }
 
 pub(crate) async fn wt_session(
     st: &mut SubState,
     ep: &Endpoints,
-    http: &reqwest::Client,
-    wt: &mut Option<WtClient>,
+    wt: &mut Option<Wt>,
     kill_at: Instant,
 ) -> Result<Ended> {
     // A killed subscriber drops its stream; the session is kept unless it
     // failed (then it is replaced).
-    if wt
-        .as_ref()
-        .is_none_or(|(_, c)| c.quic_connection().close_reason().is_some())
-    {
-        *wt = Some(wt_connect(ep, http).await?);
+    if wt.as_ref().is_none_or(Wt::is_closed) {
+        *wt = Some(within_for(STEP, "wt session", Wt::connect_with(ep, "", &wt_options())).await??);
     }
-    let conn = &wt.as_ref().context("session")?.1;
-    let mut lines = WtLines::open(conn).await?;
-    lines.send(&subscribe_op(st)).await?;
+    let session = wt.as_ref().context("session")?;
+    let mut lines = within_for(STEP, "wt stream", session.stream())
+        .await??
+        .with_wait(QUIET);
+    lines.send(subscribe_op(st)).await?;
     let mut epoch = None;
     loop {
         let op = tokio::select! {
             () = tokio::time::sleep_until(kill_at) => return Ok(Ended::Killed),
-            l = timeout(Duration::from_secs(40), lines.next()) => l??,
+            l = lines.recv() => l?,
         };
         on_op(st, &mut epoch, &op)?;
     }

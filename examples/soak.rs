@@ -2,7 +2,8 @@
 //! against the real `ladder` binary, which is stopped (SIGTERM and SIGKILL,
 //! in turn) and restarted on the same ports mid-run, while subscribers are
 //! killed and resume at random. At the end every subscriber's record is
-//! checked and the figures are printed.
+//! checked and the figures are printed. The engine and its clients are
+//! `ladder_testkit::soak`'s, shared with `tests/it/soak.rs`.
 //!
 //! Run with (loopback only, bounded: `--secs` of faults, then at most 30 s
 //! for subscribers to catch up):
@@ -29,13 +30,11 @@
 //! an announced gap covers it. The server is `target/release/ladder`
 //! unless `--server-bin` says otherwise.
 
-mod engine;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use engine::{Opts, run};
+use ladder_testkit::soak::{Opts, run};
 
 /// Command line of the example.
 #[derive(Debug, clap::Parser)]
