@@ -23,7 +23,7 @@ use crate::track::Tracker;
 const UDP_BUFFER: usize = 32 << 20;
 
 /// `n` client endpoints trusting exactly the certificate `hash`, on
-/// 127.0.0.1..=127.0.0.`src_ips` in turn, with [`UDP_BUFFER`]-sized
+/// 127.0.0.1..=127.0.0.`src_ips` in turn, with `UDP_BUFFER`-sized
 /// buffers.
 pub fn endpoints(n: usize, src_ips: usize, hash: &str) -> Result<Vec<Endpoint<Client>>> {
     (0..n)
