@@ -55,8 +55,21 @@ const state = {
   panels: {},
   run: { state: 'idle', runs: 0 },
   multi: { state: 'idle', lanes: {} },
+  // Who is in PRESENCE_CHANNEL, as the Automatic panel is told, and every
+  // join and leave it heard.
+  presence: { members: [], log: [] },
   errors: [],
 };
+
+/**
+ * The channel the panels join as presence members. Only panels whose rung
+ * holds a connection that carries ops (WebTransport, WebSocket) and the
+ * Automatic panel join: on SSE and polling a second channel would be a
+ * second stream or request loop, and would skew the figures the page
+ * measures.
+ */
+const PRESENCE_CHANNEL = 'ladder.presence';
+const PRESENCE_PANELS = new Set(['wt', 'wtdg', 'ws', 'auto']);
 window.ladderState = state;
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -95,6 +108,18 @@ class Panel {
     drop.addEventListener('click', () => this.drop());
     root.append(this.el);
     this.ladder = new Ladder({ force: cfg.rung || null, remember: !cfg.rung, ...ladderOptions });
+    if (PRESENCE_PANELS.has(cfg.id)) {
+      const watch = cfg.id === 'auto';
+      this.presenceSub = this.ladder.subscribe(PRESENCE_CHANNEL, {
+        presence: { client: cfg.id, info: { title: cfg.title }, events: watch },
+        onPresence: watch ? (members, change) => {
+          state.presence.members = members;
+          if (change.member) state.presence.log.push({ type: change.type, id: change.member.id });
+          if (state.presence.log.length > 200) state.presence.log.shift();
+          renderPresence();
+        } : undefined,
+      }, () => {});
+    }
     this.s = {
       id: cfg.id, rung: cfg.rung, transport: null, state: 'idle', reason: '',
       channel: null, expected: 0, received: 0, outOfOrder: 0, duplicates: 0,
@@ -572,6 +597,18 @@ function renderMulti() {
 function multiStatus(t) { $('#multi-status').textContent = t; }
 
 // ---- start-up ---------------------------------------------------------------
+
+/** The presence card: who is in PRESENCE_CHANNEL now. */
+function renderPresence() {
+  const list = $('#presence-list');
+  if (!list) return;
+  list.replaceChildren(...state.presence.members.map((m) => {
+    const li = document.createElement('li');
+    li.textContent = m.info?.title ? `${m.info.title} (${m.id})` : m.id;
+    return li;
+  }));
+  $('#presence-count').textContent = `${state.presence.members.length} in ${PRESENCE_CHANNEL}`;
+}
 
 async function loadInfo() {
   for (let attempt = 0; ; attempt++) {

@@ -294,7 +294,11 @@ export class Ladder extends Emitter {
     return true;
   }
 
-  /** Subscribes to a channel. `opts`: since, epoch, delivery ('datagram' on WebTransport), onTruncated. */
+  /**
+   * Subscribes to a channel. `opts`: since, epoch, delivery ('datagram' on
+   * WebTransport), onTruncated, and presence `{ client, info, events }` with
+   * onPresence(members, change) (see ./ladder/subscription.js).
+   */
   subscribe(channel, opts = {}, onMessage = () => {}) {
     if (typeof opts === 'function') { onMessage = opts; opts = {}; }
     if (this._subs.has(channel)) throw new Error(`already subscribed to ${channel}`);

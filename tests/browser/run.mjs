@@ -18,7 +18,7 @@ import {
   REPO_ROOT, startServer, stopServer, launchBrowser, openPage, waitState, ladderState, Tally,
 } from './lib/harness.mjs';
 import { runUnit } from './unit.mjs';
-import { runShared } from './shared.mjs';
+import { runPagePresence, runPresence, runShared } from './shared.mjs';
 
 const OVERALL_TIMEOUT_MS = Number(process.env.LADDER_BROWSER_TIMEOUT_MS || 480000);
 const SCREENSHOT = process.env.LADDER_SCREENSHOT || join(REPO_ROOT, 'target', 'browser', 'screenshot.png');
@@ -291,6 +291,7 @@ const SCENARIOS = {
   main: (b) => scenarioMain(b),
   crash: (b) => scenarioCrash(b),
   shared: (b) => runShared(b, tally),
+  presence: async (b) => { await runPresence(b, tally); await runPagePresence(b, tally); },
   'fallback-ws': (b) => scenarioFallback(b, 'fallback-ws', ['--disable', 'webtransport'], 'websocket'),
   'fallback-sse': (b) => scenarioFallback(b, 'fallback-sse', ['--disable', 'webtransport', '--disable', 'websocket'], 'sse'),
   'fallback-udp': async (b) => {

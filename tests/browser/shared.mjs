@@ -45,7 +45,9 @@ async function openTab(context, http) {
     const { Ladder } = await import('/ladder.js');
     const ladder = new Ladder({ shared: true });
     window.shared = { got: [], ladder };
-    ladder.subscribe(channel, { since: 0 }, (m) => window.shared.got.push(m.offset));
+    window.shared.sub = ladder.subscribe(channel, {
+      since: 0, presence: { client: 'visitor', events: true },
+    }, (m) => window.shared.got.push(m.offset));
     ladder.connect();
   }, CHANNEL);
   return { page, errors };
@@ -76,6 +78,13 @@ async function scenario(browser, tally, { name, noWorker }) {
       for (let i = 1; i <= 40; i++) await publish(server.http, i);
       await allGot(tabs, 40, name);
       tally.expect(await openConnections(server.http) === 1, 'more than one connection after the run');
+      // One connection, one subscription: the five tabs are one member, and
+      // every tab is told the list.
+      const who = await (await fetch(`${server.http}/api/channels/${CHANNEL}/presence`)).json();
+      tally.expect(JSON.stringify(who.members.map((m) => m.id)) === '["visitor"]', `members ${JSON.stringify(who.members)}`);
+      for (const t of tabs) {
+        await waitState(t.page, 'the member list in every tab', () => window.shared.sub.members.has('visitor'), null, 20000);
+      }
       const rung = await tabs[0].page.evaluate(() => window.shared.ladder.transport);
       const errors = tabs.flatMap((t) => t.errors);
       tally.expect(errors.length === 0, errors.join('; '));
@@ -106,4 +115,77 @@ async function scenario(browser, tally, { name, noWorker }) {
 export async function runShared(browser, tally) {
   await scenario(browser, tally, { name: 'shared (SharedWorker)', noWorker: false });
   await scenario(browser, tally, { name: 'shared (leader tab, no SharedWorker)', noWorker: true });
+}
+
+/** Presence from web/ladder.js on every rung: each joins, a watcher follows joins and a leave. */
+export async function runPresence(browser, tally) {
+  const server = await startServer();
+  const context = await browser.newContext();
+  try {
+    await tally.check('presence: ladder.js joins on every rung; a WebSocket watcher sees each join and a leave', async () => {
+      const page = await context.newPage();
+      const errors = [];
+      page.on('pageerror', (e) => errors.push(e.message));
+      await page.goto(`${server.http}/api/info`);
+      await page.evaluate(async () => {
+        const { Ladder } = await import('/ladder.js');
+        window.rungs = {};
+        for (const rung of ['webtransport', 'websocket', 'sse', 'longpoll', 'poll']) {
+          const ladder = new Ladder({ force: rung, remember: false, pollIntervalMs: 100 });
+          const presence = { client: rung, info: { rung }, events: rung === 'websocket' };
+          const sub = ladder.subscribe('who', { presence }, () => {});
+          window.rungs[rung] = { ladder, sub };
+          ladder.connect();
+        }
+      });
+      const all = ['longpoll', 'poll', 'sse', 'websocket', 'webtransport'];
+      const members = async () => (await (await fetch(`${server.http}/api/channels/who/presence`)).json()).members.map((m) => m.id).sort();
+      const until = async (want, what) => {
+        const end = Date.now() + 20000;
+        let got;
+        while (Date.now() < end) {
+          got = await members();
+          if (JSON.stringify(got) === JSON.stringify(want)) return;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        throw new Error(`${what}: members ${JSON.stringify(got)}`);
+      };
+      await until(all, 'every rung joined');
+      await waitState(page, 'the watcher to list all five', (n) => window.rungs.websocket.sub.members.size === n, all.length, 20000);
+      await page.evaluate(() => window.rungs.sse.ladder.close());
+      await waitState(page, 'the watcher to see sse leave', () => !window.rungs.websocket.sub.members.has('sse'), null, 20000);
+      await until(all.filter((r) => r !== 'sse'), 'sse left');
+      tally.expect(errors.length === 0, errors.join('; '));
+    });
+  } finally {
+    await context.close().catch(() => {});
+    await stopServer(server);
+  }
+}
+
+/** The page's presence card follows panels connecting and dropping. */
+export async function runPagePresence(browser, tally) {
+  const server = await startServer();
+  const context = await browser.newContext();
+  try {
+    await tally.check('presence: the page lists the joined panels and follows a drop (leave, then join again)', async () => {
+      const page = await context.newPage();
+      await page.goto(`${server.http}/`);
+      const ids = ['auto', 'ws', 'wt', 'wtdg'];
+      await waitState(page, 'the presence list to hold every joining panel',
+        (want) => JSON.stringify(window.ladderState.presence.members.map((m) => m.id).sort()) === JSON.stringify(want), ids, 30000);
+      const shown = await page.locator('#presence-list li').count();
+      tally.expect(shown === ids.length, `${shown} list items`);
+      await page.evaluate(() => window.ladderApp.panels().find((p) => p.cfg.id === 'ws').drop());
+      await waitState(page, 'ws to leave and join again', () => {
+        const log = window.ladderState.presence.log.filter((c) => c.id === 'ws');
+        const left = log.findIndex((c) => c.type === 'leave');
+        return left >= 0 && log.slice(left + 1).some((c) => c.type === 'join');
+      }, null, 30000);
+      return (await page.locator('#presence-count').textContent()) || '';
+    });
+  } finally {
+    await context.close().catch(() => {});
+    await stopServer(server);
+  }
 }

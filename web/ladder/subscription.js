@@ -18,6 +18,60 @@ export class Subscription {
     this.paused = false;
     this._held = [];
     this.ready = new Promise((resolve) => { this._resolveReady = resolve; });
+    // Presence (docs/protocol.md): `presence: { client, info, events }`
+    // joins as `client` (the token's sub when auth is on) and, with
+    // `events`, keeps `members` up to date and calls `onPresence`.
+    this.presence = opts.presence || null;
+    this.onPresence = opts.onPresence || null;
+    this.members = new Map();
+    this.presenceError = null;
+    this._presenceVersion = 0;
+  }
+
+  /** The presence fields of a `subscribe` op. */
+  presenceOp() {
+    const p = this.presence;
+    if (!p) return {};
+    const op = {};
+    if (p.client) op.client = p.client;
+    if (p.info) op.info = p.info;
+    if (p.events) op.presence = true;
+    return op;
+  }
+
+  /** The presence query parameters of an event stream (`poll` false) or a poll. */
+  presenceQuery(poll) {
+    const p = this.presence;
+    if (!p) return {};
+    const q = { client: p.client || null, info: p.info ? JSON.stringify(p.info) : null };
+    if (p.events) q.presence = poll ? String(this._presenceVersion) : '1';
+    return q;
+  }
+
+  /** The whole member list (first, after a resume, after falling behind). */
+  _presenceList(members, version) {
+    this.members = new Map((members || []).map((m) => [m.id, m.info]));
+    if (version !== undefined) this._presenceVersion = version;
+    this._presenceChanged({ type: 'list' });
+  }
+
+  /** One join or leave, applied as a set operation. */
+  _presenceChange(type, member, version) {
+    if (!member) return;
+    if (type === 'join') this.members.set(member.id, member.info); else this.members.delete(member.id);
+    if (version !== undefined) this._presenceVersion = version;
+    this._presenceChanged({ type, member });
+  }
+
+  _presenceRefused(error) {
+    this.presenceError = error;
+    this.ladder.emit('presence_error', { channel: this.channel, error });
+  }
+
+  _presenceChanged(change) {
+    const members = [...this.members].map(([id, info]) => ({ id, info }));
+    try { this.onPresence?.(members, change); } catch (e) { setTimeout(() => { throw e; }); }
+    this.ladder.emit('presence', { channel: this.channel, members, change });
   }
 
   /** Stops delivery and tells the server. */

@@ -70,12 +70,14 @@ export class SharedHost {
     tab.send({ t: 'state', state: this.ladder.state, transport: this.ladder.transport });
   }
 
-  _sub(tabId, tab, { channel, since, epoch }) {
+  _sub(tabId, tab, { channel, since, epoch, presence }) {
     tab.channels.add(channel);
     let ch = this.channels.get(channel);
     const from = since === null || since === undefined ? null : Number(since);
     if (!ch) {
-      ch = { sub: null, tabs: new Set(), since: from, epoch: epoch ?? null };
+      // The first tab's presence identity is the group's: one connection,
+      // one subscription per channel, so the tabs are one member.
+      ch = { sub: null, tabs: new Set(), since: from, epoch: epoch ?? null, presence: presence || null };
       this.channels.set(channel, ch);
       this._open(channel, ch, from, epoch);
     } else if (from !== null && (ch.sub.cursor.offset === null || from < ch.sub.cursor.offset
@@ -83,6 +85,14 @@ export class SharedHost {
       // Further back than delivered so far: start again from there.
       ch.sub.unsubscribe();
       this._open(channel, ch, from, epoch);
+    }
+    if (presence?.events && !ch.presence?.events) {
+      // A tab wants the member list the subscription was not asking for.
+      ch.presence = { ...(ch.presence || {}), ...presence, events: true };
+      ch.sub.unsubscribe();
+      this._open(channel, ch, ch.sub.cursor.offset, ch.sub.cursor.epoch);
+    } else if (ch.presence?.events && ch.sub.members.size) {
+      tab.send({ t: 'presence', channel, members: [...ch.sub.members].map(([id, info]) => ({ id, info })) });
     }
     ch.tabs.add(tabId);
     ch.sub.ready.then(({ epoch: e, head }) => {
@@ -95,6 +105,10 @@ export class SharedHost {
     const opts = { onTruncated: (d) => this._each(ch, { t: 'truncated', channel, oldest: d.oldest, epoch: d.epoch }) };
     if (since !== null) opts.since = since;
     if (epoch) opts.epoch = epoch;
+    if (ch.presence) {
+      opts.presence = ch.presence;
+      opts.onPresence = (members) => this._each(ch, { t: 'presence', channel, members });
+    }
     const sub = this.ladder.subscribe(channel, opts, (msg) => {
       if (ch.sub === sub) this._each(ch, { t: 'msg', channel, msg, epoch: sub.cursor.epoch });
     });

@@ -137,6 +137,7 @@ export class SharedLadder extends Emitter {
       case 'subscribed': this._subs.get(msg.channel)?._subscribed(msg.epoch, msg.head); break;
       case 'msg': this._subs.get(msg.channel)?._deliver(msg.msg, msg.epoch); break;
       case 'truncated': this._subs.get(msg.channel)?._truncated(msg.oldest, msg.epoch); break;
+      case 'presence': this._subs.get(msg.channel)?._presenceList(msg.members); break;
       case 'pubres': {
         const p = this._pending.get(msg.id);
         if (!p) break;
@@ -187,5 +188,5 @@ export class SharedLadder extends Emitter {
 }
 
 function subOp(sub) {
-  return { t: 'sub', channel: sub.channel, since: sub.cursor.offset, epoch: sub.cursor.epoch };
+  return { t: 'sub', channel: sub.channel, since: sub.cursor.offset, epoch: sub.cursor.epoch, presence: sub.presence };
 }

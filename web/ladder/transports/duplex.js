@@ -6,7 +6,12 @@
 export function dispatchOp(ladder, tr, op) {
   switch (op.op) {
     case 'message': ladder._message(op, null); break;
-    case 'subscribed': ladder._subscribed(op.channel, op.epoch, Number(op.offset)); break;
+    case 'subscribed':
+      ladder._subscribed(op.channel, op.epoch, Number(op.offset));
+      if (op.presence_error) ladder._sub(op.channel)?._presenceRefused(op.presence_error);
+      break;
+    case 'presence': ladder._sub(op.channel)?._presenceList(op.members); break;
+    case 'join': case 'leave': ladder._sub(op.channel)?._presenceChange(op.op, op.member); break;
     case 'truncated': ladder._truncated(op.channel, op.oldest, op.epoch); break;
     case 'published': tr._settle(op.id, null, op); break;
     case 'echo': tr._settle(op.id ?? op.data?.id, null, op); break;
@@ -21,7 +26,7 @@ export function dispatchOp(ladder, tr, op) {
 }
 
 export function subscribeOp(sub, extra = {}) {
-  const op = { op: 'subscribe', channel: sub.channel, ...extra };
+  const op = { op: 'subscribe', channel: sub.channel, ...sub.presenceOp(), ...extra };
   if (sub.cursor.offset !== null) op.since = sub.cursor.offset;
   if (sub.cursor.epoch !== null) op.epoch = sub.cursor.epoch;
   return op;

@@ -31,13 +31,20 @@ export class PollTransport extends HttpRung {
     for (;;) {
       const c = sub.cursor;
       const limit = ladder.options.pollLimit;
-      const url = channelUrl(this.base, sub.channel, 'messages', { since: c.offset, epoch: c.epoch, limit, wait: this.waitS });
+      const url = channelUrl(this.base, sub.channel, 'messages', { since: c.offset, epoch: c.epoch, limit, wait: this.waitS, ...sub.presenceQuery(true) });
       const timeout = AbortSignal.any([signal, AbortSignal.timeout(((this.waitS ?? 0) + 10) * 1000)]);
       const body = await httpJson(ladder.fetch, url, { signal: timeout });
       if (signal.aborted) throw abortError();
       if (!sub.active) return;
       if (body.truncated) ladder._truncated(sub.channel, body.truncated.oldest, body.truncated.epoch);
       for (const msg of body.messages || []) ladder._deliver(sub, { channel: sub.channel, ...msg }, body.epoch);
+      if (body.presence_error && !sub.presenceError) sub._presenceRefused(body.presence_error);
+      const p = body.presence;
+      if (p?.members) sub._presenceList(p.members, p.version);
+      else if (p?.changes) {
+        for (const ch of p.changes) sub._presenceChange(ch.type, ch.member);
+        sub._presenceVersion = p.version;
+      }
       ladder._subscribed(sub.channel, body.epoch, Number(body.next));
       const full = (body.messages || []).length >= limit;
       if (this.waitS === null && !full) { // a full page means more is waiting: ask again at once

@@ -21,7 +21,7 @@ export class SseTransport extends HttpRung {
 
   subscribe(sub) {
     const c = sub.cursor;
-    const es = new EventSource(channelUrl(this.base, sub.channel, 'events', { since: c.offset, epoch: c.epoch }));
+    const es = new EventSource(channelUrl(this.base, sub.channel, 'events', { since: c.offset, epoch: c.epoch, ...sub.presenceQuery(false) }));
     const entry = { stop: () => es.close() };
     this.subs.set(sub.channel, entry);
     es.onopen = () => this.ladder._subscribed(sub.channel, null, NaN);
@@ -32,6 +32,12 @@ export class SseTransport extends HttpRung {
         ? ev.lastEventId.slice(0, ev.lastEventId.lastIndexOf(':')) : null;
       this.ladder._deliver(this.ladder._sub(sub.channel), { channel: sub.channel, ...msg }, epoch);
     });
+    // Presence events carry no id, so the resume position stays the last message's.
+    const json = (ev) => { try { return JSON.parse(ev.data); } catch { return null; } };
+    es.addEventListener('presence', (ev) => sub._presenceList(json(ev)?.members));
+    es.addEventListener('join', (ev) => sub._presenceChange('join', json(ev)));
+    es.addEventListener('leave', (ev) => sub._presenceChange('leave', json(ev)));
+    es.addEventListener('presence_error', (ev) => sub._presenceRefused(json(ev)));
     es.addEventListener('truncated', (ev) => {
       let t;
       try { t = JSON.parse(ev.data); } catch { return; }
