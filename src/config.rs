@@ -57,9 +57,11 @@ pub struct Config {
     #[arg(long, env = "LADDER_CHANNEL_IDLE_SECS", default_value_t = 300)]
     pub channel_idle_secs: u64,
 
-    /// Seconds between SSE `: ping` comments and WebSocket pings.
+    /// Seconds between SSE `: ping` comments and WebSocket pings, sent on
+    /// an idle connection so a NAT or proxy never sees it idle for longer
+    /// (carriers forget idle flows after 30–60 s). 0 turns them off.
     #[arg(long, env = "LADDER_HEARTBEAT", default_value_t = 15,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub heartbeat: u64,
 
     /// Most simultaneous TCP connections on the HTTP listener.
@@ -160,7 +162,7 @@ pub struct Config {
     #[arg(long, env = "LADDER_WT_IDLE_TIMEOUT", default_value_t = 30)]
     pub wt_idle_timeout: u64,
 
-    /// Seconds between QUIC keep-alive packets.
+    /// Seconds between QUIC keep-alive packets (0: none).
     #[arg(long, env = "LADDER_WT_KEEP_ALIVE", default_value_t = 10)]
     pub wt_keep_alive: u64,
 
@@ -211,6 +213,47 @@ pub struct Config {
     #[arg(long, env = "LADDER_PRESENCE_LAPSE", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub presence_lapse: u64,
+
+    /// Run the network lab beside the server: relays that each stand for
+    /// one real network (UDP blocked, a proxy without upgrades or with
+    /// buffering, a NAT timeout, a network switch, a lossy link), listed
+    /// in `/api/info` and offered by the page's Network choice.
+    #[arg(long, env = "LADDER_LAB")]
+    pub lab: bool,
+
+    /// With --lab: seconds a flow may idle before the NAT forgets it.
+    #[arg(long, env = "LADDER_LAB_NAT_TIMEOUT", default_value_t = 30.0,
+          value_parser = positive_secs)]
+    pub lab_nat_timeout: f64,
+
+    /// With --lab: percent of packets the lossy link drops (it runs only
+    /// inside `ladder-lab netns -- …`).
+    #[arg(long, env = "LADDER_LAB_LOSS", default_value_t = 2.0,
+          value_parser = percent)]
+    pub lab_loss: f64,
+
+    /// With --lab: a second node's HTTP address, for the round-robin
+    /// condition (with --lab-peer-h3).
+    #[arg(long, env = "LADDER_LAB_PEER_HTTP", requires = "lab_peer_h3")]
+    pub lab_peer_http: Option<SocketAddr>,
+
+    /// With --lab: the second node's QUIC address.
+    #[arg(long, env = "LADDER_LAB_PEER_H3", requires = "lab_peer_http")]
+    pub lab_peer_h3: Option<SocketAddr>,
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds in (0, 86400]")),
+    }
+}
+
+fn percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a percentage in [0, 100]")),
+    }
 }
 
 /// See [`Config::ws_fanout`].
@@ -267,9 +310,17 @@ impl Config {
         !self.disable.contains(&t)
     }
 
-    /// The heartbeat as a duration.
-    pub fn heartbeat(&self) -> Duration {
-        Duration::from_secs(self.heartbeat)
+    /// The heartbeat, `None` when turned off.
+    pub fn heartbeat(&self) -> Option<Duration> {
+        (self.heartbeat > 0).then(|| Duration::from_secs(self.heartbeat))
+    }
+
+    /// The period of the heartbeat timers: the heartbeat, or when it is
+    /// off a period no connection outlives (a year; tokio sleeps at most
+    /// about two), so the timers need no second shape.
+    pub fn heartbeat_period(&self) -> Duration {
+        self.heartbeat()
+            .unwrap_or(Duration::from_secs(365 * 24 * 3600))
     }
 
     /// The send timeout as a duration.

@@ -56,6 +56,8 @@ pub struct Inner {
     pub http_addr: SocketAddr,
     webtransport: RwLock<Option<WebTransportInfo>>,
     allowed_origins: Vec<String>,
+    /// The network lab beside the server (`--lab`), set once at start.
+    lab: std::sync::OnceLock<ladder_lab::Lab>,
 }
 
 impl Deref for Ctx {
@@ -108,6 +110,7 @@ impl Ctx {
             http_addr,
             webtransport: RwLock::new(None),
             allowed_origins,
+            lab: std::sync::OnceLock::new(),
         }))
     }
 
@@ -117,8 +120,24 @@ impl Ctx {
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
         match origin {
             None => true,
-            Some(o) => self.allowed_origins.iter().any(|a| a == "*" || a == o),
+            Some(o) => {
+                self.allowed_origins.iter().any(|a| a == "*" || a == o)
+                    // The page opened through a lab condition: the relay's
+                    // origin stands for this server's own.
+                    || (self.cfg.allowed_origins.is_empty()
+                        && self.lab().is_some_and(|lab| crate::lab::origins(lab).any(|l| l == o)))
+            }
         }
+    }
+
+    /// The network lab, when running.
+    pub fn lab(&self) -> Option<&ladder_lab::Lab> {
+        self.lab.get()
+    }
+
+    /// Installs the network lab (once; a second call is ignored).
+    pub fn set_lab(&self, lab: ladder_lab::Lab) {
+        let _ = self.lab.set(lab);
     }
 
     /// The WebTransport endpoint as browsers should use it now, if running.

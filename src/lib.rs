@@ -26,12 +26,14 @@
 //! - [`server`]: the composition root, [`server::Server::bind`] then
 //!   [`server::Server::run`].
 //! - [`config`], [`context`], [`stats`]: settings, shared state, counters.
+//! - [`lab`]: the network lab's relays beside the server (`--lab`).
 
 pub mod auth;
 pub mod config;
 pub mod context;
 pub mod http;
 pub mod hub;
+pub mod lab;
 pub mod limits;
 pub mod name;
 pub mod protocol;

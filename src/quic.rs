@@ -369,7 +369,9 @@ fn server_config(cfg: &Config, bind: Bind, tls: &TlsMaterial) -> Result<ServerCo
         .with_custom_transport(tls.identity()?, transport)
         // Without keep-alive an idle browser subscription would hit the idle
         // timeout and be dropped.
-        .keep_alive_interval(Some(Duration::from_secs(cfg.wt_keep_alive)))
+        .keep_alive_interval(
+            (cfg.wt_keep_alive > 0).then(|| Duration::from_secs(cfg.wt_keep_alive)),
+        )
         .max_idle_timeout(Some(Duration::from_secs(cfg.wt_idle_timeout)))
         .map_err(|_| QuicError::IdleTimeout(cfg.wt_idle_timeout))?
         .build())

@@ -45,6 +45,9 @@ pub enum ServerError {
     /// The QUIC endpoint could not start.
     #[error(transparent)]
     Quic(#[from] QuicError),
+    /// The network lab's relays could not start.
+    #[error(transparent)]
+    Lab(#[from] ladder_lab::LabError),
     /// The log backend could not be opened: a damaged data file, a data
     /// directory in use, or Redis unreachable.
     #[error(transparent)]
@@ -99,6 +102,17 @@ impl Server {
         let auth = auth_from(&cfg)?;
         let ctx = Ctx::new(cfg, hub, Arc::new(Stats::new()), http_addr, auth);
         ctx.set_webtransport(quic.as_ref().map(quic::Listener::info));
+        let quic_addr = quic.as_ref().map(quic::Listener::local_addr);
+        let lab_stop = ctx.shutdown.child_token();
+        if let Some(lab) = crate::lab::start(&ctx.cfg, http_addr, quic_addr, lab_stop).await? {
+            for c in &lab.conditions {
+                info!(condition = %c.name, http = %c.http, webtransport = %c.webtransport, "lab");
+            }
+            for u in &lab.unavailable {
+                info!(condition = %u.name, reason = %u.reason, "lab condition not offered");
+            }
+            ctx.set_lab(lab);
+        }
         Ok(Self {
             ctx,
             http,

@@ -272,7 +272,7 @@ impl Lab {
                 lab.unavailable.push(Unavailable {
                     name,
                     reason:
-                        "round-robin needs two nodes (ladder-lab --http A --h3 A' --http B --h3 B')"
+                        "round-robin needs two nodes sharing one Redis (ladder --lab-peer-http/--lab-peer-h3, or ladder-lab run with two --http and --h3)"
                             .into(),
                 });
                 continue;
@@ -347,9 +347,7 @@ impl Lab {
 }
 
 fn lossy_reason(e: &NetnsError) -> String {
-    format!(
-        "lossy-link needs CAP_NET_ADMIN to drop real packets (run inside `unshare -Urn`, e.g. `ladder-lab netns -- …`): {e}"
-    )
+    format!("lossy-link is not offered: {e}")
 }
 
 fn impairs(cond: &Condition, cfg: &LabConfig) -> (TcpImpair, UdpImpair) {

@@ -27,6 +27,7 @@ pub fn router(ctx: Ctx) -> Router {
     Router::new()
         .route("/api/info", get(info))
         .route("/api/stats", get(stats))
+        .route("/api/lab/switch", axum::routing::post(lab_switch))
         .route("/metrics", get(metrics))
         .route(
             "/api/channels/{channel}/messages",
@@ -132,12 +133,36 @@ async fn info(State(ctx): State<Ctx>) -> Response {
     let wt = ctx
         .webtransport()
         .map(|w| serde_json::json!({ "url": w.url, "cert_sha256": w.cert_sha256 }));
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "transports": transports,
         "webtransport": wt,
+        "heartbeat_ms": ctx.cfg.heartbeat().map(|h| h.as_millis() as u64),
     });
+    if let Some(lab) = ctx.lab() {
+        body["lab"] = crate::lab::info(lab, ctx.http_addr);
+    }
     json_bytes(StatusCode::OK, body.to_string())
+}
+
+/// `POST /api/lab/switch`: every connection through the lab moves to
+/// another network at once (TCP cut, UDP from a new port).
+async fn lab_switch(State(ctx): State<Ctx>) -> Response {
+    match ctx.lab() {
+        Some(lab) => {
+            lab.switch_network();
+            let generation = lab.network_switch().generation();
+            json_bytes(
+                StatusCode::OK,
+                serde_json::json!({ "switched": generation }).to_string(),
+            )
+        }
+        None => ProtocolError::new(
+            ErrorCode::NotFound,
+            "the network lab is not running (start with --lab)",
+        )
+        .into_response(),
+    }
 }
 
 async fn stats(State(ctx): State<Ctx>) -> Response {

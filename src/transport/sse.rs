@@ -39,6 +39,10 @@ pub struct SseQuery {
     client: Option<String>,
     info: Option<String>,
     presence: Option<String>,
+    /// `event`: heartbeats are also events a browser's `EventSource` sees
+    /// (comments are invisible to it), and one comes first, so a client can
+    /// tell a stream that flows from one a proxy holds back.
+    heartbeat: Option<String>,
 }
 
 /// Whether a `presence` query parameter asks for presence events.
@@ -62,6 +66,10 @@ struct StreamPresence {
     /// Said once, right after `retry:`: the snapshot, or why joining failed.
     first: Bytes,
 }
+
+/// A heartbeat as an `EventSource` sees it; the comment line keeps it a
+/// `: ping` for every other reader.
+const VISIBLE_HEARTBEAT: &[u8] = b": ping\nevent: heartbeat\ndata: {}\n\n";
 
 //= https://html.spec.whatwg.org/multipage/server-sent-events.html#the-last-event-id-header
 //# the user agent must ... include a `Last-Event-ID` header whose value is
@@ -103,6 +111,16 @@ pub async fn get(
         }
         None => parse_position(q.since.as_deref(), q.epoch.as_deref())?,
     };
+    let visible = match q.heartbeat.as_deref() {
+        None => false,
+        Some("event") => true,
+        Some(other) => {
+            return Err(ProtocolError::new(
+                ErrorCode::BadRequest,
+                format!("heartbeat must be `event`, got {other:?}"),
+            ));
+        }
+    };
     let who = wire::identity(&ctx, &grant, q.client.as_deref(), q.info.as_deref())?;
     let events = wants_presence(q.presence.as_deref())?;
     let sub = ctx.hub.subscribe(&channel, &pos).await?;
@@ -112,12 +130,13 @@ pub async fn get(
             Box::pin(join(&ctx, &grant, &channel, who, events)).await,
         )),
     };
-    let mut heartbeat = tokio::time::interval(ctx.cfg.heartbeat());
+    let mut heartbeat = tokio::time::interval(ctx.cfg.heartbeat_period());
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let stream = EventStream {
         sub,
         guard: ctx.stats.open(Transport::Sse),
         heartbeat,
+        visible,
         expires: grant.remaining().map(|left| Instant::now() + left),
         ctx: ctx.clone(),
         state: Phase::Start,
@@ -212,6 +231,8 @@ struct EventStream {
     sub: Subscription,
     guard: ConnGuard,
     heartbeat: Interval,
+    /// Heartbeats are events too (`?heartbeat=event`).
+    visible: bool,
     /// When the token that opened the stream expires, the stream ends.
     expires: Option<Instant>,
     ctx: Ctx,
@@ -227,11 +248,14 @@ impl EventStream {
                 self.state = Phase::Live;
                 // Consume the interval's immediate first tick.
                 self.heartbeat.reset();
-                let retry = format!("retry: {RETRY_MS}\n\n");
-                return Some(match &self.presence {
-                    Some(p) => Bytes::from([retry.as_bytes(), &p.first].concat()),
-                    None => Bytes::from(retry),
-                });
+                let mut first = format!("retry: {RETRY_MS}\n\n").into_bytes();
+                if let Some(p) = &self.presence {
+                    first.extend_from_slice(&p.first);
+                }
+                if self.visible {
+                    first.extend_from_slice(VISIBLE_HEARTBEAT);
+                }
+                return Some(Bytes::from(first));
             }
             Phase::Live => {}
         }
@@ -240,7 +264,10 @@ impl EventStream {
                 self.state = Phase::Done;
                 return None;
             }
-            _ = self.heartbeat.tick() => return Some(Bytes::from_static(b": ping\n\n")),
+            _ = self.heartbeat.tick() => return Some(Bytes::from_static(match self.visible {
+                true => VISIBLE_HEARTBEAT,
+                false => b": ping\n\n",
+            })),
             () = sleep_until_opt(self.expires) => {
                 self.state = Phase::Done;
                 return Some(Bytes::from_static(

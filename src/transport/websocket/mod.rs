@@ -161,7 +161,7 @@ impl Handler {
     }
 
     async fn run(mut self: Box<Self>) {
-        let heartbeat = self.ctx.cfg.heartbeat();
+        let heartbeat = self.ctx.cfg.heartbeat_period();
         let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // Created once, not per turn of the loop: each wake-up (one per

@@ -1,0 +1,62 @@
+//! The network lab beside the server (`--lab`): [`ladder_lab::Lab`]'s
+//! relays in front of this server's own listeners, one pair of ports per
+//! condition, so the page can be opened through any of them. Entry point:
+//! [`start`], called by the composition root once the listeners are bound.
+//!
+//! Nothing here is on a request's path: the relays are separate sockets,
+//! and the server only lists them (`/api/info`), trusts their origins for
+//! WebSocket and WebTransport, and pulls the network-switch lever.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use ladder_lab::{Lab, LabConfig, LabError};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// Starts the lab's relays in front of `http` and `h3` (and a second
+/// node's, for round-robin, when configured). `None` without `--lab`, or
+/// without a QUIC endpoint to stand in front of.
+pub async fn start(
+    cfg: &Config,
+    http: SocketAddr,
+    h3: Option<SocketAddr>,
+    shutdown: CancellationToken,
+) -> Result<Option<Lab>, LabError> {
+    let (true, Some(h3)) = (cfg.lab, h3) else {
+        return Ok(None);
+    };
+    let mut lab = LabConfig::new(reachable(http), reachable(h3));
+    if let (Some(peer_http), Some(peer_h3)) = (cfg.lab_peer_http, cfg.lab_peer_h3) {
+        lab.http.push(reachable(peer_http));
+        lab.h3.push(reachable(peer_h3));
+    }
+    lab.nat_timeout = Duration::from_secs_f64(cfg.lab_nat_timeout);
+    lab.loss_percent = cfg.lab_loss;
+    Lab::start(&lab, shutdown).await.map(Some)
+}
+
+/// `/api/info`'s `lab` member: the server's own origin (`direct`), the
+/// conditions with their URLs, and those not offered here with the reason.
+pub fn info(lab: &Lab, http: SocketAddr) -> serde_json::Value {
+    serde_json::json!({
+        "direct": format!("http://{}", reachable(http)),
+        "conditions": lab.conditions,
+        "unavailable": lab.unavailable,
+    })
+}
+
+/// The page origins the lab's relays serve it under.
+pub fn origins(lab: &Lab) -> impl Iterator<Item = &str> {
+    lab.conditions.iter().map(|c| c.http.as_str())
+}
+
+/// A listener bound to "any address" is reached on loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
