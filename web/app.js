@@ -7,6 +7,7 @@
 // so the browser tests can wait on it instead of scraping the DOM.
 
 import { Ladder, httpPublish } from './ladder.js';
+import { currentNetwork, makePublisher, networkOptions, renderNetworkChoice } from './network.js';
 
 const PANELS = [
   { id: 'wt', title: 'WebTransport · streams', rung: 'webtransport', delivery: 'stream',
@@ -168,7 +169,7 @@ class Panel {
       channel, expected, received: 0, outOfOrder: 0, duplicates: 0, duplicatesDropped: 0,
       gaps: 0, missing: null, complete: false, p50: null, p95: null, p99: null,
       requests: null, requestsPerMsg: null, bytesOutPerMsg: null, bytesInPerMsg: null,
-      dropDuringRun: false, viaDatagram: 0,
+      dropDuringRun: false, viaDatagram: 0, firstMessageAt: null,
     });
   }
 
@@ -184,6 +185,8 @@ class Panel {
     if (msg.offset < this.maxOffset) s.outOfOrder++;
     this.maxOffset = Math.max(this.maxOffset, msg.offset);
     s.received++;
+    // Milliseconds after the page began loading: the time to first message.
+    if (s.received === 1) s.firstMessageAt = Math.round(performance.now());
     this.latencies.push(Math.max(0, Date.now() - msg.ts));
     if (s.received >= s.expected && s.expected > 0) s.complete = true;
     this.dirty = true;
@@ -345,6 +348,10 @@ function applyStats(panels, delta) {
 
 let panels = [];
 let autoPanel = null;
+/** Publishes one workload message (see network.js for the lab's case). */
+let publish = (channel, data) => httpPublish(location.origin, channel, data);
+/** Options that route a client through the page's network condition. */
+let netOpts = {};
 
 function allPanels() { return autoPanel ? [...panels, autoPanel] : panels; }
 
@@ -367,6 +374,7 @@ async function runWorkload() {
     await Promise.race([Promise.all(active.map((p) => p.subscribe(channel))), sleep(5000)]);
     const before = await fetchStats();
     run.state = 'publishing';
+    run.publishingAt = Math.round(performance.now());
     status(`Publishing ${k} messages at ${rate}/s…`);
     const ticker = setInterval(() => liveUpdate(active, before), 500);
     const t0 = performance.now();
@@ -376,7 +384,7 @@ async function runWorkload() {
         const due = t0 + ((i - 1) * 1000) / rate;
         const wait = due - performance.now();
         if (wait > 1) await sleep(wait);
-        await httpPublish(location.origin, channel, { seq: i, pad: padding });
+        await publish(channel, { seq: i, pad: padding });
         run.published = i;
       }
       run.state = 'draining';
@@ -493,7 +501,7 @@ async function startMulti() {
   const m = state.multi;
   const lanesEl = $('#multi-lanes');
   lanesEl.textContent = '';
-  const ladder = new Ladder({ force: 'webtransport', remember: false });
+  const ladder = new Ladder({ force: 'webtransport', remember: false, ...netOpts });
   const run = `ms-${Date.now().toString(36)}`;
   multi = { ladder, lanes: {}, timer: null, stopAt: performance.now() + 120000 };
   Object.assign(m, { state: 'connecting', run, lanes: {} });
@@ -628,12 +636,18 @@ async function main() {
     + (wt?.url && info.transports.includes('webtransport')
       ? ` WebTransport at ${wt.url}, certificate SHA-256 ${String(wt.cert_sha256).slice(0, 16)}… (passed to the browser as serverCertificateHashes).` : '');
 
+  const network = currentNetwork(info);
+  state.network = network ? network.name : (info.lab ? 'direct' : null);
+  netOpts = networkOptions(network);
+  renderNetworkChoice(info, network, $('#network'));
+  if (network) publish = await makePublisher(network, httpPublish);
+
   const pollInput = $('#poll-interval');
   const pollMs = () => clampInt(pollInput.value, 50, 10000, 1000);
   const grid = $('#panel-grid');
-  panels = PANELS.map((cfg) => new Panel(cfg, grid, { pollIntervalMs: pollMs() }));
+  panels = PANELS.map((cfg) => new Panel(cfg, grid, { pollIntervalMs: pollMs(), ...netOpts }));
 
-  const autoOpts = {};
+  const autoOpts = { ...netOpts };
   if (params.get('wt_url')) autoOpts.wtUrl = params.get('wt_url');
   if (params.get('reprobe_ms')) autoOpts.reprobeMs = Number(params.get('reprobe_ms'));
   autoPanel = new Panel({ id: 'auto', title: 'Automatic', rung: null, sub: 'No rung forced: the library chooses.' }, $('#auto-panel'), autoOpts);

@@ -22,6 +22,14 @@
 // repeat. When the server says `truncated` (history gone, or the channel's
 // epoch changed) the cursor takes the new epoch and the application is told.
 //
+// Heartbeats: the server says its heartbeat period in /api/info
+// (`heartbeat_ms`). WebSocket and WebTransport send a liveness echo at
+// least that often and give up on the first unanswered one; SSE streams
+// carry visible heartbeats and are given up after `missedHeartbeats`
+// silent periods; long polls end within one period. A rung given up for
+// silence (a proxy holding the stream back) is remembered per origin, like
+// a race's winner, and left out of races for `silentForgetMs`.
+//
 // /api/info is fetched on every (re)connect, so a rotated development
 // certificate (WebTransport `serverCertificateHashes`) is picked up without
 // reloading the page.
@@ -74,6 +82,10 @@ const DEFAULTS = {
   // livenessTimeoutMs ends the session at once and the client reconnects.
   livenessMs: 5000,
   livenessTimeoutMs: 3000,
+  // An SSE stream with no event for this many of the server's heartbeat
+  // periods is given up (and remembered as silent on this origin).
+  missedHeartbeats: 3,
+  silentForgetMs: 10 * 60 * 1000,
   // The clock of the race, the backoff waits and the re-probe: tests inject
   // a manual one (`now`, `setTimeout`, `clearTimeout`).
   clock: realClock,
@@ -98,7 +110,7 @@ export class Ladder extends Emitter {
     this.transport = null;
     this.info = null;
     this.report = null;
-    this.stats = { connects: 0, reconnects: 0, drops: 0, upgrades: 0 };
+    this.stats = { connects: 0, reconnects: 0, drops: 0, upgrades: 0, silent: 0 };
     this.lastDrop = null;
     this._subs = new Map();
     this._transport = null;
@@ -128,6 +140,44 @@ export class Ladder extends Emitter {
   _remember(rung) {
     if (!this.options.remember || this.options.force) return;
     try { globalThis.localStorage.setItem(this.storageKey, JSON.stringify({ rung, at: Date.now() })); } catch { /* private mode */ }
+  }
+
+  get silentKey() { return `ladder.silent:${new URL(this.options.base).origin}`; }
+
+  /** Rungs given up for silence on this origin and not yet forgotten: name → { until, reason }. */
+  _silentRungs() {
+    if (!this.options.remember || this.options.force) return {};
+    let all = {};
+    try { all = JSON.parse(globalThis.localStorage.getItem(this.silentKey)) || {}; } catch { return {}; }
+    const now = Date.now();
+    return Object.fromEntries(Object.entries(all).filter(([, v]) => v?.until > now));
+  }
+
+  /**
+   * Called by a rung that is connected but silent: remember that on this
+   * origin, then drop it; the reconnect races the other rungs.
+   */
+  _giveUpSilent(tr, reason) {
+    this.stats.silent++;
+    if (this.options.remember && !this.options.force) {
+      const all = { ...this._silentRungs(), [tr.name]: { until: Date.now() + this.options.silentForgetMs, reason } };
+      try { globalThis.localStorage.setItem(this.silentKey, JSON.stringify(all)); } catch { /* private mode */ }
+    }
+    this.emit('silent', { transport: tr.name, reason });
+    tr._lost(`given up: ${reason}`);
+  }
+
+  /** The server's heartbeat period (`heartbeat_ms` in /api/info), or null when it sends none. */
+  heartbeatMs() {
+    const h = Number(this.info?.heartbeat_ms);
+    return Number.isFinite(h) && h > 0 ? h : null;
+  }
+
+  /** How often the duplex rungs echo: `livenessMs`, or the server's heartbeat when shorter. */
+  livenessEveryMs() {
+    const l = this.options.livenessMs;
+    const h = this.heartbeatMs();
+    return l > 0 && h ? Math.min(l, h) : l;
   }
 
   /** Connects (racing the rungs) and keeps reconnecting until `close()`. */
@@ -205,10 +255,19 @@ export class Ladder extends Emitter {
   async _race(info) {
     const o = this.options;
     const losers = {};
-    const offered = [];
+    let offered = [];
     for (const name of o.transports) {
       const why = unavailableReason(name, info, o.impls);
       if (why) losers[name] = why; else offered.push(name);
+    }
+    // Rungs that went silent here sit out, unless nothing else is left.
+    const silent = this._silentRungs();
+    const audible = offered.filter((n) => !silent[n]);
+    if (audible.length > 0 && audible.length < offered.length) {
+      for (const n of offered.filter((x) => silent[x])) {
+        losers[n] = `went silent on this network (${silent[n].reason}); skipped until ${new Date(silent[n].until).toLocaleTimeString()}`;
+      }
+      offered = audible;
     }
     if (offered.length === 0) {
       const e = new Error(o.force ? `${o.force}: ${losers[o.force]}` : 'no rung is available');
@@ -246,7 +305,8 @@ export class Ladder extends Emitter {
    */
   _scheduleReprobe(offered, current) {
     if (this.options.force || !this.options.reprobeMs) return;
-    const better = offered.slice(0, offered.indexOf(current));
+    const silent = this._silentRungs();
+    const better = offered.slice(0, offered.indexOf(current)).filter((n) => !silent[n]);
     if (better.length === 0) return;
     this._later(this.options.reprobeMs, async () => {
       if (this._closed || this.transport !== current || this.state !== 'open') return;

@@ -6,7 +6,9 @@
 // Each scenario starts its own server (ports 0, fresh certificate dir) and
 // its own browser context. Scenarios: unit (ladder.js in Node, no
 // browser), main, shared (shared mode, ./shared.mjs), fallback-ws, fallback-sse, fallback-udp,
-// fallback-udp-silent. Exit status 0 only if every check passed.
+// fallback-udp-silent, and the network lab's (lab.mjs): lab-fallback,
+// lab-nat, lab-switch, lab-round-robin, lab-lossy (only when named: it
+// must run inside a network namespace). Exit status 0 only if every check passed.
 // The screenshot goes to target/browser/screenshot.png, so test runs leave the
 // work tree clean; LADDER_SCREENSHOT=docs/screenshot.png refreshes the one the
 // README shows.
@@ -19,43 +21,14 @@ import {
 } from './lib/harness.mjs';
 import { runUnit } from './unit.mjs';
 import { runPagePresence, runPresence, runShared } from './shared.mjs';
+import { startRun, waitRunDone, checkDelivery } from './lib/workload.mjs';
+import { labScenarios, NETNS_ONLY } from './lab.mjs';
 
 const OVERALL_TIMEOUT_MS = Number(process.env.LADDER_BROWSER_TIMEOUT_MS || 480000);
 const SCREENSHOT = process.env.LADDER_SCREENSHOT || join(REPO_ROOT, 'target', 'browser', 'screenshot.png');
 const FORCED = { wt: 'webtransport', wtdg: 'webtransport', ws: 'websocket', sse: 'sse', longpoll: 'longpoll', poll: 'poll' };
 
 const tally = new Tally();
-
-/** Sets the workload form and clicks Run; resolves when the click is done. */
-async function startRun(page, { k, rate, payload = 64 }) {
-  await page.fill('#k', String(k));
-  await page.fill('#rate', String(rate));
-  await page.fill('#payload', String(payload));
-  const before = (await ladderState(page)).run.runs;
-  await page.click('#run');
-  await waitState(page, 'the run to start', (n) => window.ladderState.run.runs > n, before, 5000);
-}
-
-async function waitRunDone(page, timeoutMs) {
-  await waitState(page, 'the run to finish', () => ['done', 'failed'].includes(window.ladderState.run.state), null, timeoutMs);
-  return ladderState(page);
-}
-
-/** Every expected panel got offsets 1..K, each once, in order. */
-function checkDelivery(st, ids, k) {
-  const bad = [];
-  for (const id of ids) {
-    const p = st.panels[id];
-    const problems = [];
-    if (p.received !== k) problems.push(`received ${p.received}/${k}`);
-    if (p.missing !== 0) problems.push(`${p.missing} missing`);
-    if (p.duplicates !== 0) problems.push(`${p.duplicates} duplicates`);
-    if (p.outOfOrder !== 0) problems.push(`${p.outOfOrder} out of order`);
-    if (problems.length) bad.push(`${id} [${p.transport}]: ${problems.join(', ')}`);
-  }
-  if (st.run.state !== 'done') bad.push(`run state ${st.run.state} ${st.run.error || ''}`);
-  if (bad.length) throw new Error(bad.join('; '));
-}
 
 async function scenarioMain(browser) {
   const server = await startServer();
@@ -287,6 +260,7 @@ async function unusedUdpPort() {
 }
 
 const SCENARIOS = {
+  ...labScenarios(tally),
   unit: () => runUnit(tally),
   main: (b) => scenarioMain(b),
   crash: (b) => scenarioCrash(b),
@@ -320,7 +294,9 @@ const SCENARIOS = {
 };
 
 async function main() {
-  const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SCENARIOS);
+  // Scenarios that need a network namespace run only when named (the Rust
+  // test starts them inside one).
+  const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SCENARIOS).filter((n) => !NETNS_ONLY.includes(n));
   const watchdog = setTimeout(() => {
     console.log(`FAIL overall: browser tests did not finish within ${OVERALL_TIMEOUT_MS} ms`);
     console.log(`${tally.passed} passed, ${tally.failed + 1} failed`);

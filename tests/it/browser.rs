@@ -66,3 +66,37 @@ fn comparison_page_in_headless_chromium() {
         node_version.trim()
     );
 }
+
+/// The lossy-link scenario needs real kernel packet loss, so the server,
+/// its lab and Chromium all run inside one user and network namespace
+/// (`unshare -Urn`, no root), where the lab installs its nftables rules.
+#[test]
+fn lossy_link_in_headless_chromium_inside_a_namespace() {
+    let setup = "Install Node.js, npm, Debian's chromium, nftables, iproute2 and util-linux with `scripts/setup`.";
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing. {setup}"
+    );
+    if let Err(e) = ladder_lab::netns::namespaces_available() {
+        panic!("cannot make a network namespace with packet loss here: {e}. {setup}");
+    }
+    let output = ladder_lab::netns::in_namespace("node", &["tests/browser/run.mjs", "lab-lossy"])
+        .env("LADDER_BIN", env!("CARGO_BIN_EXE_ladder"))
+        .current_dir(repo_root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run unshare: {e}. {setup}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{text}");
+    assert!(
+        output.status.success(),
+        "lossy-link browser test failed:\n{text}"
+    );
+    assert!(
+        text.contains("lab lossy-link"),
+        "the scenario did not run:\n{text}"
+    );
+}

@@ -16,11 +16,12 @@ export const CHROMIUM = process.env.LADDER_CHROMIUM || '/usr/bin/chromium';
 const START_LINE = /http=(http:\/\/\S+).*webtransport=(\S+).*cert_sha256=([0-9a-fA-F]{64})/;
 
 /** Starts `ladder` (port 0 everywhere unless `http` / `h3` are given); resolves once its start line is printed. */
-export function startServer(extraArgs = [], { timeoutMs = 30000, http = '127.0.0.1:0', h3 = '127.0.0.1:0' } = {}) {
+export function startServer(extraArgs = [], { timeoutMs = 30000, http = '127.0.0.1:0', h3 = '127.0.0.1:0', certsDir: sharedCerts = null } = {}) {
   const bin = process.env.LADDER_BIN;
   if (!bin) throw new Error('LADDER_BIN is not set (path to the built `ladder` binary)');
   if (!existsSync(bin)) throw new Error(`LADDER_BIN=${bin} does not exist; run cargo build first`);
-  const certsDir = mkdtempSync(join(tmpdir(), 'ladder-certs-'));
+  // A shared directory (two nodes serving one certificate) is the caller's to remove.
+  const certsDir = sharedCerts || mkdtempSync(join(tmpdir(), 'ladder-certs-'));
   const args = ['--http', http, '--h3', h3, '--certs-dir', certsDir, ...extraArgs];
   const proc = spawn(bin, args, {
     cwd: REPO_ROOT,
@@ -28,7 +29,7 @@ export function startServer(extraArgs = [], { timeoutMs = 30000, http = '127.0.0
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const log = [];
-  const server = { proc, args, log, certsDir, http: null, wt: null, cert: null };
+  const server = { proc, args, log, certsDir, ownCerts: !sharedCerts, http: null, wt: null, cert: null };
   return new Promise((resolvePromise, reject) => {
     const timer = setTimeout(() => {
       proc.kill('SIGKILL');
@@ -86,7 +87,7 @@ export async function stopServer(server, graceMs = 5000) {
     }
     return server.exited;
   } finally {
-    rmSync(server.certsDir, { recursive: true, force: true });
+    if (server.ownCerts) rmSync(server.certsDir, { recursive: true, force: true });
   }
 }
 

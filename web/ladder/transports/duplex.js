@@ -1,6 +1,7 @@
 // duplex.js: what the two duplex rungs (WebSocket, WebTransport) share:
 // request/response bookkeeping by `id` (publish, echo) with a timeout on
-// each request, and the routing of the server's operations to the client.
+// each request, the liveness echo (the client's heartbeat), and the routing
+// of the server's operations to the client.
 
 /** Routes one server→client operation (WebSocket frame or WebTransport line). */
 export function dispatchOp(ladder, tr, op) {
@@ -64,7 +65,40 @@ export class Duplex {
   _failAll(reason) {
     for (const id of [...this._pending.keys()]) this._settle(id, new Error(reason));
   }
+  /**
+   * The heartbeat this side sends: an echo every `livenessEveryMs()` (the
+   * server's heartbeat when shorter than `livenessMs`) that must be
+   * answered within `livenessTimeoutMs`. One unanswered echo ends the
+   * connection at once, where a dead server or a NAT that forgot the flow
+   * would otherwise leave it silent until a transport timeout. The echo
+   * also keeps the flow busy for NATs and proxies in between.
+   */
+  _startLiveness() {
+    const every = this.ladder.livenessEveryMs();
+    if (every > 0) this._liveness = setInterval(() => this._checkAlive(), every);
+  }
+
+  /** Echoes once; no answer in time means the connection is dead. */
+  async _checkAlive() {
+    if (this.closed || this._checking) return;
+    this._checking = true;
+    const id = `live${this._nextId++}`;
+    const answered = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => this._settle(id, new Error('no answer to a liveness echo')), this.ladder.options.livenessTimeoutMs);
+      this._pending.set(id, { resolve, reject, timer });
+    });
+    try {
+      await this._send({ op: 'echo', data: { id } });
+      await answered;
+    } catch (err) {
+      this._lost(`${this.name} unresponsive: ${err?.message || err}`);
+    } finally {
+      this._checking = false;
+    }
+  }
+
   _lost(reason) {
+    clearInterval(this._liveness);
     if (this.closed) return;
     this.closed = true;
     this._failAll(reason);

@@ -60,5 +60,14 @@ export class PollTransport extends HttpRung {
 
 export class LongPollTransport extends PollTransport {
   get name() { return 'longpoll'; }
-  get waitS() { return this.ladder.options.longPollWaitS; }
+  /**
+   * A held request is an idle connection to a NAT or proxy on the way, so
+   * it ends within the server's heartbeat (`heartbeat_ms`): the flow is
+   * never idle longer than on the other rungs.
+   */
+  get waitS() {
+    const wait = this.ladder.options.longPollWaitS;
+    const h = this.ladder.heartbeatMs();
+    return h ? Math.max(1, Math.min(wait, Math.floor(h / 1000))) : wait;
+  }
 }

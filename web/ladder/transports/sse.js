@@ -1,6 +1,13 @@
 // sse.js: the SSE rung — one EventSource per channel, resumed from the
 // subscription's cursor (`since`, `epoch`); the client, not EventSource,
 // decides when to reconnect.
+//
+// Streams ask for visible heartbeats (`heartbeat=event`): EventSource never
+// shows comments, so the server's `: ping` alone cannot prove a stream
+// flows. With them, the rung is ready only once the first heartbeat has
+// arrived (a buffering proxy passes the response head and holds the
+// events), and a stream silent for `missedHeartbeats` heartbeat periods is
+// given up and remembered as silent on this origin.
 
 import { channelUrl } from '../http.js';
 import { HttpRung, PROBE_CHANNEL } from './http-rung.js';
@@ -10,22 +17,42 @@ export class SseTransport extends HttpRung {
   get name() { return 'sse'; }
 
   open() {
-    // Ready = an event stream actually opens on this origin.
+    // Ready = a heartbeat arrives through this network, not merely a head.
     return new Promise((resolve, reject) => {
-      const es = new EventSource(channelUrl(this.base, PROBE_CHANNEL, 'events', {}));
+      const es = new EventSource(channelUrl(this.base, PROBE_CHANNEL, 'events', { heartbeat: 'event' }));
       this._probe = es;
-      es.onopen = () => { es.close(); resolve(); };
+      es.addEventListener('heartbeat', () => { es.close(); resolve(); }, { once: true });
       es.onerror = () => { es.close(); reject(new Error('event stream refused')); };
     });
   }
 
+  /** How long a stream may stay silent, or null when the server sends no heartbeats. */
+  _silenceLimitMs() {
+    const h = this.ladder.heartbeatMs();
+    return h ? Math.round((this.ladder.options.missedHeartbeats + 0.5) * h) : null;
+  }
+
   subscribe(sub) {
     const c = sub.cursor;
-    const es = new EventSource(channelUrl(this.base, sub.channel, 'events', { since: c.offset, epoch: c.epoch, ...sub.presenceQuery(false) }));
-    const entry = { stop: () => es.close() };
+    const es = new EventSource(channelUrl(this.base, sub.channel, 'events', { since: c.offset, epoch: c.epoch, heartbeat: 'event', ...sub.presenceQuery(false) }));
+    const limit = this._silenceLimitMs();
+    let watchdog = null;
+    const entry = { stop: () => { clearTimeout(watchdog); es.close(); } };
     this.subs.set(sub.channel, entry);
-    es.onopen = () => this.ladder._subscribed(sub.channel, null, NaN);
+    const alive = () => {
+      if (!limit) return;
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => {
+        if (this.subs.get(sub.channel) !== entry) return;
+        const missed = this.ladder.options.missedHeartbeats;
+        this.ladder._giveUpSilent(this, `event stream for ${sub.channel} silent for ${limit} ms (${missed} heartbeats missed)`);
+      }, limit);
+    };
+    alive();
+    es.onopen = () => { alive(); this.ladder._subscribed(sub.channel, null, NaN); };
+    es.addEventListener('heartbeat', alive);
     es.addEventListener('message', (ev) => {
+      alive();
       let msg;
       try { msg = JSON.parse(ev.data); } catch { return; }
       const epoch = typeof ev.lastEventId === 'string' && ev.lastEventId.includes(':')
@@ -39,13 +66,14 @@ export class SseTransport extends HttpRung {
     es.addEventListener('leave', (ev) => sub._presenceChange('leave', json(ev)));
     es.addEventListener('presence_error', (ev) => sub._presenceRefused(json(ev)));
     es.addEventListener('truncated', (ev) => {
+      alive();
       let t;
       try { t = JSON.parse(ev.data); } catch { return; }
       this.ladder._truncated(sub.channel, t.oldest, t.epoch);
     });
     es.onerror = () => {
       if (this.subs.get(sub.channel) !== entry) return;
-      es.close();
+      entry.stop();
       this._lost(`event stream for ${sub.channel} ended`);
     };
   }

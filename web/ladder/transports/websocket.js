@@ -1,5 +1,6 @@
 // websocket.js: the WebSocket rung — one socket to /api/ws carrying the
-// contract's JSON operations both ways.
+// contract's JSON operations both ways, with the liveness echo (the
+// browser cannot see the server's WebSocket pings, so it sends its own).
 
 import { Duplex, dispatchOp, subscribeOp } from './duplex.js';
 
@@ -13,7 +14,7 @@ export class WebSocketTransport extends Duplex {
       const ws = new WebSocket(url.toString());
       this.ws = ws;
       let opened = false;
-      ws.onopen = () => { opened = true; resolve(); };
+      ws.onopen = () => { opened = true; this._startLiveness(); resolve(); };
       ws.onerror = () => { if (!opened) reject(new Error('WebSocket handshake failed')); };
       ws.onclose = (ev) => {
         if (!opened) { reject(new Error(`WebSocket closed before opening (code ${ev.code})`)); return; }
@@ -34,6 +35,7 @@ export class WebSocketTransport extends Duplex {
   subscribe(sub) { try { this._send(subscribeOp(sub)); } catch { /* resubscribed on reconnect */ } }
   unsubscribe(channel) { try { this._send({ op: 'unsubscribe', channel }); } catch { /* gone anyway */ } }
   close() {
+    clearInterval(this._liveness);
     this.closed = true;
     this._failAll('closed');
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, 'client closed');

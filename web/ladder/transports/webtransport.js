@@ -91,32 +91,7 @@ export class WebTransportTransport extends Duplex {
       throw new Error(`WebTransport handshake failed: ${describe(err)}`);
     }
     if (this.closed) throw new Error('WebTransport closed while connecting');
-    const every = this.ladder.options.livenessMs;
-    if (every > 0) this._liveness = setInterval(() => this._checkAlive(), every);
-  }
-
-  /** Echoes on the control stream; no answer in time means the session is dead. */
-  async _checkAlive() {
-    if (this.closed || this._checking) return;
-    this._checking = true;
-    const id = `live${this._nextId++}`;
-    const answered = new Promise((resolve, reject) => {
-      const timer = setTimeout(() => this._settle(id, new Error('no answer to a liveness echo')), this.ladder.options.livenessTimeoutMs);
-      this._pending.set(id, { resolve, reject, timer });
-    });
-    try {
-      await this._send({ op: 'echo', data: { id } });
-      await answered;
-    } catch (err) {
-      this._lost(`WebTransport session unresponsive: ${describe(err)}`);
-    } finally {
-      this._checking = false;
-    }
-  }
-
-  _lost(reason) {
-    clearInterval(this._liveness);
-    super._lost(reason);
+    this._startLiveness();
   }
 
   async _control() {

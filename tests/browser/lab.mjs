@@ -1,0 +1,292 @@
+// The network lab's browser scenarios: the comparison page opened through
+// each `ladder --lab` condition in headless Chromium, the automatic client
+// and every forced panel under the same workload.
+//
+//   lab-fallback     UDP blocked -> WebSocket; + no upgrade -> SSE;
+//                    + buffering proxy -> long polling; 200 messages each
+//   lab-nat          NAT timeout T: no reconnect over 3 x T with heartbeats;
+//                    without them the drops are noticed and resumed
+//   lab-switch       a network switch mid-workload: WebTransport migrates,
+//                    the TCP rungs reconnect, nothing lost or repeated
+//   lab-round-robin  two nodes on one real redis-server, no stickiness
+//   lab-lossy        2 % kernel packet loss and 40 ms each way; every rung
+//                    delivers every message (inside a network namespace)
+//
+// Times printed (fallback, first message) are figures, not assertions; the
+// only time bound asserted is the race's own stated deadline.
+
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startServer, stopServer, openPage, waitState, ladderState } from './lib/harness.mjs';
+import { startRun, waitRunDone, checkDelivery } from './lib/workload.mjs';
+
+/** Scenarios that only make sense inside `ladder-lab netns` (run.mjs skips them otherwise). */
+export const NETNS_ONLY = ['lab-lossy'];
+
+const FORCED = ['wt', 'wtdg', 'ws', 'sse', 'longpoll', 'poll'];
+const ALL = [...FORCED, 'auto'];
+/** Every panel whose messages are retransmitted when lost (all but WebTransport datagrams). */
+const RELIABLE = ALL.filter((id) => id !== 'wtdg');
+/**
+ * The rungs a cut connection visibly drops. Long and short polls are cut
+ * too, but Chromium re-sends a GET whose reused connection was reset, so
+ * the client never sees those cuts (and loses nothing by them).
+ */
+const CUT_VISIBLY = ['ws', 'sse'];
+/**
+ * The automatic client's stated bound: the race's deadline (probe timeout
+ * 8 s plus one 250 ms stagger per rung), after which it reports failure.
+ */
+const FALLBACK_BOUND_MS = 8000 + 5 * 250;
+
+async function labInfo(server) {
+  const info = await (await fetch(`${server.http}/api/info`)).json();
+  if (!info.lab) throw new Error(`no lab in /api/info: ${JSON.stringify(info)}`);
+  return info.lab;
+}
+
+/** The page's address through condition `name` (as the Network choice links it). */
+function through(lab, name) {
+  const c = lab.conditions.find((x) => x.name === name);
+  if (!c) throw new Error(`condition ${name} not offered: ${JSON.stringify(lab.unavailable)}`);
+  const q = new URLSearchParams({ network: c.name, wt_url: c.webtransport, direct: lab.direct });
+  return `${c.http}/?${q}`;
+}
+
+async function openThrough(browser, lab, name) {
+  const opened = await openPage(browser, through(lab, name));
+  await waitState(opened.page, 'the page ready', () => window.ladderState?.ready === true, null, 15000);
+  await opened.page.fill('#poll-interval', '200');
+  await opened.page.dispatchEvent('#poll-interval', 'change');
+  return opened;
+}
+
+function waitOpen(page, ids, timeoutMs = 30000) {
+  return waitState(page, `panels ${ids.join(', ')} open`,
+    (want) => want.every((id) => window.ladderState.panels[id]?.state === 'open'), ids, timeoutMs);
+}
+
+const reconnects = (st, ids) => Object.fromEntries(ids.map((id) => [id, st.panels[id].reconnects]));
+const openIds = (st) => ALL.filter((id) => st.panels[id].state === 'open');
+
+export function labScenarios(tally) {
+  async function fallback(browser) {
+    const server = await startServer(['--lab', '--heartbeat', '1']);
+    try {
+      const lab = await labInfo(server);
+      const cases = [
+        ['udp-blocked', 'websocket'],
+        ['udp-blocked+no-upgrade', 'sse'],
+        ['udp-blocked+no-upgrade+buffering-proxy', 'longpoll'],
+      ];
+      for (const [name, expected] of cases) {
+        const { context, page } = await openThrough(browser, lab, name);
+        try {
+          await tally.check(`lab ${name}: automatic client ends on ${expected} within its bound`, async () => {
+            const st = await waitState(page, `auto open on ${expected}`,
+              () => (window.ladderState.panels.auto?.state === 'open' ? JSON.parse(JSON.stringify(window.ladderState.panels.auto)) : null),
+              null, FALLBACK_BOUND_MS + 10000);
+            tally.expect(st.transport === expected, `ended on ${st.transport}; report ${JSON.stringify(st.report)}`);
+            tally.expect(st.report.elapsedMs <= FALLBACK_BOUND_MS, `fell back after ${st.report.elapsedMs} ms (bound ${FALLBACK_BOUND_MS})`);
+            return `fell back in ${st.report.elapsedMs} ms; ${Object.entries(st.report.losers).map(([k, v]) => `${k}: ${v}`).join(' | ')}`;
+          });
+          await tally.check(`lab ${name}: 200 messages arrive exactly once, in order`, async () => {
+            await startRun(page, { k: 200, rate: 200 });
+            const st = await waitRunDone(page, 60000);
+            const ids = openIds(st);
+            tally.expect(ids.includes('auto'), 'the automatic client is not open');
+            checkDelivery(st, ids, 200);
+            const a = st.panels.auto;
+            return `first message ${a.firstMessageAt - st.run.publishingAt} ms after publishing began (${a.firstMessageAt} ms after page load), auto p50 ${a.p50} ms p99 ${a.p99} ms; panels ${ids.join(', ')}`;
+          });
+        } finally {
+          await context.close().catch(() => {});
+        }
+      }
+    } finally {
+      await stopServer(server);
+    }
+  }
+
+  async function nat(browser) {
+    const T = 3;
+    const on = await startServer(['--lab', '--heartbeat', '1', '--wt-keep-alive', '1', '--lab-nat-timeout', String(T)]);
+    try {
+      const { context, page } = await openThrough(browser, await labInfo(on), 'nat-timeout');
+      try {
+        await tally.check(`lab nat-timeout ${T} s, heartbeats every 1 s: no reconnect over 3 x T`, async () => {
+          await waitOpen(page, ALL);
+          const before = reconnects(await ladderState(page), ALL);
+          // The observation window the condition is defined by, not a pass hope.
+          await page.waitForTimeout(3 * T * 1000);
+          const st = await ladderState(page);
+          const moved = ALL.filter((id) => st.panels[id].reconnects !== before[id] || st.panels[id].state !== 'open');
+          tally.expect(moved.length === 0, `reconnected: ${moved.map((id) => `${id} ${before[id]} -> ${st.panels[id].reconnects} (${st.panels[id].reason})`).join(', ')}`);
+          return `${ALL.length} panels, 0 reconnects over ${3 * T} s idle`;
+        });
+        await tally.check(`lab nat-timeout ${T} s, heartbeats on: 200 messages exactly once`, async () => {
+          await startRun(page, { k: 200, rate: 200 });
+          checkDelivery(await waitRunDone(page, 60000), ALL, 200);
+        });
+      } finally {
+        await context.close().catch(() => {});
+      }
+    } finally {
+      await stopServer(on);
+    }
+
+    const off = await startServer(['--lab', '--heartbeat', '0', '--wt-keep-alive', '0', '--lab-nat-timeout', String(T)]);
+    try {
+      const { context, page } = await openThrough(browser, await labInfo(off), 'nat-timeout');
+      try {
+        await tally.check(`lab nat-timeout ${T} s, heartbeats off: the idle WebSocket and SSE connections are dropped, noticed and resumed`, async () => {
+          await waitOpen(page, ALL);
+          await startRun(page, { k: 50, rate: 200 });
+          checkDelivery(await waitRunDone(page, 60000), ALL, 50);
+          const st = await waitState(page, 'a reconnect on the WebSocket and SSE panels',
+            (ids) => ids.every((id) => window.ladderState.panels[id].reconnects >= 1)
+              && JSON.parse(JSON.stringify(window.ladderState.panels)), CUT_VISIBLY, 6 * T * 1000 + 15000);
+          return `reconnects: ${ALL.map((id) => `${id} ${st[id].reconnects}`).join(', ')}`;
+        });
+        await tally.check(`lab nat-timeout ${T} s, heartbeats off: after the drops 200 messages exactly once (datagrams: counted, not retransmitted)`, async () => {
+          await waitOpen(page, CUT_VISIBLY);
+          await startRun(page, { k: 200, rate: 200 });
+          const st = await waitRunDone(page, 60000);
+          checkDelivery(st, RELIABLE, 200);
+          return `datagram panel: ${st.panels.wtdg.received}/200 (a mapping the NAT forgot loses datagrams until the client's next echo opens a new one)`;
+        });
+      } finally {
+        await context.close().catch(() => {});
+      }
+    } finally {
+      await stopServer(off);
+    }
+  }
+
+  async function networkSwitch(browser) {
+    const server = await startServer(['--lab', '--heartbeat', '1']);
+    try {
+      const { context, page } = await openThrough(browser, await labInfo(server), 'network-switch');
+      try {
+        await tally.check('lab network-switch mid-workload: WebTransport migrates (0 reconnects), WebSocket and SSE reconnect, nothing lost or repeated', async () => {
+          await waitOpen(page, ALL);
+          const start = await ladderState(page);
+          tally.expect(start.panels.auto.transport === 'webtransport', `auto on ${start.panels.auto.transport}`);
+          const before = reconnects(start, ALL);
+          await startRun(page, { k: 200, rate: 50 });
+          await waitState(page, 'every panel past 40 messages', () => ['wt', 'wtdg', 'ws', 'sse', 'longpoll', 'poll', 'auto']
+            .every((id) => window.ladderState.panels[id].received >= 40), null, 20000);
+          const res = await fetch(`${server.http}/api/lab/switch`, { method: 'POST' });
+          tally.expect(res.ok, `switch answered ${res.status}`);
+          const st = await waitRunDone(page, 60000);
+          checkDelivery(st, ALL, 200);
+          const quic = ['wt', 'wtdg', 'auto'].filter((id) => st.panels[id].reconnects !== before[id]);
+          tally.expect(quic.length === 0, `WebTransport reconnected instead of migrating: ${quic.map((id) => `${id} ${before[id]} -> ${st.panels[id].reconnects}`).join(', ')}`);
+          const tcp = CUT_VISIBLY.filter((id) => !(st.panels[id].reconnects >= before[id] + 1));
+          tally.expect(tcp.length === 0, `no reconnect after the switch on ${tcp.join(', ')}`);
+          return `reconnects: ${ALL.map((id) => `${id} ${st.panels[id].reconnects - before[id]}`).join(', ')} (the polls' cut GETs are re-sent by Chromium itself)`;
+        });
+      } finally {
+        await context.close().catch(() => {});
+      }
+    } finally {
+      await stopServer(server);
+    }
+  }
+
+  async function roundRobin(browser) {
+    const redis = await startRedis();
+    const certs = mkdtempSync(join(tmpdir(), 'ladder-rr-certs-'));
+    let a = null;
+    let b = null;
+    try {
+      // One certificate for both nodes: a WebTransport flow may land on either.
+      b = await startServer(['--redis', redis.url, '--allowed-origin', '*'], { certsDir: certs });
+      const bHttp = b.http.replace(/^http:\/\//, '');
+      const bH3 = new URL(b.wt).host;
+      a = await startServer(['--redis', redis.url, '--lab', '--heartbeat', '1', '--lab-peer-http', bHttp, '--lab-peer-h3', bH3], { certsDir: certs });
+      const { context, page } = await openThrough(browser, await labInfo(a), 'round-robin');
+      try {
+        await tally.check('lab round-robin on one redis-server: reconnects land on either node, nothing lost or repeated', async () => {
+          await waitOpen(page, ALL);
+          await startRun(page, { k: 200, rate: 100 });
+          for (const id of ALL) {
+            await waitState(page, `${id} past 40 messages`, (pid) => window.ladderState.panels[pid].received >= 40, id, 20000);
+            await page.click(`#panel-${id} [data-role=drop]`);
+          }
+          const st = await waitRunDone(page, 60000);
+          checkDelivery(st, ALL, 200);
+          const served = async (node) => {
+            const t = (await (await fetch(`${node.http}/api/stats`)).json()).transports;
+            return Object.fromEntries(Object.entries(t).map(([k, v]) => [k, v.connections_total]));
+          };
+          const [sa, sb] = [await served(a), await served(b)];
+          const total = (s) => Object.values(s).reduce((x, y) => x + y, 0);
+          tally.expect(total(sa) > 0 && total(sb) > 0, `one node served nothing: A ${JSON.stringify(sa)}, B ${JSON.stringify(sb)}`);
+          return `connections A ${JSON.stringify(sa)}, B ${JSON.stringify(sb)}; resumed: ${ALL.map((id) => `${id} ${st.panels[id].resumeMs} ms`).join(', ')}`;
+        });
+      } finally {
+        await context.close().catch(() => {});
+      }
+    } finally {
+      await stopServer(a);
+      await stopServer(b);
+      redis.stop();
+      rmSync(certs, { recursive: true, force: true });
+    }
+  }
+
+  async function lossy(browser) {
+    const server = await startServer(['--lab', '--heartbeat', '1']);
+    try {
+      const lab = await labInfo(server);
+      const { context, page } = await openThrough(browser, lab, 'lossy-link');
+      try {
+        await tally.check('lab lossy-link (2 % kernel loss, 40 ms each way): every rung delivers every message (datagrams: loss counted)', async () => {
+          await waitOpen(page, ALL, 60000);
+          await startRun(page, { k: 200, rate: 100 });
+          const st = await waitRunDone(page, 120000);
+          checkDelivery(st, RELIABLE, 200);
+          const dg = st.panels.wtdg;
+          tally.expect(dg.duplicates === 0 && dg.received <= 200, `datagram panel: ${dg.received} received, ${dg.duplicates} duplicates`);
+          return `${ALL.map((id) => `${id} p50 ${st.panels[id].p50} p99 ${st.panels[id].p99} ms, ${st.panels[id].reconnects} reconnects`).join('; ')}; datagrams ${dg.received}/200 (not retransmitted)`;
+        });
+      } finally {
+        await context.close().catch(() => {});
+      }
+    } finally {
+      await stopServer(server);
+    }
+  }
+
+  return {
+    'lab-fallback': fallback,
+    'lab-nat': nat,
+    'lab-switch': networkSwitch,
+    'lab-round-robin': roundRobin,
+    'lab-lossy': lossy,
+  };
+}
+
+/** A throwaway redis-server on a free port, no persistence. */
+async function startRedis() {
+  const port = await new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
+  });
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('redis-server did not start within 10 s')), 10000);
+    let out = '';
+    proc.stdout.on('data', (c) => {
+      out += c;
+      if (out.includes('Ready to accept connections')) { clearTimeout(timer); resolve(); }
+    });
+    proc.once('exit', (code) => { clearTimeout(timer); reject(new Error(`redis-server exited (${code}): ${out}`)); });
+  });
+  return { url: `redis://127.0.0.1:${port}`, stop: () => proc.kill('SIGTERM') };
+}
