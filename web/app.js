@@ -650,6 +650,7 @@ async function main() {
   const autoOpts = { ...netOpts };
   if (params.get('wt_url')) autoOpts.wtUrl = params.get('wt_url');
   if (params.get('reprobe_ms')) autoOpts.reprobeMs = Number(params.get('reprobe_ms'));
+  if (params.get('stagger_ms')) autoOpts.staggerMs = Number(params.get('stagger_ms'));
   autoPanel = new Panel({ id: 'auto', title: 'Automatic', rung: null, sub: 'No rung forced: the library chooses.' }, $('#auto-panel'), autoOpts);
   autoPanel.reportEl = document.createElement('div');
   autoPanel.reportEl.className = 'report';

@@ -7,8 +7,8 @@
 // its own browser context. Scenarios: unit (ladder.js in Node, no
 // browser), main, shared (shared mode, ./shared.mjs), fallback-ws, fallback-sse, fallback-udp,
 // fallback-udp-silent, and the network lab's (lab.mjs): lab-fallback,
-// lab-nat, lab-switch, lab-round-robin, lab-lossy (only when named: it
-// must run inside a network namespace). Exit status 0 only if every check passed.
+// lab-nat, lab-switch, lab-round-robin, lab-lossy (only when named;
+// lab-lossy must run inside a network namespace). Exit status 0 only if every check passed.
 // The screenshot goes to target/browser/screenshot.png, so test runs leave the
 // work tree clean; LADDER_SCREENSHOT=docs/screenshot.png refreshes the one the
 // README shows.
@@ -22,7 +22,7 @@ import {
 import { runUnit } from './unit.mjs';
 import { runPagePresence, runPresence, runShared } from './shared.mjs';
 import { startRun, waitRunDone, checkDelivery } from './lib/workload.mjs';
-import { labScenarios, NETNS_ONLY } from './lab.mjs';
+import { labScenarios, NAMED_ONLY } from './lab.mjs';
 
 const OVERALL_TIMEOUT_MS = Number(process.env.LADDER_BROWSER_TIMEOUT_MS || 480000);
 const SCREENSHOT = process.env.LADDER_SCREENSHOT || join(REPO_ROOT, 'target', 'browser', 'screenshot.png');
@@ -294,9 +294,9 @@ const SCENARIOS = {
 };
 
 async function main() {
-  // Scenarios that need a network namespace run only when named (the Rust
-  // test starts them inside one).
-  const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SCENARIOS).filter((n) => !NETNS_ONLY.includes(n));
+  // The network lab's scenarios run only when named (tests/it/browser.rs
+  // runs them in tests of their own).
+  const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SCENARIOS).filter((n) => !NAMED_ONLY.includes(n));
   const watchdog = setTimeout(() => {
     console.log(`FAIL overall: browser tests did not finish within ${OVERALL_TIMEOUT_MS} ms`);
     console.log(`${tally.passed} passed, ${tally.failed + 1} failed`);

@@ -67,6 +67,22 @@ fn comparison_page_in_headless_chromium() {
     );
 }
 
+/// The network lab's scenarios (tests/browser/lab.mjs): the page through
+/// `ladder --lab`'s relays — UDP blocked, no upgrade, buffering proxy, NAT
+/// timeout with and without heartbeats, a network switch, round-robin over
+/// two nodes on a real redis-server.
+#[test]
+fn network_lab_in_headless_chromium() {
+    let setup = "Install Node.js, npm, Debian's chromium and redis-server with `scripts/setup`.";
+    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing. {setup}");
+    let scenarios = ["lab-fallback", "lab-nat", "lab-switch", "lab-round-robin"];
+    let mut args = vec!["tests/browser/run.mjs"];
+    args.extend(scenarios);
+    let (ok, out) = run("node", &args, &[("LADDER_BIN", env!("CARGO_BIN_EXE_ladder"))], setup);
+    println!("{out}");
+    assert!(ok, "network lab browser tests failed:\n{out}");
+}
+
 /// The lossy-link scenario needs real kernel packet loss, so the server,
 /// its lab and Chromium all run inside one user and network namespace
 /// (`unshare -Urn`, no root), where the lab installs its nftables rules.
