@@ -74,11 +74,19 @@ fn comparison_page_in_headless_chromium() {
 #[test]
 fn network_lab_in_headless_chromium() {
     let setup = "Install Node.js, npm, Debian's chromium and redis-server with `scripts/setup`.";
-    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing. {setup}");
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing. {setup}"
+    );
     let scenarios = ["lab-fallback", "lab-nat", "lab-switch", "lab-round-robin"];
     let mut args = vec!["tests/browser/run.mjs"];
     args.extend(scenarios);
-    let (ok, out) = run("node", &args, &[("LADDER_BIN", env!("CARGO_BIN_EXE_ladder"))], setup);
+    let (ok, out) = run(
+        "node",
+        &args,
+        &[("LADDER_BIN", env!("CARGO_BIN_EXE_ladder"))],
+        setup,
+    );
     println!("{out}");
     assert!(ok, "network lab browser tests failed:\n{out}");
 }
