@@ -45,7 +45,12 @@ export function networkOptions(network) {
  */
 export function renderNetworkChoice(info, network, root) {
   if (!info.lab) {
-    if (network) { root.hidden = false; root.querySelector('#network-desc').textContent = `Network: ${network.name}.`; root.querySelector('#network-choice').hidden = true; }
+    // Served by round-robin's other node: name the network, offer no choice.
+    if (network) {
+      root.hidden = false;
+      root.querySelector('#network-choice').hidden = true;
+      root.querySelector('#network-desc').textContent = `Network: ${network.name}.`;
+    }
     return;
   }
   root.hidden = false;

@@ -106,21 +106,29 @@ export async function runUnit(tally) {
 
   await tally.check('unit: Ladder: a failed race is reported and retried with backoff', async () => {
     globalThis.localStorage = memoryStorage();
-    let attempts = 0;
-    const { clock, ladder } = ladderWith({ websocket: { failsIn: 5, error: 'refused' } }, { transports: ['websocket'] });
-    ladder.options.impls.websocket = class extends ladder.options.impls.websocket {
-      open() { attempts++; return attempts === 1 ? super.open() : Promise.resolve(); }
-    };
-    const states = record(ladder, 'state');
-    const connected = ladder.connect();
-    await clock.advanceTo(5);
-    tally.expect(/every rung failed \(websocket: failed after 5 ms: refused\)/.test(ladder.report.reason), ladder.report.reason);
-    const retry = states.find((s) => s.state === 'reconnecting');
-    tally.expect(retry && retry.retryInMs >= 0 && retry.retryInMs < BASE.backoffBaseMs, `state ${JSON.stringify(retry)}`);
-    await clock.advance(BASE.backoffBaseMs);
-    await connected;
-    ladder.close();
-    tally.expect(attempts === 2 && ladder.stats.connects === 1, `attempts ${attempts}, connects ${ladder.stats.connects}`);
+    // The jitter is fixed at half the window: a 0 ms draw would retry (and
+    // overwrite the failure's report) before the report is read.
+    const realRandom = Math.random;
+    Math.random = () => 0.5;
+    try {
+      let attempts = 0;
+      const { clock, ladder } = ladderWith({ websocket: { failsIn: 5, error: 'refused' } }, { transports: ['websocket'] });
+      ladder.options.impls.websocket = class extends ladder.options.impls.websocket {
+        open() { attempts++; return attempts === 1 ? super.open() : Promise.resolve(); }
+      };
+      const states = record(ladder, 'state');
+      const connected = ladder.connect();
+      await clock.advanceTo(5);
+      tally.expect(/every rung failed \(websocket: failed after 5 ms: refused\)/.test(ladder.report.reason), ladder.report.reason);
+      const retry = states.find((s) => s.state === 'reconnecting');
+      tally.expect(retry && retry.retryInMs >= 0 && retry.retryInMs < BASE.backoffBaseMs, `state ${JSON.stringify(retry)}`);
+      await clock.advance(BASE.backoffBaseMs);
+      await connected;
+      ladder.close();
+      tally.expect(attempts === 2 && ladder.stats.connects === 1, `attempts ${attempts}, connects ${ladder.stats.connects}`);
+    } finally {
+      Math.random = realRandom;
+    }
   });
 
   await tally.check('unit: one cursor: no repeat, no gap across a drop; truncated takes the new epoch', async () => {
