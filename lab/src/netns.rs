@@ -42,7 +42,7 @@ pub enum NetnsError {
     },
     /// This process is not in a namespace of its own.
     #[error(
-        "not inside a namespace of its own (start it with `ladder-lab netns -- …`, which sets {NAMESPACE_ENV}=1), so the machine's firewall is left alone"
+        "dropping real packets needs CAP_NET_ADMIN in a network namespace of its own, so this machine's firewall is never touched: start inside `ladder-lab netns -- …` (unshare -Urn, no root needed; it sets {NAMESPACE_ENV}=1)"
     )]
     NotInNamespace,
     /// Nothing to apply the loss to, or a share outside 0–100 %.
