@@ -295,6 +295,13 @@ impl Presence {
         for (channel, change) in lapsed {
             self.left(&channel, change);
         }
+        drop(reg);
+        // Channels whose watchers have all gone without an event since.
+        self.inner
+            .watchers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, tx| tx.receiver_count() > 0);
         n
     }
 
@@ -361,6 +368,10 @@ mod tests {
         drop(second);
         assert_eq!(events.try_recv().unwrap().kind(), "leave");
         assert!(p.members(&a).await.unwrap().is_empty());
+        // A watcher that went away leaves nothing behind after a sweep.
+        drop(events);
+        p.expire(now_ms());
+        assert!(p.inner.watchers.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
