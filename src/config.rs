@@ -144,12 +144,21 @@ pub struct Config {
 
     /// How WebSocket subscribers get their messages. `uring`: caught-up
     /// sockets are lent to their channel's fan-out, which writes each batch
-    /// to all of them with `io_uring` (one system call per 64 sockets;
-    /// `send()` per socket where `io_uring` is refused). `send`: the same
-    /// with one `send()` per socket. `task`: every socket's own task wakes
-    /// and writes.
-    #[arg(long, env = "LADDER_WS_FANOUT", value_enum, default_value_t = WsFanout::Uring)]
+    /// to all of them with `io_uring` (one system call per 64 sockets; one
+    /// write per socket where `io_uring` is refused, or in a build without
+    /// the `uring` feature). `send`: the same with one write per socket.
+    /// `task`: every socket's own task wakes and writes. Default: `uring`
+    /// where built with it, else `send`.
+    #[arg(long, env = "LADDER_WS_FANOUT", value_enum, default_value_t = WsFanout::DEFAULT)]
     pub ws_fanout: WsFanout,
+
+    /// Whether connections that open with an event stream or a poll are
+    /// served by the lean HTTP/1.1 path (`src/http/lean.rs`) rather than
+    /// hyper. `false` sends every request through hyper: the reference the
+    /// lean path is tested against, and a way out should it misbehave.
+    #[arg(long, env = "LADDER_LEAN_HTTP", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub lean_http: bool,
 
     /// How WebTransport stream subscribers get their messages. `lend`: a
     /// caught-up stream is lent to its channel's fan-out, which puts each
@@ -259,12 +268,21 @@ fn percent(s: &str) -> Result<f64, String> {
 /// See [`Config::ws_fanout`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WsFanout {
-    /// Lent sockets, written with `io_uring`.
+    /// Lent sockets, written with `io_uring` (cargo feature `uring`).
     Uring,
-    /// Lent sockets, one `send()` each.
+    /// Lent sockets, one non-blocking write each.
     Send,
     /// No lending: each socket's task writes.
     Task,
+}
+
+impl WsFanout {
+    /// `uring` where the build has it (cargo feature `uring`), else `send`.
+    pub const DEFAULT: Self = if cfg!(feature = "uring") {
+        Self::Uring
+    } else {
+        Self::Send
+    };
 }
 
 /// See [`Config::wt_fanout`].

@@ -28,6 +28,10 @@
 //! - [`config`], [`context`], [`stats`]: settings, shared state, counters.
 //! - [`lab`]: the network lab's relays beside the server (`--lab`).
 
+// Unsafe code is confined to the `uring` feature's module
+// (`transport::websocket::uring`), which allows it for itself.
+#![deny(unsafe_code)]
+
 pub mod auth;
 pub mod config;
 pub mod context;
@@ -39,6 +43,7 @@ pub mod name;
 pub mod protocol;
 pub mod quic;
 pub mod server;
+pub mod socket;
 pub mod stats;
 pub mod tls;
 pub mod transport;

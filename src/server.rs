@@ -67,6 +67,11 @@ pub struct Server {
 impl Server {
     /// Binds the listeners and prepares the certificate.
     pub async fn bind(cfg: Config) -> Result<Self, ServerError> {
+        if cfg.ws_fanout == crate::config::WsFanout::Uring && !cfg!(feature = "uring") {
+            warn!(
+                "built without the `uring` feature: --ws-fanout uring writes one socket at a time"
+            );
+        }
         let http = TcpListener::bind(cfg.http)
             .await
             .map_err(|source| ServerError::BindHttp {

@@ -53,6 +53,7 @@ use tokio::net::TcpStream;
 use tower::Service;
 
 use crate::context::Ctx;
+use crate::socket::Socket;
 use crate::stats::Stats;
 use crate::transport::meter::{Meter, MeteredIo};
 
@@ -119,14 +120,14 @@ pub async fn sniff(stream: &TcpStream, header_timeout: Duration) -> Opening {
 
 /// Which waiting request a head asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     EventStream,
     Poll,
 }
 
 /// Parses `bytes` as a complete, bodiless `GET` head of an event stream or
 /// an HTTP/1.1 poll; `None` for anything this path leaves to hyper.
-fn parse_head(bytes: &[u8]) -> Option<(Kind, Request, usize)> {
+pub(crate) fn parse_head(bytes: &[u8]) -> Option<(Kind, Request, usize)> {
     if !bytes.starts_with(ROUTE_PREFIX) {
         return None;
     }
@@ -173,7 +174,7 @@ fn parse_head(bytes: &[u8]) -> Option<(Kind, Request, usize)> {
 /// loop's state then stays in the connection's task for its whole life.
 /// `answer` consumes the head, runs the router and writes the response
 /// head; `pump` streams the body.
-pub async fn pump(mut io: MeteredIo<TcpStream>, mut body: Body) {
+pub async fn pump(mut io: MeteredIo<Socket>, mut body: Body) {
     loop {
         let frame = tokio::select! {
             frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => frame,
@@ -194,12 +195,12 @@ pub async fn pump(mut io: MeteredIo<TcpStream>, mut body: Body) {
 /// with whatever the body has ready; the stream and the body to [`pump`]
 /// next are returned unless the client is gone.
 pub async fn answer(
-    mut io: MeteredIo<TcpStream>,
+    mut io: MeteredIo<Socket>,
     head: Head,
     peer: SocketAddr,
     mut router: Router,
     stats: &Stats,
-) -> Option<(MeteredIo<TcpStream>, Body)> {
+) -> Option<(MeteredIo<Socket>, Body)> {
     take(&mut io, head.len).await?;
     let mut request = super::unbox(head.request);
     super::prepare(&mut request, io.meter(), peer, stats);
@@ -224,7 +225,7 @@ pub async fn answer(
 /// the client, by a request or response asking for it, by a next request
 /// not starting within the header timeout, or by shutdown.
 pub async fn polls(
-    mut io: MeteredIo<TcpStream>,
+    mut io: MeteredIo<Socket>,
     first: Head,
     peer: SocketAddr,
     router: &Router,
@@ -274,7 +275,7 @@ pub async fn polls(
 /// A call of its own, boxed by the caller: its timer and reads would
 /// otherwise size the poll loop's future, which a long poll holds while it
 /// waits.
-async fn next_head(io: &mut MeteredIo<TcpStream>, unread: &mut BytesMut, ctx: &Ctx) -> bool {
+async fn next_head(io: &mut MeteredIo<Socket>, unread: &mut BytesMut, ctx: &Ctx) -> bool {
     // Read, not peek: one system call per request, as hyper does.
     let next = async {
         io.get_ref().readable().await?;
@@ -294,7 +295,7 @@ async fn next_head(io: &mut MeteredIo<TcpStream>, unread: &mut BytesMut, ctx: &C
 /// at once). With `watch` false (a pipelined request is already read) the
 /// client is not watched.
 async fn wait_answer(
-    io: &MeteredIo<TcpStream>,
+    io: &MeteredIo<Socket>,
     mut call: Pin<Box<impl Future<Output = Result<Response, Infallible>>>>,
     mut watch: bool,
 ) -> Option<Response> {
@@ -324,12 +325,12 @@ pub struct Rewind {
     /// Boxed: usually there are none, and an upgraded WebSocket keeps this
     /// wrapper for its whole life.
     unread: Option<Box<Bytes>>,
-    io: MeteredIo<TcpStream>,
+    io: MeteredIo<Socket>,
 }
 
 impl Rewind {
     /// `io`, whose next bytes are `unread` and then the socket's.
-    pub fn new(io: MeteredIo<TcpStream>, unread: Bytes) -> Self {
+    pub fn new(io: MeteredIo<Socket>, unread: Bytes) -> Self {
         let unread = (!unread.is_empty()).then(|| Box::new(unread));
         Self { unread, io }
     }
@@ -389,7 +390,7 @@ impl AsyncWrite for Rewind {
 }
 
 /// Whether the client asked for the connection to close after this request.
-fn asks_to_close(request: &Request) -> bool {
+pub(crate) fn asks_to_close(request: &Request) -> bool {
     request
         .headers()
         .get_all(header::CONNECTION)
@@ -400,7 +401,7 @@ fn asks_to_close(request: &Request) -> bool {
 }
 
 /// Reads (and so counts) the `len` bytes of a head that was only peeked at.
-async fn take(io: &mut MeteredIo<TcpStream>, len: usize) -> Option<()> {
+async fn take(io: &mut MeteredIo<Socket>, len: usize) -> Option<()> {
     let mut head = vec![0u8; len];
     io.read_exact(&mut head).await.ok()?;
     Some(())
@@ -410,7 +411,7 @@ async fn take(io: &mut MeteredIo<TcpStream>, len: usize) -> Option<()> {
 /// writes as fit [`COALESCE_BYTES`]. `None` if the client is gone or the
 /// body failed (the connection must then close: its length was promised).
 async fn write_whole(
-    io: &mut MeteredIo<TcpStream>,
+    io: &mut MeteredIo<Socket>,
     parts: &axum::http::response::Parts,
     mut body: Body,
     keep_alive: bool,

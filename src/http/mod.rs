@@ -27,6 +27,7 @@ use tower::Service;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::context::Ctx;
+use crate::socket::Socket;
 use crate::stats::{Stats, Transport};
 use crate::transport::extract::Peer;
 use crate::transport::meter::{Meter, MeteredIo};
@@ -109,9 +110,13 @@ async fn serve(conn: Box<Accepted<impl Send>>) {
         ctx,
         slot: _slot,
     } = unbox(conn);
-    let opening = tokio::select! {
-        () = ctx.shutdown.cancelled() => return,
-        o = Box::pin(lean::sniff(&stream, Duration::from_secs(ctx.cfg.header_timeout))) => o,
+    let opening = if ctx.cfg.lean_http {
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            o = Box::pin(lean::sniff(&stream, Duration::from_secs(ctx.cfg.header_timeout))) => o,
+        }
+    } else {
+        lean::Opening::Other
     };
     let io = MeteredIo::tcp(stream, ctx.stats.clone()).with_send_timeout(ctx.cfg.send_timeout());
     match opening {
@@ -142,7 +147,7 @@ async fn serve(conn: Box<Accepted<impl Send>>) {
 /// Serves a connection opened by a poll: on the lean path while it polls,
 /// then with hyper.
 async fn serve_polls(
-    io: MeteredIo<TcpStream>,
+    io: MeteredIo<Socket>,
     head: lean::Head,
     peer: SocketAddr,
     router: Router,

@@ -1,7 +1,7 @@
 //! One fan-out task per channel that has lent WebSockets or WebTransport
 //! streams: it reads each new batch of messages once, frames it once, and
-//! writes it to every lent socket with a non-blocking send each, many per
-//! system call through `io_uring` where available (see
+//! writes it to every lent socket with a non-blocking send each (many per
+//! system call through `io_uring` with the `uring` feature; see
 //! [`super::websocket::outlet`] for the lease) and into every lent stream's
 //! send buffer ([`super::webtransport::outlet`]).
 //!
@@ -23,10 +23,8 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::websocket::outlet::Outlet;
-use super::websocket::uring;
+use super::websocket::outlet::{Outlet, Writer};
 use super::webtransport::outlet::StreamOutlet;
-use crate::config::WsFanout;
 use crate::context::Ctx;
 use crate::hub::{ChannelName, Event, Position, Subscription};
 use crate::protocol::Message;
@@ -243,8 +241,8 @@ async fn run(ctx: Ctx, channel: ChannelName, fan: Arc<ChannelFanout>) {
         match sub {
             Ok(mut sub) => {
                 fan.pos.store(sub.cursor(), Ordering::SeqCst);
-                let use_ring = ctx.cfg.ws_fanout == WsFanout::Uring;
-                if relay(&fan, &channel, &mut sub, &mut batch, use_ring)
+                let mut writer = Writer::new(ctx.cfg.ws_fanout);
+                if relay(&fan, &channel, &mut sub, &mut batch, &mut writer)
                     .await
                     .is_none()
                 {
@@ -270,9 +268,8 @@ async fn relay(
     channel: &ChannelName,
     sub: &mut Subscription,
     batch: &mut Batch,
-    use_ring: bool,
+    writer: &mut Writer,
 ) -> Option<()> {
-    let mut results = Vec::with_capacity(uring::CHUNK);
     let mut lines = Vec::new();
     loop {
         let first = tokio::select! {
@@ -300,7 +297,7 @@ async fn relay(
         if !batch.is_empty() {
             fan.pos.store(batch.last(), Ordering::SeqCst);
             let members = fan.members();
-            offer(&members.sockets, channel, batch, use_ring, &mut results);
+            writer.offer(&members.sockets, channel, batch);
             for stream in &members.streams {
                 stream.offer(channel, batch, &mut lines);
             }
@@ -315,28 +312,6 @@ async fn relay(
                 stream.hand_back(channel);
             }
             return Some(());
-        }
-    }
-}
-
-/// Writes `batch` to every outlet lent for `channel`, [`uring::CHUNK`]
-/// sockets per system call.
-fn offer(
-    outlets: &[Arc<Outlet>],
-    channel: &ChannelName,
-    batch: &Batch,
-    use_ring: bool,
-    results: &mut Vec<std::io::Result<usize>>,
-) {
-    let mut held = Vec::with_capacity(uring::CHUNK.min(outlets.len()));
-    let mut sends = Vec::with_capacity(held.capacity());
-    for chunk in outlets.chunks(uring::CHUNK) {
-        held.extend(chunk.iter().filter_map(|o| o.prepare(channel, batch)));
-        sends.extend(held.iter().map(|s| (s.fd(), s.bytes())));
-        uring::send_all(&sends, use_ring, results);
-        sends.clear();
-        for (send, res) in held.drain(..).zip(results.drain(..)) {
-            send.complete(res);
         }
     }
 }
@@ -404,6 +379,11 @@ impl Batch {
     pub fn lines_after(&self, cursor: u64) -> &[Bytes] {
         let i = self.index.partition_point(|&(o, _)| o <= cursor);
         &self.lines[i.min(self.lines.len())..]
+    }
+
+    /// Every frame of the batch, back to back.
+    pub fn frames(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// The frames after offset `cursor` and how many there are.

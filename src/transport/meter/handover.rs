@@ -8,13 +8,14 @@
 
 use std::fmt::Debug;
 use std::io;
-use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
+
+use crate::socket::Socket;
 
 /// What a stream needs from the direct writer its socket is lent to.
 pub trait Borrower: Debug + Send + Sync {
@@ -28,46 +29,48 @@ pub trait Borrower: Debug + Send + Sync {
     fn exclusive(&self, write: &mut dyn FnMut(&mut Option<Bytes>));
 }
 
-/// A connection's socket as it can be lent: the descriptor while it is open
-/// (TCP connections only), and the one borrower it was lent to, if any.
+/// A connection's socket as it can be lent: a share of it while the
+/// connection is open (TCP connections only), and the one borrower it was
+/// lent to, if any.
 #[derive(Debug, Default)]
 pub struct Handover {
-    socket: Mutex<Option<RawFd>>,
+    socket: Mutex<Option<Socket>>,
     borrower: OnceLock<Arc<dyn Borrower>>,
 }
 
 impl Handover {
-    /// A socket that can be lent once `fd` is known ([`Self::open`]).
-    pub(super) fn open(fd: RawFd) -> Self {
+    /// `socket`, which can be lent.
+    pub(super) fn open(socket: Socket) -> Self {
         Self {
-            socket: Mutex::new(Some(fd)),
+            socket: Mutex::new(Some(socket)),
             borrower: OnceLock::new(),
         }
     }
 
-    /// Lends the socket to the borrower `make` builds from its descriptor.
-    /// `None` when the connection is not a TCP socket, is already closed,
+    /// Lends the socket to the borrower `make` builds from a share of it.
+    /// `None` when the connection is not a TCP socket, is already closing,
     /// or has already been lent.
     pub fn lend<B: Borrower + 'static>(
         &self,
-        make: impl FnOnce(RawFd) -> Arc<B>,
+        make: impl FnOnce(Socket) -> Arc<B>,
     ) -> Option<Arc<B>> {
         // Under the socket lock, which the stream's drop also takes: a
-        // borrower is never made for a descriptor already closed.
+        // borrower is never made for a connection already closing.
         let socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
-        let fd = (*socket)?;
+        let socket = socket.as_ref()?;
         if self.borrower.get().is_some() {
             return None;
         }
-        let made = make(fd);
+        let made = make(socket.clone());
         self.borrower.set(made.clone()).ok()?;
         Some(made)
     }
 
-    /// The socket is about to close: no direct write may follow.
+    /// The connection is closing: no direct write may follow, and the
+    /// socket closes once its last holder lets go.
     pub(super) fn closing(&self) {
         let mut socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
-        *socket = None;
+        socket.take();
         if let Some(b) = self.borrower.get() {
             b.close();
         }

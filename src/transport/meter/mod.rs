@@ -22,7 +22,6 @@ pub mod handover;
 mod timeout;
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -34,6 +33,7 @@ use tokio::net::TcpStream;
 
 use self::handover::Handover;
 use self::timeout::SendTimeout;
+use crate::socket::Socket;
 use crate::stats::{Stats, Transport};
 
 /// Per-connection attribution of bytes to a transport.
@@ -145,26 +145,27 @@ impl<S> MeteredIo<S> {
     }
 }
 
-impl MeteredIo<TcpStream> {
+impl MeteredIo<Socket> {
     /// Wraps an accepted TCP connection, counting into a new meter; its
     /// socket can be lent to direct writers ([`Meter::handover`]).
     pub fn tcp(stream: TcpStream, stats: Arc<Stats>) -> Self {
+        let socket = Socket::new(stream);
         let mut meter = Meter::new(stats);
-        meter.handover = Handover::open(stream.as_raw_fd());
-        Self::new(stream, Arc::new(meter))
+        meter.handover = Handover::open(socket.clone());
+        Self::new(socket, Arc::new(meter))
     }
 
     /// The socket, for peeking at or waiting for what the client sends
     /// next without reading (and so counting) it.
     pub fn get_ref(&self) -> &TcpStream {
-        &self.inner
+        self.inner.stream()
     }
 
     /// Waits until the client closes its side (`true`) or sends something,
     /// which stays unread (`false`).
     pub async fn hangup(&self) -> bool {
         let mut byte = [0u8; 1];
-        matches!(self.inner.peek(&mut byte).await, Ok(0) | Err(_))
+        matches!(self.get_ref().peek(&mut byte).await, Ok(0) | Err(_))
     }
 
     /// Waits for input from a client that has nothing more to say (an
@@ -173,8 +174,8 @@ impl MeteredIo<TcpStream> {
     pub async fn input(&self) -> io::Result<usize> {
         let mut buf = [0u8; 64];
         loop {
-            self.inner.readable().await?;
-            match self.inner.try_read(&mut buf) {
+            self.get_ref().readable().await?;
+            match self.get_ref().try_read(&mut buf) {
                 Ok(n) => {
                     self.meter.read(n);
                     return Ok(n);
@@ -188,7 +189,7 @@ impl MeteredIo<TcpStream> {
 
 impl<S> Drop for MeteredIo<S> {
     fn drop(&mut self) {
-        // Runs before `inner` (the socket) is dropped and closed.
+        // Runs before `inner` (the connection's hold on the socket) goes.
         self.meter.handover.closing();
         self.meter.flush_in();
     }

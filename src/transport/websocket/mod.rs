@@ -13,6 +13,8 @@
 //! the socket back.
 
 pub mod outlet;
+#[cfg(feature = "uring")]
+#[allow(unsafe_code)]
 pub(crate) mod uring;
 
 use std::pin::Pin;
@@ -318,7 +320,7 @@ impl Handler {
             let stats = self.guard.stats();
             let lent = self.meter.as_ref().and_then(|m| {
                 m.handover()
-                    .lend(|fd| Arc::new(Outlet::new(fd, stats.clone())))
+                    .lend(|socket| Arc::new(Outlet::new(socket, stats.clone())))
             });
             let Some(outlet) = lent else {
                 return Flow::Continue;

@@ -4,24 +4,28 @@
 //! Waking one task per subscriber per message costs more than the write it
 //! leads to. So a caught-up socket is *lent*: the channel's fan-out
 //! ([`crate::transport::fanout`]) writes each batch of frames straight to it, with one
-//! non-blocking `send()`, and the socket's task sleeps. Whenever the task
+//! non-blocking write, and the socket's task sleeps. Whenever the task
 //! needs the socket back (to reply to an op, ping, close) or a direct write
 //! cannot complete (the client is slow: `EAGAIN`, or only part was
 //! accepted), the lease ends; the task takes over from the cursors recorded
 //! here, through the ordinary path with its send timeout and lag policy.
 //!
-//! Frames never interleave: every write to the socket, direct or through the
-//! WebSocket layer ([`crate::transport::meter::MeteredIo`]), holds this outlet's
-//! lock, and direct writes happen only while lent, which the task grants
-//! only with the WebSocket layer's output fully flushed.
+//! The outlet holds a share of the socket ([`Socket`]) until the connection
+//! closes, so a direct write never outlives the descriptor. The lock orders
+//! the writers: every write to the socket, direct or through the WebSocket
+//! layer ([`crate::transport::meter::MeteredIo`]), holds it, and direct writes
+//! happen only while lent, which the task grants only with the WebSocket
+//! layer's output fully flushed. Frames therefore never interleave.
 
-use std::os::fd::RawFd;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::config::WsFanout;
 use crate::hub::ChannelName;
+use crate::socket::Socket;
 use crate::stats::TransportStats;
 use crate::transport::fanout::{Batch, ChannelFanout};
 use crate::transport::lease::{Due, Lease, Lendable, Slot};
@@ -30,9 +34,6 @@ use crate::transport::meter::handover::Borrower;
 /// One connection's lendable socket.
 #[derive(Debug)]
 pub struct Outlet {
-    /// The connection's socket. Only used under `state`'s lock while
-    /// `state.open`; see [`Outlet::close`].
-    fd: RawFd,
     state: Mutex<State>,
     /// Tells the socket's task the lease ended.
     returned: Notify,
@@ -43,7 +44,9 @@ pub struct Outlet {
 /// The lease, under the outlet's lock.
 #[derive(Debug, Default)]
 pub struct State {
-    open: bool,
+    /// The outlet's share of the socket, until the connection closes
+    /// ([`Outlet::close`]); lent only while it is here.
+    socket: Option<Socket>,
     lease: Lease,
     /// The unwritten end of a batch a direct write got only partly out:
     /// written first by the next write of any kind.
@@ -51,13 +54,11 @@ pub struct State {
 }
 
 impl Outlet {
-    /// An outlet for the open socket `fd`, counting into `stats`. The
-    /// caller guarantees `fd` stays open until [`Outlet::close`] returns.
-    pub(crate) fn new(fd: RawFd, stats: TransportStats) -> Self {
+    /// An outlet sharing `socket`, counting into `stats`.
+    pub(crate) fn new(socket: Socket, stats: TransportStats) -> Self {
         Self {
-            fd,
             state: Mutex::new(State {
-                open: true,
+                socket: Some(socket),
                 ..State::default()
             }),
             returned: Notify::new(),
@@ -71,11 +72,11 @@ impl Outlet {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Marks the socket closed; no direct write happens after this returns.
-    /// Called by the socket's owner before it closes the descriptor.
+    /// Lets go of the socket: the connection is closing, and no direct
+    /// write happens after this returns.
     pub(crate) fn close(&self) {
         let mut st = self.lock();
-        st.open = false;
+        st.socket = None;
         st.lease.end();
     }
 
@@ -106,6 +107,7 @@ impl Outlet {
         batch: &'a Batch,
     ) -> Option<DirectSend<'a>> {
         let mut st = self.lock();
+        let socket = st.socket.clone()?;
         let (slot, cursor) = match st.lease.due(channel, batch) {
             Due::Nothing => return None,
             Due::Missed => {
@@ -119,6 +121,7 @@ impl Outlet {
         Some(DirectSend {
             outlet: self,
             st,
+            socket,
             slot,
             bytes,
             frames,
@@ -141,12 +144,15 @@ impl Outlet {
     }
 }
 
-/// A direct write in progress: the outlet stays locked (so the descriptor
-/// stays open and nothing else writes) until it completes.
+/// A direct write in progress: the outlet stays locked (so nothing else
+/// writes) until it completes.
 #[derive(Debug)]
 pub(crate) struct DirectSend<'a> {
     outlet: &'a Outlet,
     st: MutexGuard<'a, State>,
+    /// A share of the socket, for this write (and, should `io_uring` not
+    /// finish with it at once, for as long as the kernel needs it).
+    socket: Socket,
     slot: usize,
     bytes: &'a [u8],
     frames: usize,
@@ -154,14 +160,19 @@ pub(crate) struct DirectSend<'a> {
 }
 
 impl<'a> DirectSend<'a> {
-    /// The socket. Open for as long as this value lives: it holds the lock
-    /// with `open` set, and [`Outlet::close`] takes that lock before the
-    /// descriptor is closed.
-    pub(crate) fn fd(&self) -> RawFd {
-        self.outlet.fd
+    /// The socket.
+    #[cfg(feature = "uring")]
+    pub(crate) fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
+    /// One non-blocking write of [`Self::bytes`].
+    pub(crate) fn send(&self) -> io::Result<usize> {
+        self.socket.stream().try_write(self.bytes)
     }
 
     /// What to write.
+    #[cfg(feature = "uring")]
     pub(crate) fn bytes(&self) -> &'a [u8] {
         self.bytes
     }
@@ -169,7 +180,7 @@ impl<'a> DirectSend<'a> {
     /// Records the outcome of a non-blocking send of [`Self::bytes`]: the
     /// slot's cursor moves on once any of it was written, and a send that
     /// could not take it all hands the socket back to its task.
-    pub(crate) fn complete(mut self, res: std::io::Result<usize>) {
+    pub(crate) fn complete(mut self, res: io::Result<usize>) {
         let outlet = self.outlet;
         match res {
             Ok(n) if n > 0 => {
@@ -193,32 +204,13 @@ impl<'a> DirectSend<'a> {
     }
 }
 
-/// One non-blocking `send()`.
-pub(crate) fn send_now(fd: RawFd, bytes: &[u8]) -> std::io::Result<usize> {
-    // SAFETY: callers pass the descriptor of a `DirectSend`, open while it
-    // lives (see `DirectSend::fd`); `bytes` is a valid slice.
-    let n = unsafe {
-        libc::send(
-            fd,
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 impl Lendable for Outlet {
     fn lend<'a>(
         &self,
         candidates: impl Iterator<Item = (Slot, &'a ChannelFanout)>,
     ) -> Vec<ChannelName> {
         let mut st = self.lock();
-        let open = st.open;
+        let open = st.socket.is_some();
         st.lease.grant(open, candidates)
     }
 
@@ -236,5 +228,59 @@ impl Borrower for Outlet {
 
     fn exclusive(&self, write: &mut dyn FnMut(&mut Option<Bytes>)) {
         write(&mut self.take().leftover);
+    }
+}
+
+/// Writes each batch to a fan-out's lent sockets: with `--ws-fanout uring`
+/// (and the `uring` feature) through `io_uring`, [`super::uring::CHUNK`]
+/// sockets per system call; else one non-blocking write per socket.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    #[cfg(feature = "uring")]
+    ring: bool,
+    #[cfg(feature = "uring")]
+    results: Vec<io::Result<usize>>,
+}
+
+impl Writer {
+    /// A writer for `mode` (only `uring` makes a difference here).
+    pub(crate) fn new(mode: WsFanout) -> Self {
+        #[cfg(not(feature = "uring"))]
+        let _ = mode;
+        Self {
+            #[cfg(feature = "uring")]
+            ring: mode == WsFanout::Uring,
+            #[cfg(feature = "uring")]
+            results: Vec::new(),
+        }
+    }
+
+    /// Writes to every outlet lent for `channel` what it lacks of `batch`.
+    pub(crate) fn offer(&mut self, outlets: &[Arc<Outlet>], channel: &ChannelName, batch: &Batch) {
+        #[cfg(feature = "uring")]
+        if self.ring {
+            return self.offer_ring(outlets, channel, batch);
+        }
+        for outlet in outlets {
+            if let Some(send) = outlet.prepare(channel, batch) {
+                let res = send.send();
+                send.complete(res);
+            }
+        }
+    }
+
+    #[cfg(feature = "uring")]
+    fn offer_ring(&mut self, outlets: &[Arc<Outlet>], channel: &ChannelName, batch: &Batch) {
+        use super::uring::{CHUNK, send_all};
+        let mut held = Vec::with_capacity(CHUNK.min(outlets.len()));
+        for chunk in outlets.chunks(CHUNK) {
+            held.extend(chunk.iter().filter_map(|o| o.prepare(channel, batch)));
+            let sends: Vec<_> = held.iter().map(|s| (s.socket(), s.bytes())).collect();
+            send_all(batch.frames(), &sends, true, &mut self.results);
+            drop(sends);
+            for (send, res) in held.drain(..).zip(self.results.drain(..)) {
+                send.complete(res);
+            }
+        }
     }
 }
