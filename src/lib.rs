@@ -35,6 +35,8 @@
 pub mod auth;
 pub mod config;
 pub mod context;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod lab;

@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use ladder::hub::ChannelName;
+use ladder::fuzzing::ChannelName;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {

@@ -10,8 +10,8 @@
 #![no_main]
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use ladder::auth::{Auth, token_from};
-use ladder::hub::ChannelName;
+use ladder::fuzzing::{Auth, token_from};
+use ladder::fuzzing::ChannelName;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 

@@ -8,7 +8,7 @@
 
 #![no_main]
 
-use ladder::transport::webtransport::LineBuf;
+use ladder::fuzzing::LineBuf;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {

@@ -9,9 +9,9 @@
 
 #![no_main]
 
-use ladder::hub::{ChannelName, Epoch};
-use ladder::protocol::{ClientOp, Data, Message, error_frame, published_frame};
-use ladder::transport::webtransport::datagram_reply;
+use ladder::fuzzing::{ChannelName, Epoch};
+use ladder::fuzzing::{ClientOp, Data, Message, error_frame, published_frame};
+use ladder::fuzzing::datagram_reply;
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use serde::de::IgnoredAny;

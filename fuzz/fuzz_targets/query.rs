@@ -6,9 +6,9 @@
 
 #![no_main]
 
-use ladder::transport::parse_position;
-use ladder::transport::polling::{MAX_LIMIT, MAX_WAIT_SECS, parse_limit, parse_wait};
-use ladder::transport::sse::parse_last_event_id;
+use ladder::fuzzing::parse_position;
+use ladder::fuzzing::{MAX_LIMIT, MAX_WAIT_SECS, parse_limit, parse_wait};
+use ladder::fuzzing::parse_last_event_id;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
