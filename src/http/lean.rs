@@ -19,9 +19,9 @@
 //!   hyper, which gets the bytes already read of it first ([`Rewind`]).
 //!
 //! Everything else — other routes, a head split over several packets or
-//! larger than [`PEEK_BYTES`], a request with a body, a poll in HTTP/1.0
-//! (whose keep-alive rules differ), an event stream asked for on a
-//! kept-alive connection — goes to hyper, so the
+//! larger than [`PEEK_BYTES`], a request with a body, a request in HTTP/1.0
+//! (whose keep-alive rules differ, and which hyper answers in HTTP/1.0),
+//! an event stream asked for on a kept-alive connection — goes to hyper, so the
 //! paths differ only in framing (no chunked encoding here) and never in
 //! what a request means.
 //!
@@ -138,13 +138,15 @@ pub(crate) fn parse_head(bytes: &[u8]) -> Option<(Kind, Request, usize)> {
     };
     let target = head.path?;
     let (path, _) = target.split_once('?').unwrap_or((target, ""));
-    let version = match head.version? {
-        0 => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
+    // HTTP/1.0 (other keep-alive rules, and hyper answers it in HTTP/1.0)
+    // is hyper's.
+    if head.version? != 1 {
+        return None;
+    }
+    let version = Version::HTTP_11;
     let kind = if path.ends_with("/events") {
         Kind::EventStream
-    } else if path.ends_with("/messages") && version == Version::HTTP_11 {
+    } else if path.ends_with("/messages") {
         Kind::Poll
     } else {
         return None;
@@ -491,9 +493,10 @@ mod tests {
         assert_eq!(len, poll.len());
         assert!(asks_to_close(&req));
         assert!(parse_head(b"GET /api/channels/a/messages HTTP/1.1\r\n\r\n").is_some());
-        let cases: [&[u8]; 8] = [
+        let cases: [&[u8]; 9] = [
             b"GET /api/channels/a/info HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET /api/channels/a/messages?wait=1 HTTP/1.0\r\nHost: x\r\n\r\n",
+            b"GET /api/channels/a/events HTTP/1.0\r\n\r\n",
             b"POST /api/channels/a/messages HTTP/1.1\r\nContent-Length: 1\r\n\r\n1",
             b"GET /api/channels/a/events HTTP/1.1\r\nHost: x\r\n",
             b"POST /api/channels/a/events HTTP/1.1\r\n\r\n",
