@@ -1,6 +1,6 @@
 //! The vocabulary the wire format and the hub share: validated channel
-//! names ([`ChannelName`]), epochs ([`Epoch`]) and read positions
-//! ([`Position`]).
+//! names ([`ChannelName`]), epochs ([`Epoch`]), read positions
+//! ([`Position`]) and publish idempotency keys ([`IdempotencyKey`]).
 //!
 //! The leaf of the layering: it imports nothing from the crate, so both
 //! `protocol` (which parses names off the wire) and `hub` (which keys its
@@ -124,9 +124,74 @@ impl Position {
     }
 }
 
+/// Longest key accepted.
+pub const MAX_KEY_LEN: usize = 128;
+
+/// A client's idempotency key: 1–128 characters of `A-Z a-z 0-9` and
+/// `- _ . : ~ + / =` (enough for UUIDs, ULIDs and base64 of random bytes).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(Arc<str>);
+
+/// Why an idempotency key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The key was empty.
+    #[error("idempotency key is empty")]
+    Empty,
+    /// The key was longer than [`MAX_KEY_LEN`] bytes.
+    #[error("idempotency key is longer than {MAX_KEY_LEN} characters")]
+    TooLong,
+    /// The key held a character outside the allowed set.
+    #[error("idempotency key may only contain A-Z a-z 0-9 - _ . : ~ + / = (found {0:?})")]
+    BadChar(char),
+}
+
+impl IdempotencyKey {
+    /// Parses a key, refusing anything outside the allowed set.
+    pub fn parse(s: &str) -> Result<Self, KeyError> {
+        if s.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if s.len() > MAX_KEY_LEN {
+            return Err(KeyError::TooLong);
+        }
+        if let Some(c) = s.chars().find(|c| {
+            !(c.is_ascii_alphanumeric()
+                || matches!(c, '-' | '_' | '.' | ':' | '~' | '+' | '/' | '='))
+        }) {
+            return Err(KeyError::BadChar(c));
+        }
+        Ok(Self(Arc::from(s)))
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_checked() {
+        assert!(IdempotencyKey::parse("6f1c2d3e-aaaa-4bbb-8ccc-0123456789ab").is_ok());
+        assert!(IdempotencyKey::parse("a+b/c=").is_ok());
+        assert_eq!(IdempotencyKey::parse(""), Err(KeyError::Empty));
+        assert_eq!(
+            IdempotencyKey::parse(&"k".repeat(MAX_KEY_LEN + 1)),
+            Err(KeyError::TooLong)
+        );
+        assert_eq!(IdempotencyKey::parse("a b"), Err(KeyError::BadChar(' ')));
+        assert_eq!(IdempotencyKey::parse("é"), Err(KeyError::BadChar('é')));
+    }
 
     #[test]
     fn accepts_the_contract_alphabet() {

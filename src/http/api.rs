@@ -6,7 +6,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::StreamExt;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use tower_http::services::ServeDir;
 
 use crate::context::Ctx;
+use crate::name::IdempotencyKey;
 use crate::protocol::{Data, ErrorCode, ProtocolError};
 use crate::stats::Transport;
 use crate::transport::extract::{ChannelParam, Granted, Peer, json_bytes};
@@ -58,6 +59,7 @@ async fn publish(
     channel: Result<ChannelParam, ProtocolError>,
     granted: Result<Granted, ProtocolError>,
     peer: Option<Peer>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ProtocolError> {
     let ChannelParam(channel) = channel?;
@@ -73,9 +75,10 @@ async fn publish(
             ),
         ));
     }
+    let key = idempotency_key(&headers)?;
     let body = read_body(&ctx, body).await?;
     let data = Data::parse(&body, ctx.cfg.max_message_bytes())?;
-    let published = ctx.hub.publish(&channel, &data).await?;
+    let published = ctx.hub.publish_with(&channel, &data, key.as_ref()).await?;
     #[derive(Serialize)]
     struct Ack<'a> {
         channel: &'a str,
@@ -91,6 +94,21 @@ async fn publish(
         StatusCode::CREATED,
         serde_json::to_vec(&ack).unwrap_or_default(),
     ))
+}
+
+/// The `Idempotency-Key` header, if sent: a retry with the same key within
+/// the window gets the first publish's ack and appends nothing.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ProtocolError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let v = v.to_str().map_err(|_| {
+        ProtocolError::new(
+            ErrorCode::BadRequest,
+            "idempotency key may only contain A-Z a-z 0-9 - _ . : ~ + / =",
+        )
+    })?;
+    Ok(Some(IdempotencyKey::parse(v)?))
 }
 
 /// Reads a request body of at most twice the message limit (pretty-printed

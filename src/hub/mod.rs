@@ -27,6 +27,7 @@
 
 pub mod backend;
 mod channel;
+pub mod idempotency;
 pub mod presence;
 mod state;
 mod subscription;
@@ -36,7 +37,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use crate::name::{ChannelName, Epoch, MAX_CHANNEL_LEN, NameError, Position};
+pub use crate::name::{
+    ChannelName, Epoch, IdempotencyKey, KeyError, MAX_CHANNEL_LEN, NameError, Position,
+};
 pub use backend::{BackendConfig, BackendError, Fsync};
 pub use channel::{ChannelLog, Commit, ReadOutcome, Start, Truncation};
 pub use presence::{Presence, PresenceConfig, PresenceEvent};
@@ -137,6 +140,8 @@ struct Inner {
     /// Random keys, so epochs differ between runs of the server.
     epoch_keys: std::collections::hash_map::RandomState,
     epoch_counter: AtomicU64,
+    /// Recent idempotency keys, for the backends that do not keep them.
+    recent: idempotency::Recent,
 }
 
 /// Largest batch a subscriber copies out of the log under one lock.
@@ -182,6 +187,7 @@ impl Hub {
                 channels: RwLock::new(HashMap::new()),
                 epoch_keys: Default::default(),
                 epoch_counter: AtomicU64::new(0),
+                recent: idempotency::Recent::new(idempotency::WINDOW, idempotency::LIMIT),
             }),
         }
     }
@@ -265,9 +271,41 @@ impl Hub {
     /// Appends `data` to a channel and wakes its readers. Acknowledged once
     /// the backend's promise holds (e.g. on disk, or in Redis).
     pub async fn publish(&self, name: &ChannelName, data: &Data) -> Result<Published, HubError> {
+        self.publish_with(name, data, None).await
+    }
+
+    /// Like [`Hub::publish`], with an optional idempotency key: a publish
+    /// repeating the key of one on the same channel within
+    /// [`idempotency::WINDOW`] appends nothing and gets the first one's
+    /// acknowledgement (waiting for it if it is still in flight).
+    pub async fn publish_with(
+        &self,
+        name: &ChannelName,
+        data: &Data,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Published, HubError> {
+        match key {
+            // Redis keeps keys next to the channel, where every node sees
+            // them and a script checks and appends atomically.
+            Some(key) if !self.inner.backend.keeps_keys() => {
+                let slot = self.inner.recent.slot(name, key);
+                slot.get_or_try_init(|| self.append(name, data, None))
+                    .await
+                    .cloned()
+            }
+            _ => self.append(name, data, key).await,
+        }
+    }
+
+    async fn append(
+        &self,
+        name: &ChannelName,
+        data: &Data,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Published, HubError> {
         loop {
             let ch = self.channel(name).await?;
-            match self.inner.backend.append(&ch, data, now_ms()).await? {
+            match self.inner.backend.append(&ch, data, now_ms(), key).await? {
                 Appended::Done(p) => return Ok(p),
                 // The sweep removed it between lookup and lock: retry on the
                 // new channel rather than acknowledge into the void.

@@ -23,7 +23,7 @@ pub use ops::{
     subscribed_frame_presence_error, truncated_frame, unsubscribed_frame,
 };
 
-use crate::name::NameError;
+use crate::name::{KeyError, NameError};
 
 /// Error codes of the contract (plus a few of Ladder's own), shared by the
 /// HTTP error body and the `{"op":"error"}` frame.
@@ -104,6 +104,12 @@ impl ProtocolError {
             code,
             message: message.into(),
         }
+    }
+}
+
+impl From<KeyError> for ProtocolError {
+    fn from(e: KeyError) -> Self {
+        Self::new(ErrorCode::BadRequest, e.to_string())
     }
 }
 

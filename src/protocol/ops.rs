@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{Data, ErrorCode, ProtocolError};
-use crate::name::{ChannelName, Epoch};
+use crate::name::{ChannelName, Epoch, IdempotencyKey};
 
 /// How a WebTransport subscription wants its messages carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -52,6 +52,8 @@ pub enum ClientOp {
         channel: ChannelName,
         /// The payload.
         data: Data,
+        /// Makes a retry append nothing (field `idempotency_key`).
+        key: Option<IdempotencyKey>,
     },
     /// Send `data` straight back.
     Echo {
@@ -88,6 +90,8 @@ struct RawOp<'a> {
     client: Option<String>,
     info: Option<Box<RawValue>>,
     presence: Option<bool>,
+    #[serde(borrow)]
+    idempotency_key: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// An op that could not be parsed, with the client's `id` when it had one.
@@ -143,9 +147,15 @@ impl ClientOp {
                 let data = raw.data.ok_or_else(|| {
                     ProtocolError::new(ErrorCode::BadRequest, "missing field `data`")
                 })?;
+                let key = raw
+                    .idempotency_key
+                    .as_deref()
+                    .map(IdempotencyKey::parse)
+                    .transpose()?;
                 Ok(Self::Publish {
                     channel,
                     data: Data::from_raw(data, max_data)?,
+                    key,
                 })
             }),
             Some("echo") => raw

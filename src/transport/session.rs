@@ -283,10 +283,14 @@ impl OpSession {
                 let members = self.ctx.hub.presence().members(&channel).await?;
                 Ok(protocol::presence_frame(&channel, &members_json(&members)))
             }
-            ClientOp::Publish { channel, data } => {
+            ClientOp::Publish { channel, data, key } => {
                 self.creds.grant.can_publish(&channel)?;
                 self.creds.may_publish(&self.ctx)?;
-                let p = self.ctx.hub.publish(&channel, &data).await?;
+                let p = self
+                    .ctx
+                    .hub
+                    .publish_with(&channel, &data, key.as_ref())
+                    .await?;
                 Ok(protocol::published_frame(id, &channel, &p.epoch, p.offset))
             }
             ClientOp::Echo { data } => Ok(protocol::echo_frame(&data)),

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::{Appended, BackendError, LogBackend, Snapshot};
-use crate::hub::{Channel, ChannelName, Epoch, Published};
+use crate::hub::{Channel, ChannelName, Epoch, IdempotencyKey, Published};
 use crate::protocol::Data;
 
 /// In-memory logs only.
@@ -33,6 +33,7 @@ impl LogBackend for MemoryBackend {
         ch: &Arc<Channel>,
         data: &Data,
         now: u64,
+        _key: Option<&IdempotencyKey>,
     ) -> Result<Appended, BackendError> {
         let msg = {
             let mut log = ch.write();

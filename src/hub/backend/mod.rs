@@ -32,7 +32,7 @@ use std::time::Duration;
 
 pub use durable::Fsync;
 
-use super::{Channel, ChannelName, Epoch, Inner, Published};
+use super::{Channel, ChannelName, Epoch, IdempotencyKey, Inner, Published};
 use crate::protocol::{Data, Message};
 
 /// Which backend a hub runs on.
@@ -117,12 +117,14 @@ pub(super) trait LogBackend: Send + Sync {
 
     /// Publishes `data` on `ch` at server time `now`. Resolves once the
     /// message is durable per the backend's promise and visible in `ch`'s
-    /// ring.
+    /// ring. `key` is only ever given to a backend that keeps idempotency
+    /// keys itself (Redis); the hub answers retries for the others.
     fn append(
         &self,
         ch: &Arc<Channel>,
         data: &Data,
         now: u64,
+        key: Option<&IdempotencyKey>,
     ) -> impl Future<Output = Result<Appended, BackendError>> + Send;
 
     /// Whether reads can be served faithfully right now.
@@ -198,12 +200,19 @@ impl Backend {
         ch: &Arc<Channel>,
         data: &Data,
         now: u64,
+        key: Option<&IdempotencyKey>,
     ) -> Result<Appended, BackendError> {
         match self {
-            Self::Memory(b) => b.append(ch, data, now).await,
-            Self::Durable(b) => b.append(ch, data, now).await,
-            Self::Redis(b) => b.append(ch, data, now).await,
+            Self::Memory(b) => b.append(ch, data, now, key).await,
+            Self::Durable(b) => b.append(ch, data, now, key).await,
+            Self::Redis(b) => b.append(ch, data, now, key).await,
         }
+    }
+
+    /// Whether the backend keeps idempotency keys itself (shared by every
+    /// node) rather than leaving them to the hub's node-local table.
+    pub(super) fn keeps_keys(&self) -> bool {
+        matches!(self, Self::Redis(_))
     }
 
     pub(super) fn ready(&self) -> Result<(), BackendError> {

@@ -7,6 +7,7 @@
 //! `helpers.rs`, the WebTransport client in `wt_client.rs`.
 
 mod durable;
+mod idempotent;
 mod redis;
 
 use std::process::Stdio;

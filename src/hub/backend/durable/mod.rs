@@ -42,7 +42,7 @@ use tokio::sync::oneshot;
 
 use self::store::Store;
 use super::{Appended, BackendError, LogBackend, Snapshot};
-use crate::hub::{Channel, ChannelName, Epoch, Published};
+use crate::hub::{Channel, ChannelName, Epoch, IdempotencyKey, Published};
 use crate::protocol::{Data, Message};
 
 /// When a publish counts as durable.
@@ -174,6 +174,7 @@ impl LogBackend for DurableBackend {
         ch: &Arc<Channel>,
         data: &Data,
         now: u64,
+        _key: Option<&IdempotencyKey>,
     ) -> Result<Appended, BackendError> {
         self.ready()?;
         let (reply, rx) = oneshot::channel();

@@ -46,7 +46,9 @@ use redis::{Client, Script};
 use tokio_util::sync::CancellationToken;
 
 use super::{Appended, BackendError, LogBackend, Snapshot};
-use crate::hub::{Channel, ChannelName, Epoch, Inner, Published, ReaderGuard};
+use crate::hub::{
+    Channel, ChannelName, Epoch, IdempotencyKey, Inner, Published, ReaderGuard, idempotency,
+};
 use crate::protocol::{Data, Message};
 
 /// The pub/sub channel every publish is announced on.
@@ -55,16 +57,49 @@ const FANOUT: &str = "ladder:fanout";
 /// How long one Redis call may take before the request fails.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Numbers, stores, trims and announces one message atomically.
-/// KEYS: head, epoch, log. ARGV: fresh epoch, history, ts, data, channel.
+/// Numbers, stores, trims and announces one message atomically — unless
+/// its idempotency key (ARGV[6], `''` for none) was seen within the window,
+/// in which case it returns the first publish's `{epoch, offset}` and
+/// writes nothing. Keys live in a hash (key → `epoch offset`) indexed by a
+/// sorted set (key → first use, ms); expired ones are pruned a few at a
+/// time, and past the per-channel limit the oldest go first.
+/// KEYS: head, epoch, log, seen, seen-index.
+/// ARGV: fresh epoch, history, ts, data, channel, key, window ms, limit.
 const APPEND: &str = r"
 redis.call('SET', KEYS[2], ARGV[1], 'NX')
 local epoch = redis.call('GET', KEYS[2])
+local key = ARGV[6]
+if key ~= '' then
+  local old = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', '(' .. (tonumber(ARGV[3]) - tonumber(ARGV[7])), 'LIMIT', 0, 64)
+  if #old > 0 then
+    redis.call('HDEL', KEYS[4], unpack(old))
+    redis.call('ZREM', KEYS[5], unpack(old))
+  end
+  local seen = redis.call('HGET', KEYS[4], key)
+  if seen then
+    local sp = string.find(seen, ' ', 1, true)
+    return {string.sub(seen, 1, sp - 1), tonumber(string.sub(seen, sp + 1))}
+  end
+end
 local off = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], string.format('0-%d', off), 't', ARGV[3], 'd', ARGV[4])
 redis.call('PUBLISH', 'ladder:fanout', ARGV[5] .. '\n' .. epoch .. '\n' .. string.format('%d', off) .. '\n' .. ARGV[3] .. '\n' .. ARGV[4])
+if key ~= '' then
+  redis.call('HSET', KEYS[4], key, epoch .. ' ' .. string.format('%d', off))
+  redis.call('ZADD', KEYS[5], ARGV[3], key)
+  local over = redis.call('ZCARD', KEYS[5]) - tonumber(ARGV[8])
+  if over > 0 then
+    local gone = redis.call('ZPOPMIN', KEYS[5], over)
+    for i = 1, #gone, 2 do
+      redis.call('HDEL', KEYS[4], gone[i])
+    end
+  end
+end
 return {epoch, off}
 ";
+
+/// Most idempotency keys Redis remembers per channel.
+const KEYS_PER_CHANNEL: usize = 10_000;
 
 /// A consistent snapshot of a channel, creating its epoch if new.
 /// KEYS: head, epoch, log. ARGV: fresh epoch, count, first offset wanted.
@@ -81,12 +116,20 @@ end
 return {epoch, head, entries}
 ";
 
-/// The keys of one channel.
+/// The keys of one channel: head, epoch, log.
 fn keys(name: &ChannelName) -> [String; 3] {
     [
         format!("ladder:{{{name}}}:head"),
         format!("ladder:{{{name}}}:epoch"),
         format!("ladder:{{{name}}}:log"),
+    ]
+}
+
+/// The idempotency keys of one channel: the hash and its index.
+fn seen_keys(name: &ChannelName) -> [String; 2] {
+    [
+        format!("ladder:{{{name}}}:seen"),
+        format!("ladder:{{{name}}}:seenq"),
     ]
 }
 
@@ -300,6 +343,7 @@ impl LogBackend for RedisBackend {
         ch: &Arc<Channel>,
         data: &Data,
         now: u64,
+        key: Option<&IdempotencyKey>,
     ) -> Result<Appended, BackendError> {
         self.ready()?;
         let (name, epoch, _reader, mut woken) = {
@@ -321,14 +365,22 @@ impl LogBackend for RedisBackend {
             return Err(BackendError::Unavailable("the hub is shutting down".into()));
         };
         let [k_head, k_epoch, k_log] = keys(&name);
+        let [k_seen, k_seenq] = seen_keys(&name);
         let mut call = self.shared.append.prepare_invoke();
-        call.key(k_head).key(k_epoch).key(k_log);
+        call.key(k_head)
+            .key(k_epoch)
+            .key(k_log)
+            .key(k_seen)
+            .key(k_seenq);
         // Used only if Redis no longer has the channel (see `catch_up`).
         call.arg(hub.new_epoch().as_str())
             .arg(self.shared.history)
             .arg(now)
             .arg(data.as_str())
-            .arg(name.as_str());
+            .arg(name.as_str())
+            .arg(key.map_or("", IdempotencyKey::as_str))
+            .arg(idempotency::WINDOW.as_millis() as u64)
+            .arg(KEYS_PER_CHANNEL);
         let mut conn = self.shared.conn.clone();
         let (now_epoch, offset): (String, u64) =
             tokio::time::timeout(CALL_TIMEOUT, call.invoke_async(&mut conn))
