@@ -241,6 +241,8 @@ impl Hub {
             return Err(HubError::TooManyChannels(max));
         }
         let snap = inner.backend.open(name, &self.new_epoch()).await?;
+        // Kept until the channel is in the map (or the load gave up).
+        let _hold = snap.hold;
         let ch = {
             let mut map = inner.map_mut();
             // Another task may have loaded it meanwhile: theirs wins.
@@ -448,7 +450,12 @@ impl Hub {
                 true
             }
         });
-        before - map.len()
+        let evicted = before - map.len();
+        drop(map);
+        if evicted > 0 {
+            self.inner.backend.evicted();
+        }
+        evicted
     }
 }
 

@@ -21,6 +21,7 @@ impl LogBackend for MemoryBackend {
             epoch: fresh.clone(),
             head: 0,
             messages: Vec::new(),
+            hold: None,
         })
     }
 

@@ -87,6 +87,9 @@ pub(super) struct Snapshot {
     pub(super) head: u64,
     /// The retained tail of the history, oldest first, ending at `head`.
     pub(super) messages: Vec<Arc<Message>>,
+    /// Whatever the backend needs kept alive until the channel is in the
+    /// hub's map (Redis: the subscription of a channel being loaded).
+    pub(super) hold: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 /// What a publish through a backend came to.
@@ -166,6 +169,13 @@ impl Backend {
                 Self::Redis(redis::RedisBackend::connect(url, history).await?)
             }
         })
+    }
+
+    /// Tells the backend that the sweep evicted channels.
+    pub(super) fn evicted(&self) {
+        if let Self::Redis(r) = self {
+            r.evicted();
+        }
     }
 
     /// Gives a backend that delivers on its own (Redis fan-out) its hub.

@@ -9,6 +9,7 @@
 mod durable;
 mod idempotent;
 mod redis;
+mod routing;
 
 use std::process::Stdio;
 

@@ -362,6 +362,7 @@ fn snapshot(
         epoch,
         head: meta.head,
         messages,
+        hold: None,
     })
 }
 

@@ -1,31 +1,57 @@
-//! The fan-out listener: one pub/sub connection per node that commits every
-//! announced message into the local ring of its channel, in offset order,
-//! and reconnects with backoff when Redis goes away.
+//! The fan-out listener: one pub/sub connection per node, subscribed to the
+//! fan-out channel of exactly the channels this node holds. It commits
+//! every announced message into its channel's ring in offset order, PINGs
+//! Redis so that a host that vanished without closing the socket is
+//! noticed, and reconnects with backoff.
 //!
-//! Entry point: [`run`], spawned once by `RedisBackend::connect`.
+//! Entry point: [`run`], spawned once by `RedisBackend::connect`; the rest
+//! of the backend talks to it through [`Cmd`]s and the sweep's `Notify`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use tokio::sync::oneshot;
+use futures_util::{StreamExt, stream};
+use redis::aio::PubSubSink;
+use tokio::sync::{mpsc, oneshot};
 
-use super::{CALL_TIMEOUT, FANOUT, Shared, unreachable};
-use crate::hub::{ChannelName, Commit, Epoch, Inner};
+use super::{CALL_TIMEOUT, Shared, fanout_channel, unreachable};
+use crate::hub::{BackendError, ChannelName, Commit, Epoch};
 use crate::protocol::{Data, Message};
 
 /// First and longest pause between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// How often the pub/sub connection is sent a `PING`; with [`CALL_TIMEOUT`] for
+/// the answer, a silent Redis is noticed within 7 s.
+pub(super) const PING_EVERY: Duration = Duration::from_secs(5);
+
+/// Channels per SUBSCRIBE / UNSUBSCRIBE command when many change at once
+/// (after a reconnect, or a sweep), so no command is huge.
+const BATCH: usize = 500;
+
+/// Channels caught up at once after a reconnect.
+const CATCH_UP_CONCURRENCY: usize = 16;
+
+/// A request to the listener.
+pub(super) enum Cmd {
+    /// Subscribe to a channel's fan-out; answered once Redis confirmed.
+    Subscribe(ChannelName, oneshot::Sender<Result<(), BackendError>>),
+}
+
 /// Runs until the backend stops. `first` is told once the first
-/// subscription is live, so the node does not serve before it can fan out.
-pub(super) async fn run(shared: Arc<Shared>, first: oneshot::Sender<()>) {
+/// connection is live, so the node does not serve before it can fan out.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    mut cmds: mpsc::Receiver<Cmd>,
+    first: oneshot::Sender<()>,
+) {
     let mut first = Some(first);
     let mut backoff = BACKOFF_MIN;
     loop {
-        let session = session(&shared, &mut first, &mut backoff);
+        let session = session(&shared, &mut cmds, &mut first, &mut backoff);
         let ended = tokio::select! {
             () = shared.stop.cancelled() => return,
             r = session => r,
@@ -47,27 +73,45 @@ pub(super) async fn run(shared: Arc<Shared>, first: oneshot::Sender<()>) {
     }
 }
 
-/// One connection's life: subscribe, catch every cached channel up, then
-/// deliver until the connection drops.
+/// One connection's life: subscribe to every held channel, catch them up,
+/// then deliver, serve subscription changes and PING until it fails.
 async fn session(
     shared: &Shared,
+    cmds: &mut mpsc::Receiver<Cmd>,
     first: &mut Option<oneshot::Sender<()>>,
     backoff: &mut Duration,
-) -> Result<(), crate::hub::BackendError> {
-    let mut pubsub = tokio::time::timeout(CALL_TIMEOUT, shared.client.get_async_pubsub())
+) -> Result<(), BackendError> {
+    let pubsub = tokio::time::timeout(CALL_TIMEOUT, shared.client.get_async_pubsub())
         .await
         .map_err(unreachable)?
         .map_err(unreachable)?;
-    tokio::time::timeout(CALL_TIMEOUT, pubsub.subscribe(FANOUT))
-        .await
-        .map_err(unreachable)?
-        .map_err(unreachable)?;
-    let mut stream = pubsub.into_on_message();
+    let (mut sink, mut messages) = pubsub.split();
     // Subscribed first, caught up second: whatever was published in between
     // is both in the stream and queued here, and duplicates are ignored.
+    let mut subscribed: HashSet<ChannelName> = shared.wanted();
+    let names: Vec<String> = subscribed.iter().map(fanout_channel).collect();
+    for batch in names.chunks(BATCH) {
+        call(sink.subscribe(batch)).await?;
+    }
     if let Some(hub) = shared.hub() {
-        for ch in hub.cached() {
-            shared.catch_up(&hub, &ch).await?;
+        let started = Instant::now();
+        let cached = hub.cached();
+        let n = cached.len();
+        let caught: Vec<_> = stream::iter(cached)
+            .map(|ch| {
+                let hub = &hub;
+                async move { shared.catch_up(hub, &ch).await }
+            })
+            .buffer_unordered(CATCH_UP_CONCURRENCY)
+            .collect()
+            .await;
+        caught.into_iter().collect::<Result<(), _>>()?;
+        if first.is_none() {
+            tracing::info!(
+                channels = n,
+                ms = started.elapsed().as_millis() as u64,
+                "redis channels resubscribed and caught up"
+            );
         }
     }
     shared.up.store(true, Ordering::Release);
@@ -77,52 +121,98 @@ async fn session(
     } else {
         tracing::info!("redis is back; serving again");
     }
-    while let Some(msg) = stream.next().await {
-        if let Err(e) = deliver(shared, msg.get_payload_bytes()).await {
-            tracing::warn!(error = %e, "fan-out message not delivered");
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = messages.next() => {
+                let Some(msg) = msg else { return Ok(()) };
+                deliver(shared, msg.get_payload_bytes()).await?;
+            }
+            Some(cmd) = cmds.recv() => match cmd {
+                Cmd::Subscribe(name, reply) => {
+                    let done = call(sink.subscribe(fanout_channel(&name))).await;
+                    subscribed.insert(name);
+                    let _ = reply.send(done.clone());
+                    done?;
+                }
+            },
+            () = shared.swept.notified() => {
+                unsubscribe_released(shared, &mut sink, &mut subscribed).await?;
+            }
+            _ = ping.tick() => {
+                let _: redis::Value = call(sink.ping()).await?;
+            }
+        }
+    }
+}
+
+/// Bounds one pub/sub call by [`CALL_TIMEOUT`].
+async fn call<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T, BackendError> {
+    tokio::time::timeout(CALL_TIMEOUT, fut)
+        .await
+        .map_err(|_| BackendError::Unavailable("redis did not answer in time".into()))?
+        .map_err(unreachable)
+}
+
+/// Unsubscribes from channels the node no longer holds or loads.
+async fn unsubscribe_released(
+    shared: &Shared,
+    sink: &mut PubSubSink,
+    subscribed: &mut HashSet<ChannelName>,
+) -> Result<(), BackendError> {
+    let wanted = shared.wanted();
+    let gone: Vec<ChannelName> = subscribed.difference(&wanted).cloned().collect();
+    for batch in gone.chunks(BATCH) {
+        let names: Vec<String> = batch.iter().map(fanout_channel).collect();
+        call(sink.unsubscribe(names)).await?;
+        for n in batch {
+            subscribed.remove(n);
         }
     }
     Ok(())
 }
 
 /// Parses `channel\nepoch\noffset\nts\ndata` and commits it, filling any
-/// gap before it from the stream.
-async fn deliver(shared: &Shared, payload: &[u8]) -> Result<(), crate::hub::BackendError> {
-    let bad = || crate::hub::BackendError::Unavailable("malformed fan-out message".into());
-    let text = std::str::from_utf8(payload).map_err(|_| bad())?;
-    let mut parts = text.splitn(5, '\n');
-    let mut next = || parts.next().ok_or_else(bad);
-    let (name, epoch, offset, ts, data) = (next()?, next()?, next()?, next()?, next()?);
-    let name = ChannelName::parse(name).map_err(|_| bad())?;
+/// gap before it from the stream. A malformed message is logged and
+/// skipped (the gap it leaves is filled from the stream by the next one);
+/// a gap that cannot be filled ends the session, whose reconnect catches
+/// every channel up.
+async fn deliver(shared: &Shared, payload: &[u8]) -> Result<(), BackendError> {
+    let Some((name, msg)) = parse(payload) else {
+        tracing::warn!("malformed fan-out message skipped");
+        return Ok(());
+    };
     let Some(hub) = shared.hub() else {
         return Ok(());
     };
-    // Channels this node does not cache are loaded from the stream on use.
+    // A message for a channel still loading: `opened` catches it up.
     let Some(ch) = hub.lookup(&name) else {
         return Ok(());
     };
-    let epoch = Epoch::new(epoch);
-    if ch.read().epoch() != &epoch {
+    if ch.read().epoch() != msg.epoch() {
         hub.discard(&name, &ch);
         return Ok(());
     }
-    let (offset, ts) = (
-        offset.parse().map_err(|_| bad())?,
-        ts.parse().map_err(|_| bad())?,
-    );
-    let data = Data::parse(data.as_bytes(), usize::MAX).map_err(|_| bad())?;
-    let msg = Arc::new(Message::new(name, epoch, offset, ts, &data));
     if let Commit::Gap { .. } = ch.commit(msg) {
-        fill(shared, &hub, &ch).await?;
+        shared.catch_up(&hub, &ch).await?;
     }
     Ok(())
 }
 
-/// Fetches the missing range before a stashed message from the stream.
-async fn fill(
-    shared: &Shared,
-    hub: &Inner,
-    ch: &Arc<crate::hub::Channel>,
-) -> Result<(), crate::hub::BackendError> {
-    shared.catch_up(hub, ch).await
+fn parse(payload: &[u8]) -> Option<(ChannelName, Arc<Message>)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.splitn(5, '\n');
+    let mut next = || parts.next();
+    let (name, epoch, offset, ts, data) = (next()?, next()?, next()?, next()?, next()?);
+    let name = ChannelName::parse(name).ok()?;
+    let data = Data::parse(data.as_bytes(), usize::MAX).ok()?;
+    let msg = Message::new(
+        name.clone(),
+        Epoch::new(epoch),
+        offset.parse().ok()?,
+        ts.parse().ok()?,
+        &data,
+    );
+    Some((name, Arc::new(msg)))
 }

@@ -8,41 +8,54 @@
 //! - `ladder:{C}:epoch` — the epoch, set once with `SET NX`;
 //! - `ladder:{C}:log` — a stream holding the history; entry ID `0-<offset>`,
 //!   fields `t` (server ms) and `d` (the data), trimmed with `MAXLEN ~
-//!   --history` (at least that many kept).
+//!   --history` (at least that many kept);
+//! - `ladder:{C}:seen`, `ladder:{C}:seenq` — recent idempotency keys and
+//!   their first-use times;
+//! - pub/sub channel `ladder:{C}:fan` — the channel's fan-out (same hash
+//!   tag, so under Cluster it lives on the channel's shard).
 //!
 //! A publish is one Lua script (`APPEND`): number, append, trim and
-//! `PUBLISH` to `ladder:fanout` run atomically, so offsets are global and
-//! gap-free across nodes and the fan-out order equals offset order. A publish
-//! is acknowledged once the script has run (it is then in Redis; how long it
-//! survives a Redis restart is Redis's persistence setting) and this node's
-//! ring holds it, so a client reading the node it published to sees it.
+//! `PUBLISH` to the channel's fan-out run atomically, so offsets are global
+//! and gap-free across nodes and the fan-out order equals offset order. A
+//! publish is acknowledged once the script has run (it is then in Redis;
+//! how long it survives a Redis restart is Redis's persistence setting) and
+//! this node's ring holds it, so a client reading the node it published to
+//! sees it.
 //!
 //! # Fan-out
 //!
-//! Each node keeps one pub/sub connection (`listener`). Messages for
-//! channels it caches are committed into their rings in offset order; a gap
-//! (a connection that dropped, a channel loaded just as a message flew by)
-//! is filled from the stream with `XRANGE` before anything after it.
+//! Each node keeps one pub/sub connection (`listener`), subscribed to the
+//! fan-out of exactly the channels it holds or is loading: a load waits for
+//! Redis to confirm the SUBSCRIBE before it reads the history, and a sweep
+//! that evicts channels has the listener unsubscribe them. Messages are
+//! committed into their rings in offset order; a gap (a connection that
+//! dropped, a channel loaded just as a message flew by) is filled from the
+//! stream with `XRANGE` before anything after it.
 //!
 //! # When Redis is unreachable
 //!
-//! The node notices when its pub/sub connection drops. Until it has
-//! reconnected (with backoff) and caught every cached channel up from the
-//! streams, publishes, new subscriptions and polls are refused with `503
-//! unavailable`, and live subscriptions are ended with `lagged` carrying the
-//! last offset they got — the contract's way to say "resume with `since`".
-//! A publish whose script may or may not have run (timeout) is reported as
-//! failed and never retried by the node, so nothing acknowledged is lost and
-//! nothing is written twice by Ladder.
+//! The node notices when its pub/sub connection drops, or when a PING on it
+//! goes unanswered (every 5 s, 2 s to answer; TCP keepalive besides). Until
+//! it has reconnected (with backoff), resubscribed (in batches) and caught
+//! every held channel up from the streams (several at once), publishes,
+//! new subscriptions and polls are refused with `503 unavailable`, and live
+//! subscriptions are ended with `lagged` carrying the last offset they got
+//! — the contract's way to say "resume with `since`". A publish whose
+//! script may or may not have run (timeout) is reported as failed and never
+//! retried by the node; a client retrying with an idempotency key gets the
+//! first one's ack if it did run.
 
 mod listener;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+use redis::{Client, IntoConnectionInfo, Script};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Appended, BackendError, LogBackend, Snapshot};
@@ -50,9 +63,6 @@ use crate::hub::{
     Channel, ChannelName, Epoch, IdempotencyKey, Inner, Published, ReaderGuard, idempotency,
 };
 use crate::protocol::{Data, Message};
-
-/// The pub/sub channel every publish is announced on.
-const FANOUT: &str = "ladder:fanout";
 
 /// How long one Redis call may take before the request fails.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -83,7 +93,7 @@ if key ~= '' then
 end
 local off = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], string.format('0-%d', off), 't', ARGV[3], 'd', ARGV[4])
-redis.call('PUBLISH', 'ladder:fanout', ARGV[5] .. '\n' .. epoch .. '\n' .. string.format('%d', off) .. '\n' .. ARGV[3] .. '\n' .. ARGV[4])
+redis.call('PUBLISH', 'ladder:{' .. ARGV[5] .. '}:fan', ARGV[5] .. '\n' .. epoch .. '\n' .. string.format('%d', off) .. '\n' .. ARGV[3] .. '\n' .. ARGV[4])
 if key ~= '' then
   redis.call('HSET', KEYS[4], key, epoch .. ' ' .. string.format('%d', off))
   redis.call('ZADD', KEYS[5], ARGV[3], key)
@@ -123,6 +133,12 @@ fn keys(name: &ChannelName) -> [String; 3] {
         format!("ladder:{{{name}}}:epoch"),
         format!("ladder:{{{name}}}:log"),
     ]
+}
+
+/// The pub/sub channel a channel's publishes are announced on; it shares
+/// the channel's hash tag, so under Cluster it lives on the same shard.
+fn fanout_channel(name: &ChannelName) -> String {
+    format!("ladder:{{{name}}}:fan")
 }
 
 /// The idempotency keys of one channel: the hash and its index.
@@ -183,6 +199,43 @@ struct Shared {
     up: AtomicBool,
     hub: OnceLock<Weak<Inner>>,
     stop: CancellationToken,
+    /// Subscription requests to the listener. Bounded: each loading channel
+    /// waits for its answer, so the queue holds at most one per load.
+    cmds: mpsc::Sender<listener::Cmd>,
+    /// Rung by the sweep: the listener drops channels no longer held.
+    swept: Notify,
+    /// Channels being loaded (subscribed, not yet in the hub's map), with
+    /// how many loads of each are under way; the listener keeps them.
+    loading: Mutex<HashMap<ChannelName, usize>>,
+}
+
+/// Keeps a channel subscribed while it loads; dropped once it is in the
+/// hub's map (which keeps it from then on) or the load failed.
+struct Loading {
+    shared: Arc<Shared>,
+    name: ChannelName,
+}
+
+impl Loading {
+    fn new(shared: &Arc<Shared>, name: &ChannelName) -> Self {
+        *shared.loads().entry(name.clone()).or_default() += 1;
+        Self {
+            shared: shared.clone(),
+            name: name.clone(),
+        }
+    }
+}
+
+impl Drop for Loading {
+    fn drop(&mut self) {
+        let mut loads = self.shared.loads();
+        if let Some(n) = loads.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                loads.remove(&self.name);
+            }
+        }
+    }
 }
 
 /// The Redis backend of one node.
@@ -202,6 +255,39 @@ impl std::fmt::Debug for RedisBackend {
 impl Shared {
     fn hub(&self) -> Option<Arc<Inner>> {
         self.hub.get().and_then(Weak::upgrade)
+    }
+
+    fn loads(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelName, usize>> {
+        self.loading.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The channels whose fan-out this node must receive: those it holds
+    /// and those it is loading.
+    fn wanted(&self) -> HashSet<ChannelName> {
+        let mut names: HashSet<ChannelName> = self.loads().keys().cloned().collect();
+        if let Some(hub) = self.hub() {
+            names.extend(hub.cached().iter().map(|ch| log_name(ch)));
+        }
+        names
+    }
+
+    /// Subscribes to a channel's fan-out, waiting for Redis's confirmation.
+    async fn subscribe(&self, name: &ChannelName) -> Result<(), BackendError> {
+        let (tx, rx) = oneshot::channel();
+        let asked = async {
+            self.cmds
+                .send(listener::Cmd::Subscribe(name.clone(), tx))
+                .await
+                .map_err(|_| BackendError::Unavailable("the redis listener has stopped".into()))?;
+            rx.await.map_err(|_| {
+                BackendError::Unavailable("redis connection lost while subscribing".into())
+            })?
+        };
+        tokio::time::timeout(CALL_TIMEOUT * 2, asked)
+            .await
+            .map_err(|_| {
+                BackendError::Unavailable("redis did not confirm a subscription in time".into())
+            })?
     }
 
     /// Loads a channel: its epoch, head and up to `count` entries — the
@@ -263,6 +349,21 @@ impl Shared {
     }
 }
 
+/// TCP keepalive on every Redis connection: a peer gone without a FIN or
+/// RST is dropped by the kernel within about 20 s even when idle (the
+/// PING notices sooner on the pub/sub connection), and unacknowledged
+/// writes give up after 20 s (`TCP_USER_TIMEOUT`).
+fn tcp_settings() -> TcpSettings {
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(3))
+        .with_retries(3);
+    TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive)
+        .set_user_timeout(Duration::from_secs(20))
+}
+
 /// The channel's name, read from its log.
 fn log_name(ch: &Channel) -> ChannelName {
     ch.read().name().clone()
@@ -272,7 +373,11 @@ impl RedisBackend {
     /// Connects, subscribes to the fan-out and starts the listener.
     pub(crate) async fn connect(url: &str, history: usize) -> Result<Self, BackendError> {
         let fail = |e: &dyn std::fmt::Display| BackendError::Open(format!("redis at {url}: {e}"));
-        let client = Client::open(url).map_err(|e| fail(&e))?;
+        let info = url
+            .into_connection_info()
+            .map_err(|e| fail(&e))?
+            .set_tcp_settings(tcp_settings());
+        let client = Client::open(info).map_err(|e| fail(&e))?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CALL_TIMEOUT))
             .set_response_timeout(Some(CALL_TIMEOUT))
@@ -286,6 +391,7 @@ impl RedisBackend {
         .await
         .map_err(|e| fail(&e))?
         .map_err(|e| fail(&e))?;
+        let (cmds_tx, cmds_rx) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
             client,
             conn,
@@ -295,9 +401,12 @@ impl RedisBackend {
             up: AtomicBool::new(false),
             hub: OnceLock::new(),
             stop: CancellationToken::new(),
+            cmds: cmds_tx,
+            swept: Notify::new(),
+            loading: Mutex::default(),
         });
-        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(listener::run(shared.clone(), first_tx));
+        let (first_tx, first_rx) = oneshot::channel();
+        let task = tokio::spawn(listener::run(shared.clone(), cmds_rx, first_tx));
         let first = tokio::time::timeout(CALL_TIMEOUT * 2, first_rx).await;
         if !matches!(first, Ok(Ok(()))) {
             shared.stop.cancel();
@@ -313,11 +422,21 @@ impl RedisBackend {
     pub(in crate::hub) fn attach(&self, hub: Weak<Inner>) {
         let _ = self.shared.hub.set(hub);
     }
+
+    /// Tells the listener that channels were evicted, so it unsubscribes
+    /// from their fan-out.
+    pub(in crate::hub) fn evicted(&self) {
+        self.shared.swept.notify_one();
+    }
 }
 
 impl LogBackend for RedisBackend {
     async fn open(&self, name: &ChannelName, fresh: &Epoch) -> Result<Snapshot, BackendError> {
         self.ready()?;
+        // Subscribed (confirmed) before the history is read, so nothing
+        // published after the read can pass this node by.
+        let loading = Loading::new(&self.shared, name);
+        self.shared.subscribe(name).await?;
         let (epoch, head, messages) = self
             .shared
             .load(name, fresh, self.shared.history, None)
@@ -326,6 +445,7 @@ impl LogBackend for RedisBackend {
             epoch,
             head,
             messages,
+            hold: Some(Box::new(loading)),
         })
     }
 
