@@ -208,6 +208,12 @@ pub struct Config {
     #[arg(long, env = "LADDER_REDIS")]
     pub redis: Option<String>,
 
+    /// With --redis: seconds a channel's keys live after its last publish
+    /// (then it starts afresh under a new epoch, and resuming clients are
+    /// told `truncated`). 0 = never expire.
+    #[arg(long, env = "LADDER_REDIS_KEY_TTL", default_value_t = 86_400)]
+    pub redis_key_ttl: u64,
+
     /// Most presence members per channel; a client joining beyond it gets
     /// an error and keeps its subscription.
     #[arg(long, env = "LADDER_MAX_PRESENCE", default_value_t = 1000)]
@@ -304,7 +310,10 @@ impl Config {
     /// The log backend the flags select.
     pub fn backend(&self) -> BackendConfig {
         match (&self.data_dir, &self.redis) {
-            (_, Some(url)) => BackendConfig::Redis { url: url.clone() },
+            (_, Some(url)) => BackendConfig::Redis {
+                url: url.clone(),
+                key_ttl: Duration::from_secs(self.redis_key_ttl),
+            },
             (Some(dir), None) => BackendConfig::Durable {
                 dir: dir.clone(),
                 fsync: self.fsync,

@@ -1,5 +1,5 @@
 //! Idempotent publish: an [`IdempotencyKey`] a client sends with a publish,
-//! and the node-local table of recent keys ([`Recent`]) that the memory and
+//! and the node-local table of recent keys (`Recent`) that the memory and
 //! durable backends answer retries from. (The Redis backend keeps its keys
 //! in Redis, next to the channel, so every node sees them.)
 //!

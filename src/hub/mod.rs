@@ -168,7 +168,7 @@ impl Hub {
     pub async fn open(cfg: HubConfig) -> Result<Self, BackendError> {
         let backend = Backend::connect(&cfg.backend, cfg.history).await?;
         let presence = match &cfg.backend {
-            BackendConfig::Redis { url } => Presence::shared(cfg.presence.clone(), url)
+            BackendConfig::Redis { url, .. } => Presence::shared(cfg.presence.clone(), url)
                 .await
                 .map_err(|e| BackendError::Open(e.to_string()))?,
             _ => Presence::new(cfg.presence.clone()),

@@ -54,6 +54,9 @@ pub enum BackendConfig {
     Redis {
         /// `redis://HOST:PORT[/DB]`.
         url: String,
+        /// How long a channel's keys outlive its last publish (zero:
+        /// forever).
+        key_ttl: Duration,
     },
 }
 
@@ -165,8 +168,8 @@ impl Backend {
             } => Self::Durable(
                 durable::DurableBackend::open(dir, history, *fsync, *group_commit).await?,
             ),
-            BackendConfig::Redis { url } => {
-                Self::Redis(redis::RedisBackend::connect(url, history).await?)
+            BackendConfig::Redis { url, key_ttl } => {
+                Self::Redis(redis::RedisBackend::connect(url, history, *key_ttl).await?)
             }
         })
     }

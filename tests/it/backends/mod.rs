@@ -6,7 +6,9 @@
 //! a temp dir; [`Child`] (the built `ladder` binary as a process) is in
 //! `helpers.rs`, the WebTransport client in `wt_client.rs`.
 
+mod blackhole;
 mod durable;
+mod expiry;
 mod idempotent;
 mod redis;
 mod routing;
@@ -44,6 +46,7 @@ pub struct Redis {
     pub port: u16,
     dir: std::path::PathBuf,
     persistent: bool,
+    extra: Vec<String>,
 }
 
 impl Redis {
@@ -58,7 +61,16 @@ impl Redis {
         Self::start_with(true).await
     }
 
+    /// Starts a throwaway Redis with extra `redis-server` arguments.
+    pub async fn start_args(extra: &[&str]) -> Result<Self> {
+        Self::start_full(false, extra).await
+    }
+
     async fn start_with(persistent: bool) -> Result<Self> {
+        Self::start_full(persistent, &[]).await
+    }
+
+    async fn start_full(persistent: bool, extra: &[&str]) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -67,6 +79,7 @@ impl Redis {
             port,
             dir: temp_dir("redis"),
             persistent,
+            extra: extra.iter().map(|&a| a.to_owned()).collect(),
         };
         r.run().await?;
         Ok(r)
@@ -93,6 +106,7 @@ impl Redis {
                 "",
             ])
             .args(aof)
+            .args(&self.extra)
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())

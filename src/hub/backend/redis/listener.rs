@@ -35,6 +35,35 @@ const BATCH: usize = 500;
 /// Channels caught up at once after a reconnect.
 const CATCH_UP_CONCURRENCY: usize = 16;
 
+/// Keeps a channel subscribed while it loads; dropped once it is in the
+/// hub's map (which keeps it from then on) or the load failed.
+pub(super) struct Loading {
+    shared: Arc<Shared>,
+    name: ChannelName,
+}
+
+impl Loading {
+    pub(super) fn new(shared: &Arc<Shared>, name: &ChannelName) -> Self {
+        *shared.loads().entry(name.clone()).or_default() += 1;
+        Self {
+            shared: shared.clone(),
+            name: name.clone(),
+        }
+    }
+}
+
+impl Drop for Loading {
+    fn drop(&mut self) {
+        let mut loads = self.shared.loads();
+        if let Some(n) = loads.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                loads.remove(&self.name);
+            }
+        }
+    }
+}
+
 /// A request to the listener.
 pub(super) enum Cmd {
     /// Subscribe to a channel's fan-out; answered once Redis confirmed.

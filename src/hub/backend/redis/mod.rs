@@ -45,7 +45,9 @@
 //! retried by the node; a client retrying with an idempotency key gets the
 //! first one's ack if it did run.
 
+mod connect;
 mod listener;
+mod scripts;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,11 +55,13 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
-use redis::{Client, IntoConnectionInfo, Script};
+use redis::{Client, IntoConnectionInfo};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use self::connect::{check_eviction_policy, tcp_settings};
+use self::listener::Loading;
+use self::scripts::{RawEntry, Scripts, Seen, fanout_channel, messages};
 use super::{Appended, BackendError, LogBackend, Snapshot};
 use crate::hub::{
     Channel, ChannelName, Epoch, IdempotencyKey, Inner, Published, ReaderGuard, idempotency,
@@ -67,123 +71,6 @@ use crate::protocol::{Data, Message};
 /// How long one Redis call may take before the request fails.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Numbers, stores, trims and announces one message atomically — unless
-/// its idempotency key (ARGV[6], `''` for none) was seen within the window,
-/// in which case it returns the first publish's `{epoch, offset}` and
-/// writes nothing. Keys live in a hash (key → `epoch offset`) indexed by a
-/// sorted set (key → first use, ms); expired ones are pruned a few at a
-/// time, and past the per-channel limit the oldest go first.
-/// KEYS: head, epoch, log, seen, seen-index.
-/// ARGV: fresh epoch, history, ts, data, channel, key, window ms, limit.
-const APPEND: &str = r"
-redis.call('SET', KEYS[2], ARGV[1], 'NX')
-local epoch = redis.call('GET', KEYS[2])
-local key = ARGV[6]
-if key ~= '' then
-  local old = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', '(' .. (tonumber(ARGV[3]) - tonumber(ARGV[7])), 'LIMIT', 0, 64)
-  if #old > 0 then
-    redis.call('HDEL', KEYS[4], unpack(old))
-    redis.call('ZREM', KEYS[5], unpack(old))
-  end
-  local seen = redis.call('HGET', KEYS[4], key)
-  if seen then
-    local sp = string.find(seen, ' ', 1, true)
-    return {string.sub(seen, 1, sp - 1), tonumber(string.sub(seen, sp + 1))}
-  end
-end
-local off = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], string.format('0-%d', off), 't', ARGV[3], 'd', ARGV[4])
-redis.call('PUBLISH', 'ladder:{' .. ARGV[5] .. '}:fan', ARGV[5] .. '\n' .. epoch .. '\n' .. string.format('%d', off) .. '\n' .. ARGV[3] .. '\n' .. ARGV[4])
-if key ~= '' then
-  redis.call('HSET', KEYS[4], key, epoch .. ' ' .. string.format('%d', off))
-  redis.call('ZADD', KEYS[5], ARGV[3], key)
-  local over = redis.call('ZCARD', KEYS[5]) - tonumber(ARGV[8])
-  if over > 0 then
-    local gone = redis.call('ZPOPMIN', KEYS[5], over)
-    for i = 1, #gone, 2 do
-      redis.call('HDEL', KEYS[4], gone[i])
-    end
-  end
-end
-return {epoch, off}
-";
-
-/// Most idempotency keys Redis remembers per channel.
-const KEYS_PER_CHANNEL: usize = 10_000;
-
-/// A consistent snapshot of a channel, creating its epoch if new.
-/// KEYS: head, epoch, log. ARGV: fresh epoch, count, first offset wanted.
-const LOAD: &str = r"
-redis.call('SET', KEYS[2], ARGV[1], 'NX')
-local epoch = redis.call('GET', KEYS[2])
-local head = tonumber(redis.call('GET', KEYS[1]) or '0')
-local entries
-if ARGV[3] == '' then
-  entries = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', ARGV[2])
-else
-  entries = redis.call('XRANGE', KEYS[3], '0-' .. ARGV[3], '+', 'COUNT', ARGV[2])
-end
-return {epoch, head, entries}
-";
-
-/// The keys of one channel: head, epoch, log.
-fn keys(name: &ChannelName) -> [String; 3] {
-    [
-        format!("ladder:{{{name}}}:head"),
-        format!("ladder:{{{name}}}:epoch"),
-        format!("ladder:{{{name}}}:log"),
-    ]
-}
-
-/// The pub/sub channel a channel's publishes are announced on; it shares
-/// the channel's hash tag, so under Cluster it lives on the same shard.
-fn fanout_channel(name: &ChannelName) -> String {
-    format!("ladder:{{{name}}}:fan")
-}
-
-/// The idempotency keys of one channel: the hash and its index.
-fn seen_keys(name: &ChannelName) -> [String; 2] {
-    [
-        format!("ladder:{{{name}}}:seen"),
-        format!("ladder:{{{name}}}:seenq"),
-    ]
-}
-
-/// One stream entry as Redis returns it: ID and `[t, ts, d, data]`.
-type RawEntry = (String, Vec<String>);
-
-/// Turns stream entries into messages (IDs are `0-<offset>`).
-fn messages(
-    name: &ChannelName,
-    epoch: &Epoch,
-    raw: Vec<RawEntry>,
-) -> Result<Vec<Arc<Message>>, BackendError> {
-    let bad = |what: &str| {
-        BackendError::Unavailable(format!("channel {name}: malformed stream entry ({what})"))
-    };
-    raw.into_iter()
-        .map(|(id, fields)| {
-            let offset = id
-                .strip_prefix("0-")
-                .and_then(|o| o.parse().ok())
-                .ok_or_else(|| bad("id"))?;
-            let [t, ts, d, data] = <[String; 4]>::try_from(fields).map_err(|_| bad("fields"))?;
-            if t != "t" || d != "d" {
-                return Err(bad("field names"));
-            }
-            let ts = ts.parse().map_err(|_| bad("ts"))?;
-            let data = Data::parse(data.as_bytes(), usize::MAX).map_err(|_| bad("data"))?;
-            Ok(Arc::new(Message::new(
-                name.clone(),
-                epoch.clone(),
-                offset,
-                ts,
-                &data,
-            )))
-        })
-        .collect()
-}
-
 fn unreachable(e: impl std::fmt::Display) -> BackendError {
     BackendError::Unavailable(format!("redis unreachable: {e}"))
 }
@@ -192,9 +79,10 @@ fn unreachable(e: impl std::fmt::Display) -> BackendError {
 struct Shared {
     client: Client,
     conn: ConnectionManager,
-    append: Script,
-    load: Script,
+    scripts: Scripts,
     history: usize,
+    /// `--redis-key-ttl` in ms (0 = keys never expire).
+    ttl_ms: u64,
     /// True while the fan-out connection is up and caught up.
     up: AtomicBool,
     hub: OnceLock<Weak<Inner>>,
@@ -207,35 +95,6 @@ struct Shared {
     /// Channels being loaded (subscribed, not yet in the hub's map), with
     /// how many loads of each are under way; the listener keeps them.
     loading: Mutex<HashMap<ChannelName, usize>>,
-}
-
-/// Keeps a channel subscribed while it loads; dropped once it is in the
-/// hub's map (which keeps it from then on) or the load failed.
-struct Loading {
-    shared: Arc<Shared>,
-    name: ChannelName,
-}
-
-impl Loading {
-    fn new(shared: &Arc<Shared>, name: &ChannelName) -> Self {
-        *shared.loads().entry(name.clone()).or_default() += 1;
-        Self {
-            shared: shared.clone(),
-            name: name.clone(),
-        }
-    }
-}
-
-impl Drop for Loading {
-    fn drop(&mut self) {
-        let mut loads = self.shared.loads();
-        if let Some(n) = loads.get_mut(&self.name) {
-            *n -= 1;
-            if *n == 0 {
-                loads.remove(&self.name);
-            }
-        }
-    }
 }
 
 /// The Redis backend of one node.
@@ -291,23 +150,24 @@ impl Shared {
     }
 
     /// Loads a channel: its epoch, head and up to `count` entries — the
-    /// newest ones, or those from offset `from` on.
+    /// newest ones, or those from offset `from` on. `held` is the epoch and
+    /// head this node holds, if any: a Redis whose head went back below it
+    /// rotates the epoch (see `scripts`).
     async fn load(
         &self,
         name: &ChannelName,
         fresh: &Epoch,
+        held: Option<(&Epoch, u64)>,
         count: usize,
         from: Option<u64>,
     ) -> Result<(Epoch, u64, Vec<Arc<Message>>), BackendError> {
-        let [head, epoch, log] = keys(name);
+        let seen = Seen {
+            fresh,
+            held,
+            ttl_ms: self.ttl_ms,
+        };
+        let call = self.scripts.load(name, &seen, count, from);
         let mut conn = self.conn.clone();
-        let mut call = self.load.prepare_invoke();
-        call.key(head)
-            .key(epoch)
-            .key(log)
-            .arg(fresh.as_str())
-            .arg(count);
-        call.arg(from.map(|f| f.to_string()).unwrap_or_default());
         let (epoch, head, mut raw): (String, u64, Vec<RawEntry>) =
             tokio::time::timeout(CALL_TIMEOUT, call.invoke_async(&mut conn))
                 .await
@@ -334,7 +194,13 @@ impl Shared {
         // restarts under a new epoch, not silently under the old one.
         let fresh = hub.new_epoch();
         let (now_epoch, now_head, msgs) = self
-            .load(&name, &fresh, i64::MAX as usize, Some(head + 1))
+            .load(
+                &name,
+                &fresh,
+                Some((&epoch, head)),
+                i64::MAX as usize,
+                Some(head + 1),
+            )
             .await?;
         let first = msgs.first().map(|m| m.offset());
         if now_epoch != epoch || now_head < head || (now_head > head && first != Some(head + 1)) {
@@ -349,21 +215,6 @@ impl Shared {
     }
 }
 
-/// TCP keepalive on every Redis connection: a peer gone without a FIN or
-/// RST is dropped by the kernel within about 20 s even when idle (the
-/// PING notices sooner on the pub/sub connection), and unacknowledged
-/// writes give up after 20 s (`TCP_USER_TIMEOUT`).
-fn tcp_settings() -> TcpSettings {
-    let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(10))
-        .with_interval(Duration::from_secs(3))
-        .with_retries(3);
-    TcpSettings::default()
-        .set_nodelay(true)
-        .set_keepalive(keepalive)
-        .set_user_timeout(Duration::from_secs(20))
-}
-
 /// The channel's name, read from its log.
 fn log_name(ch: &Channel) -> ChannelName {
     ch.read().name().clone()
@@ -371,7 +222,14 @@ fn log_name(ch: &Channel) -> ChannelName {
 
 impl RedisBackend {
     /// Connects, subscribes to the fan-out and starts the listener.
-    pub(crate) async fn connect(url: &str, history: usize) -> Result<Self, BackendError> {
+    /// Connects, checks that Redis will not evict keys, and starts the
+    /// listener. `key_ttl` is how long a channel's keys outlive its last
+    /// publish (zero: forever).
+    pub(crate) async fn connect(
+        url: &str,
+        history: usize,
+        key_ttl: Duration,
+    ) -> Result<Self, BackendError> {
         let fail = |e: &dyn std::fmt::Display| BackendError::Open(format!("redis at {url}: {e}"));
         let info = url
             .into_connection_info()
@@ -391,13 +249,16 @@ impl RedisBackend {
         .await
         .map_err(|e| fail(&e))?
         .map_err(|e| fail(&e))?;
+        check_eviction_policy(&mut conn.clone())
+            .await
+            .map_err(|e| fail(&e))?;
         let (cmds_tx, cmds_rx) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
             client,
             conn,
-            append: Script::new(APPEND),
-            load: Script::new(LOAD),
+            scripts: Scripts::new(),
             history: history.max(1),
+            ttl_ms: key_ttl.as_millis() as u64,
             up: AtomicBool::new(false),
             hub: OnceLock::new(),
             stop: CancellationToken::new(),
@@ -439,7 +300,7 @@ impl LogBackend for RedisBackend {
         self.shared.subscribe(name).await?;
         let (epoch, head, messages) = self
             .shared
-            .load(name, fresh, self.shared.history, None)
+            .load(name, fresh, None, self.shared.history, None)
             .await?;
         Ok(Snapshot {
             epoch,
@@ -466,7 +327,7 @@ impl LogBackend for RedisBackend {
         key: Option<&IdempotencyKey>,
     ) -> Result<Appended, BackendError> {
         self.ready()?;
-        let (name, epoch, _reader, mut woken) = {
+        let (name, epoch, head, _reader, mut woken) = {
             let log = ch.read();
             if log.is_evicted() {
                 return Ok(Appended::Evicted);
@@ -477,6 +338,7 @@ impl LogBackend for RedisBackend {
             (
                 log.name().clone(),
                 log.epoch().clone(),
+                log.head(),
                 reader,
                 ch.head_tx.subscribe(),
             )
@@ -484,23 +346,23 @@ impl LogBackend for RedisBackend {
         let Some(hub) = self.shared.hub() else {
             return Err(BackendError::Unavailable("the hub is shutting down".into()));
         };
-        let [k_head, k_epoch, k_log] = keys(&name);
-        let [k_seen, k_seenq] = seen_keys(&name);
-        let mut call = self.shared.append.prepare_invoke();
-        call.key(k_head)
-            .key(k_epoch)
-            .key(k_log)
-            .key(k_seen)
-            .key(k_seenq);
-        // Used only if Redis no longer has the channel (see `catch_up`).
-        call.arg(hub.new_epoch().as_str())
-            .arg(self.shared.history)
-            .arg(now)
-            .arg(data.as_str())
-            .arg(name.as_str())
-            .arg(key.map_or("", IdempotencyKey::as_str))
-            .arg(idempotency::WINDOW.as_millis() as u64)
-            .arg(KEYS_PER_CHANNEL);
+        // The fresh epoch is used only if Redis no longer has the channel
+        // or its head went back (see `scripts`).
+        let fresh = hub.new_epoch();
+        let seen = Seen {
+            fresh: &fresh,
+            held: Some((&epoch, head)),
+            ttl_ms: self.shared.ttl_ms,
+        };
+        let call = self.shared.scripts.append(
+            &name,
+            &seen,
+            self.shared.history,
+            now,
+            data.as_str(),
+            key.map_or("", IdempotencyKey::as_str),
+            idempotency::WINDOW.as_millis() as u64,
+        );
         let mut conn = self.shared.conn.clone();
         let (now_epoch, offset): (String, u64) =
             tokio::time::timeout(CALL_TIMEOUT, call.invoke_async(&mut conn))
