@@ -39,7 +39,7 @@ fuzz_target!(|bytes: &[u8]| {
     };
     let reply = match ClientOp::parse(text, MAX) {
         Ok((op, id)) => match op {
-            ClientOp::Publish { channel, data } => {
+            ClientOp::Publish { channel, data, .. } => {
                 check_payload(&data);
                 published_frame(id.as_deref(), &channel, &Epoch::new("e"), 1)
             }
