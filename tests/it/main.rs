@@ -13,6 +13,7 @@ mod bad_input;
 mod browser;
 mod cross_transport;
 mod errors;
+mod lean_diff;
 mod polling;
 mod presence;
 mod shutdown;
