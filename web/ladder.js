@@ -52,7 +52,7 @@
 import { RUNGS, TRANSPORTS, offeredRungs, unavailableReason } from './ladder/transports/index.js';
 import { Race, raceOrder } from './ladder/race.js';
 import { Subscription } from './ladder/subscription.js';
-import { Emitter, backoffDelay, describe, realClock, withTimeout } from './ladder/util.js';
+import { Emitter, backoffDelay, describe, mayRetry, newIdempotencyKey, realClock, withTimeout } from './ladder/util.js';
 import { httpJson, httpPublish } from './ladder/http.js';
 import { SharedLadder, sharedPath } from './ladder/shared/tab.js';
 
@@ -76,6 +76,8 @@ const DEFAULTS = {
   remember: true,
   wtUrl: null,
   publishTimeoutMs: 10000,
+  // Retries of a publish that may not have arrived (same idempotency key).
+  publishRetries: 3,
   // WebTransport liveness: QUIC over UDP gets no reset when the server dies,
   // so a silent session would only end at the QUIC idle timeout. An echo on
   // the control stream every livenessMs that is not answered within
@@ -374,11 +376,28 @@ export class Ladder extends Emitter {
     this._transport?.unsubscribe(sub.channel);
   }
 
-  /** Publishes over the current rung when it can carry it, else POST. */
-  async publish(channel, data) {
-    const tr = this._transport;
-    if (tr && tr.publish) return tr.publish(channel, data);
-    return httpPublish(this.options.base, channel, data, this.fetch);
+  /**
+   * Publishes over the current rung when it can carry it, else POST. A
+   * publish that fails in a way that may or may not have reached the hub
+   * (timed out, connection lost, 503) is retried up to `publishRetries`
+   * times with backoff — every attempt with the same idempotency key, so
+   * the server appends it once however many attempts reached it. A refusal
+   * (bad request, forbidden, too large, rate limited) is not retried.
+   * `opts.idempotencyKey` sets the key; by default a random one is made.
+   */
+  async publish(channel, data, opts = {}) {
+    const key = opts.idempotencyKey ?? newIdempotencyKey();
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const tr = this._transport;
+        if (tr && tr.publish) return await tr.publish(channel, data, key);
+        return await httpPublish(this.options.base, channel, data, this.fetch, key);
+      } catch (e) {
+        if (this._closed || attempt >= this.options.publishRetries || !mayRetry(e)) throw e;
+        const delay = backoffDelay(attempt, this.options.backoffBaseMs, this.options.backoffCapMs);
+        await new Promise((r) => this._later(delay, r));
+      }
+    }
   }
 
   /** Updates the short-poll interval live. */

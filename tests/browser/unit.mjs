@@ -104,6 +104,42 @@ export async function runUnit(tally) {
     tally.expect(sub.cursor.offset === 7, 'cursor moved');
   });
 
+  await tally.check('unit: Ladder: a publish retried after a 503 and a network error keeps one idempotency key', async () => {
+    const clock = new ManualClock();
+    const keys = [];
+    const answers = [
+      { ok: false, status: 503, json: async () => ({ error: { code: 'unavailable', message: 'redis unreachable' } }) },
+      'network error',
+      { ok: true, status: 201, json: async () => ({ channel: 'c', epoch: 'e', offset: 7 }) },
+    ];
+    const fetch = async (_url, init) => {
+      keys.push(init.headers['idempotency-key']);
+      const a = answers[keys.length - 1];
+      if (typeof a === 'string') throw new TypeError(a);
+      return a;
+    };
+    const ladder = new Ladder({ ...BASE, fetch, clock });
+    const acked = ladder.publish('c', { x: 1 });
+    await clock.advance(1000); // two backoffs of at most 10 and 20 ms
+    const ack = await acked;
+    tally.expect(ack.offset === 7, `ack ${JSON.stringify(ack)}`);
+    tally.expect(keys.length === 3 && /^[0-9a-f]{32}$/.test(keys[0]) && keys.every((k) => k === keys[0]), `keys ${keys}`);
+  });
+
+  await tally.check('unit: Ladder: a refused publish is not retried', async () => {
+    const clock = new ManualClock();
+    let calls = 0;
+    const fetch = async () => {
+      calls++;
+      return { ok: false, status: 403, json: async () => ({ error: { code: 'forbidden', message: 'not yours' } }) };
+    };
+    const ladder = new Ladder({ ...BASE, fetch, clock });
+    const failed = ladder.publish('c', 1, { idempotencyKey: 'mine' }).then(() => null, (e) => e);
+    await clock.advance(1000);
+    const e = await failed;
+    tally.expect(e && e.code === 'forbidden' && calls === 1, `${e} after ${calls} calls`);
+  });
+
   await tally.check('unit: Ladder: a failed race is reported and retried with backoff', async () => {
     globalThis.localStorage = memoryStorage();
     // The jitter is fixed at half the window: a 0 ms draw would retry (and

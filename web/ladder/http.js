@@ -23,11 +23,13 @@ export async function httpJson(fetchFn, url, init = {}) {
   return body;
 }
 
-/** Publishes over plain HTTP: POST /api/channels/{channel}/messages. */
-export async function httpPublish(base, channel, data, fetchFn = globalThis.fetch.bind(globalThis)) {
+/** Publishes over plain HTTP: POST /api/channels/{channel}/messages, with `Idempotency-Key` when given. */
+export async function httpPublish(base, channel, data, fetchFn = globalThis.fetch.bind(globalThis), key = null) {
+  const headers = { 'content-type': 'application/json' };
+  if (key) headers['idempotency-key'] = key;
   return httpJson(fetchFn, channelUrl(base, channel, 'messages', {}), {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers,
     body: JSON.stringify(data),
   });
 }

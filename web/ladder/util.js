@@ -23,6 +23,27 @@ export function hexToBytes(hex) {
 }
 
 /**
+ * A random idempotency key for a publish: 32 hex digits from the platform's
+ * CSPRNG (available in insecure contexts too, unlike `randomUUID`).
+ */
+export function newIdempotencyKey() {
+  const b = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+
+/**
+ * Whether a failed publish may be retried: it may not have reached the hub
+ * (no answer: timeout, lost connection) or the hub could not take it then
+ * (`unavailable`, a 5xx from something in between). Any other answer is a
+ * refusal that a retry would only repeat.
+ */
+export function mayRetry(e) {
+  const code = e?.code;
+  return code === undefined || code === 'unavailable' || /^http_5/.test(code);
+}
+
+/**
  * Exponential backoff with full jitter: a uniform random delay between 0
  * and min(cap, base * 2^attempt). The jitter spreads reconnecting clients
  * out instead of having them all come back at the same instant.

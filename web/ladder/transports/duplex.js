@@ -19,7 +19,7 @@ export function dispatchOp(ladder, tr, op) {
     case 'lagged': ladder._lagged(op.channel); break;
     case 'unsubscribed': break;
     case 'error':
-      if (op.id !== undefined && tr._settle(op.id, new Error(`${op.code}: ${op.message}`))) break;
+      if (op.id !== undefined && tr._settle(op.id, Object.assign(new Error(`${op.code}: ${op.message}`), { code: op.code }))) break;
       ladder.emit('error', new Error(`${op.code}: ${op.message}`));
       break;
     default: break;
@@ -58,8 +58,10 @@ export class Duplex {
       Promise.resolve(this._send({ ...op, id })).catch((e) => this._settle(id, e));
     });
   }
-  async publish(channel, data) {
-    const r = await this._request({ op: 'publish', channel, data });
+  async publish(channel, data, key) {
+    const op = { op: 'publish', channel, data };
+    if (key) op.idempotency_key = key;
+    const r = await this._request(op);
     return { channel: r.channel, epoch: r.epoch, offset: r.offset };
   }
   _failAll(reason) {
