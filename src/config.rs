@@ -23,6 +23,12 @@ pub struct Config {
     #[arg(long, env = "LADDER_H3", default_value = "127.0.0.1:4433")]
     pub h3: SocketAddr,
 
+    /// TLS listener serving the same routes over HTTP/1.1 and HTTP/2 (by
+    /// ALPN), and HTTP/3 on the UDP port with the same number. Off unless
+    /// given (port 0 = pick a free port).
+    #[arg(long, env = "LADDER_HTTPS")]
+    pub https: Option<SocketAddr>,
+
     /// PEM certificate chain; with --key, no development certificate is made.
     #[arg(long, env = "LADDER_CERT", requires = "key")]
     pub cert: Option<PathBuf>,

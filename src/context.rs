@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,6 +23,15 @@ pub struct WebTransportInfo {
     pub url: String,
     /// SHA-256 of the leaf certificate (DER), lowercase hex.
     pub cert_sha256: String,
+}
+
+/// Where the TLS listeners (`--https`) are bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsListeners {
+    /// HTTP/1.1 + HTTP/2 over TLS, TCP.
+    pub https: SocketAddr,
+    /// HTTP/3, UDP (same port number as `https`).
+    pub h3: SocketAddr,
 }
 
 /// Shared server state.
@@ -58,6 +67,11 @@ pub struct Inner {
     allowed_origins: Vec<String>,
     /// The network lab beside the server (`--lab`), set once at start.
     lab: std::sync::OnceLock<ladder_lab::Lab>,
+    /// Set once the TLS listeners are bound.
+    tls_listeners: OnceLock<TlsListeners>,
+    /// The TLS listeners' own origins, allowed when the allowlist is the
+    /// default one.
+    tls_origins: OnceLock<Vec<String>>,
 }
 
 impl Deref for Ctx {
@@ -111,6 +125,8 @@ impl Ctx {
             webtransport: RwLock::new(None),
             allowed_origins,
             lab: std::sync::OnceLock::new(),
+            tls_listeners: OnceLock::new(),
+            tls_origins: OnceLock::new(),
         }))
     }
 
@@ -126,6 +142,10 @@ impl Ctx {
                     // origin stands for this server's own.
                     || (self.cfg.allowed_origins.is_empty()
                         && self.lab().is_some_and(|lab| crate::lab::origins(lab).any(|l| l == o)))
+                    || self
+                        .tls_origins
+                        .get()
+                        .is_some_and(|own| own.iter().any(|a| a == o))
             }
         }
     }
@@ -138,6 +158,27 @@ impl Ctx {
     /// Installs the network lab (once; a second call is ignored).
     pub fn set_lab(&self, lab: ladder_lab::Lab) {
         let _ = self.lab.set(lab);
+    }
+
+    /// Records where the TLS listeners are bound; with the default
+    /// allowlist, pages they serve may open WebSockets and WebTransport
+    /// sessions too. Only the first call counts.
+    pub fn set_tls_listeners(&self, l: TlsListeners) {
+        if self.cfg.allowed_origins.is_empty() {
+            let port = l.https.port();
+            let own = ["127.0.0.1", "localhost", "[::1]"]
+                .map(|host| format!("https://{host}:{port}"))
+                .into_iter()
+                .chain([format!("https://{}", l.https)])
+                .collect();
+            let _ = self.tls_origins.set(own);
+        }
+        let _ = self.tls_listeners.set(l);
+    }
+
+    /// Where the TLS listeners are, when running.
+    pub fn tls_listeners(&self) -> Option<TlsListeners> {
+        self.tls_listeners.get().copied()
     }
 
     /// The WebTransport endpoint as browsers should use it now, if running.

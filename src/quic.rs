@@ -43,7 +43,7 @@ use crate::auth::token_from;
 use crate::config::Config;
 use crate::context::{Ctx, WebTransportInfo};
 use crate::limits::PerIpGuard;
-use crate::tls::{CertSource, TlsError, TlsMaterial};
+use crate::tls::{CertSource, CertStore, TlsError, TlsMaterial};
 use crate::transport::session::Credentials;
 use crate::transport::webtransport::{CLOSE_SHUTDOWN, CLOSE_SHUTDOWN_REASON};
 
@@ -93,6 +93,8 @@ pub struct Listener {
     tls: TlsMaterial,
     /// Where a rotated certificate comes from.
     source: CertSource,
+    /// The TLS listeners' certificate, replaced on rotation too.
+    certs: Option<CertStore>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -121,7 +123,15 @@ impl Listener {
             addr,
             tls,
             source,
+            certs: None,
         })
+    }
+
+    /// Rotations replace the certificate of `certs` too (the TLS
+    /// listeners'), so one check keeps every listener's certificate fresh.
+    pub fn with_cert_store(mut self, certs: CertStore) -> Self {
+        self.certs = Some(certs);
+        self
     }
 
     /// The bound UDP address (the real port when 0 was asked for).
@@ -204,6 +214,9 @@ impl Listener {
             return warn!(%error, "cannot reload the quic config; keeping the old certificate");
         }
         ctx.set_webtransport(Some(info_for(self.addr, &tls)));
+        if let Some(Err(error)) = self.certs.as_ref().map(|c| c.set(&tls)) {
+            warn!(%error, "the tls listeners keep the old certificate");
+        }
         info!(cert_sha256 = tls.sha256_hex(), not_after = %tls.not_after(),
             "development certificate rotated");
         self.tls = tls;
@@ -317,7 +330,7 @@ enum Bind {
 /// buffers where the kernel allows them (0: the system's default). The
 /// common 208 KiB default holds about a thousand packets: a burst of
 /// handshakes or a publish to tens of thousands of sessions overflows it.
-fn udp_socket(addr: SocketAddr, buffer: u32) -> std::io::Result<std::net::UdpSocket> {
+pub(crate) fn udp_socket(addr: SocketAddr, buffer: u32) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if buffer > 0 {
@@ -440,7 +453,10 @@ mod tests {
             ..Config::default()
         };
         let tls = TlsMaterial::load(&dir.source(), now).unwrap();
-        let mut listener = Listener::bind(&cfg, tls, dir.source()).unwrap();
+        let certs = CertStore::new(&tls).unwrap();
+        let mut listener = Listener::bind(&cfg, tls, dir.source())
+            .unwrap()
+            .with_cert_store(certs.clone());
         let hub = Hub::new(HubConfig::default());
         let ctx = Ctx::new(
             cfg,
@@ -465,6 +481,8 @@ mod tests {
         assert_eq!(after, listener.info());
         assert_eq!(after.url, before.url);
         assert!(!listener.tls.needs_rotation(later));
+        // The TLS listeners present the new certificate from now on.
+        assert_eq!(certs.leaf(), listener.tls.leaf_der());
     }
 
     #[test]

@@ -12,13 +12,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use axum::http::HeaderValue;
+use tokio_rustls::TlsAcceptor;
+use wtransport::tls::rustls;
+
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::context::Ctx;
+use crate::context::{Ctx, TlsListeners};
+use crate::http::h3::{self, H3Error};
+use crate::http::https::Https;
 use crate::hub::{BackendError, Hub, HubConfig, now_ms};
 use crate::quic::{self, QuicError};
 use crate::stats::{Stats, Transport};
-use crate::tls::{CertSource, TlsError, TlsMaterial};
+use crate::tls::{ALPN_H2, ALPN_HTTP11, CertSource, CertStore, TlsError, TlsMaterial};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +48,17 @@ pub enum ServerError {
     /// The certificate could not be loaded or generated.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The TLS listener could not bind.
+    #[error("cannot listen for HTTPS on {addr}: {source}")]
+    BindHttps {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The HTTP/3 endpoint could not start.
+    #[error(transparent)]
+    H3(#[from] H3Error),
     /// The QUIC endpoint could not start.
     #[error(transparent)]
     Quic(#[from] QuicError),
@@ -62,6 +79,20 @@ pub struct Server {
     /// The WebTransport endpoint; `None` when that transport is disabled.
     quic: Option<quic::Listener>,
     tls: Option<TlsMaterial>,
+    /// The TLS listeners (`--https`), when asked for.
+    secure: Option<Secure>,
+}
+
+/// The bound TLS listeners: HTTP/1.1 + HTTP/2 on TCP, HTTP/3 on UDP.
+#[derive(Debug)]
+struct Secure {
+    tcp: TcpListener,
+    h3: h3::Listener,
+    certs: CertStore,
+    /// rustls settings of the TCP listener (ALPN `h2`, `http/1.1`).
+    tcp_tls: Arc<rustls::ServerConfig>,
+    /// Where a rotated certificate comes from.
+    source: CertSource,
 }
 
 impl Server {
@@ -92,8 +123,18 @@ impl Server {
             },
         };
         let tls = TlsMaterial::load(&source, time::OffsetDateTime::now_utc())?;
+        let secure = match cfg.https {
+            Some(addr) => Some(bind_secure(&cfg, addr, &tls, source.clone()).await?),
+            None => None,
+        };
         let quic = match cfg.enabled(Transport::WebTransport) {
-            true => Some(quic::Listener::bind(&cfg, tls.clone(), source)?),
+            true => {
+                let quic = quic::Listener::bind(&cfg, tls.clone(), source)?;
+                Some(match &secure {
+                    Some(s) => quic.with_cert_store(s.certs.clone()),
+                    None => quic,
+                })
+            }
             false => None,
         };
         let hub = Hub::open(HubConfig {
@@ -118,17 +159,40 @@ impl Server {
             }
             ctx.set_lab(lab);
         }
+        if let Some(s) = &secure {
+            ctx.set_tls_listeners(TlsListeners {
+                https: s
+                    .tcp
+                    .local_addr()
+                    .map_err(|source| ServerError::BindHttps {
+                        addr: ctx.cfg.https.unwrap_or(ctx.cfg.http),
+                        source,
+                    })?,
+                h3: s.h3.local_addr(),
+            });
+        }
         Ok(Self {
             ctx,
             http,
             quic,
             tls: Some(tls),
+            secure,
         })
     }
 
     /// The address the HTTP listener is bound to.
     pub fn http_addr(&self) -> SocketAddr {
         self.ctx.http_addr
+    }
+
+    /// The TCP address of the TLS listener (HTTP/1.1 + HTTP/2), when on.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.ctx.tls_listeners().map(|l| l.https)
+    }
+
+    /// The UDP address of the HTTP/3 endpoint, when on.
+    pub fn h3_addr(&self) -> Option<SocketAddr> {
+        self.ctx.tls_listeners().map(|l| l.h3)
     }
 
     /// The UDP address of the WebTransport endpoint, unless disabled.
@@ -152,8 +216,12 @@ impl Server {
             .ctx
             .webtransport()
             .map_or_else(|| "disabled".to_owned(), |w| w.url);
+        let (https, h3) = self.ctx.tls_listeners().map_or_else(
+            || ("off".to_owned(), "off".to_owned()),
+            |l| (format!("https://{}", l.https), format!("https://{}", l.h3)),
+        );
         format!(
-            "ladder {} ready http=http://{} webtransport={} cert_sha256={}",
+            "ladder {} ready http=http://{} https={https} h3={h3} webtransport={} cert_sha256={}",
             env!("CARGO_PKG_VERSION"),
             self.http_addr(),
             wt,
@@ -169,6 +237,25 @@ impl Server {
         ctx.tasks.spawn(crate::http::run(self.http, ctx.clone()));
         // It closes its endpoint itself once the shutdown token fires,
         // after its accept loop has stopped.
+        if let Some(secure) = self.secure {
+            let alt_svc = HeaderValue::try_from(format!(
+                "h3=\":{}\"; ma=86400",
+                secure.h3.local_addr().port()
+            ))
+            .ok();
+            let https = Https {
+                acceptor: TlsAcceptor::from(secure.tcp_tls),
+                alt_svc,
+            };
+            ctx.tasks
+                .spawn(crate::http::https::run(secure.tcp, ctx.clone(), https));
+            ctx.tasks.spawn(secure.h3.run(ctx.clone()));
+            if let (None, Some(tls)) = (&self.quic, self.tls) {
+                // No WebTransport endpoint, whose rotation would cover these.
+                ctx.tasks
+                    .spawn(rotate(ctx.clone(), secure.certs, tls, secure.source));
+            }
+        }
         if let Some(quic) = self.quic {
             ctx.tasks.spawn(quic.run(ctx.clone()));
         }
@@ -189,6 +276,72 @@ impl Server {
         // Last: publishes still in flight have been answered, so the
         // durable log can be flushed and closed (and Redis let go).
         ctx.hub.close().await;
+    }
+}
+
+/// Tries to find a port free on both TCP and UDP when port 0 is asked for.
+const PORT_TRIES: usize = 16;
+
+/// Binds the TLS listener on TCP `addr` and HTTP/3 on the UDP port with
+/// the same number. With port 0 the OS picks the TCP port, and another is
+/// tried while that number is taken on UDP.
+async fn bind_secure(
+    cfg: &Config,
+    addr: SocketAddr,
+    tls: &TlsMaterial,
+    source: CertSource,
+) -> Result<Secure, ServerError> {
+    let certs = CertStore::new(tls)?;
+    let tcp_tls = certs.server_config(&[ALPN_H2, ALPN_HTTP11])?;
+    let bind_err = |source| ServerError::BindHttps { addr, source };
+    let mut tries = 0;
+    loop {
+        let tcp = TcpListener::bind(addr).await.map_err(bind_err)?;
+        let port = tcp.local_addr().map_err(bind_err)?.port();
+        match h3::Listener::bind(cfg, SocketAddr::new(addr.ip(), port), &certs) {
+            Ok(h3) => {
+                return Ok(Secure {
+                    tcp,
+                    h3,
+                    certs,
+                    tcp_tls,
+                    source,
+                });
+            }
+            Err(H3Error::Bind { .. }) if addr.port() == 0 && tries < PORT_TRIES => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Keeps the TLS listeners' development certificate fresh when no
+/// WebTransport endpoint does it (see [`quic`]'s rotation).
+async fn rotate(ctx: Ctx, certs: CertStore, mut tls: TlsMaterial, source: CertSource) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = time::OffsetDateTime::now_utc();
+        if !tls.needs_rotation(now) {
+            continue;
+        }
+        let source = source.clone();
+        match tokio::task::spawn_blocking(move || TlsMaterial::load(&source, now)).await {
+            Ok(Ok(fresh)) => match certs.set(&fresh) {
+                Ok(()) => {
+                    info!(
+                        cert_sha256 = fresh.sha256_hex(),
+                        "development certificate rotated"
+                    );
+                    tls = fresh;
+                }
+                Err(error) => warn!(%error, "certificate rotation failed; will retry"),
+            },
+            Ok(Err(error)) => warn!(%error, "certificate rotation failed; will retry"),
+            Err(error) => warn!(%error, "certificate rotation task failed"),
+        }
     }
 }
 

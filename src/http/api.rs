@@ -36,7 +36,15 @@ pub fn router(ctx: Ctx) -> Router {
         )
         .route("/api/channels/{channel}/events", get(sse::get))
         .route("/api/channels/{channel}/presence", get(presence::get))
-        .route("/api/ws", get(websocket::upgrade))
+        // CONNECT too: WebSocket over HTTP/2 is an extended CONNECT
+        // (RFC 8441), which axum's upgrade accepts on `--https`.
+        .route(
+            "/api/ws",
+            axum::routing::on(
+                axum::routing::MethodFilter::GET.or(axum::routing::MethodFilter::CONNECT),
+                websocket::upgrade,
+            ),
+        )
         .route("/api/{*rest}", axum::routing::any(not_found))
         .fallback_service(web)
         .method_not_allowed_fallback(method_not_allowed)
@@ -151,11 +159,19 @@ async fn info(State(ctx): State<Ctx>) -> Response {
     let wt = ctx
         .webtransport()
         .map(|w| serde_json::json!({ "url": w.url, "cert_sha256": w.cert_sha256 }));
+    let tls = ctx.tls_listeners();
+    let listeners = serde_json::json!({
+        "http": format!("http://{}", ctx.http_addr),
+        "https": tls.map(|l| format!("https://{}", l.https)),
+        "h3": tls.map(|l| format!("https://{}", l.h3)),
+        "webtransport": ctx.webtransport().map(|w| w.url),
+    });
     let mut body = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "transports": transports,
         "webtransport": wt,
         "heartbeat_ms": ctx.cfg.heartbeat().map(|h| h.as_millis() as u64),
+        "listeners": listeners,
     });
     if let Some(lab) = ctx.lab() {
         body["lab"] = crate::lab::info(lab, ctx.http_addr);

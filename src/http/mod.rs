@@ -7,7 +7,10 @@
 //! event stream or a poll is served by [`lean`] instead of hyper.
 
 pub mod api;
+pub mod h3;
+pub mod https;
 pub mod lean;
+pub mod stream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,4 +1,5 @@
-//! TLS material for the HTTP/3 + WebTransport endpoint.
+//! TLS material for the HTTP/3 + WebTransport endpoint and the TLS
+//! listeners ([`CertStore`]).
 //!
 //! Browsers connect to our self-signed development certificate through
 //! `serverCertificateHashes`, so this module both *makes* that certificate
@@ -28,6 +29,9 @@ use wtransport::tls::rustls;
 use wtransport::tls::rustls::pki_types::pem::PemObject;
 use wtransport::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use wtransport::tls::{Certificate, CertificateChain, PrivateKey};
+
+mod store;
+pub use store::{ALPN_H2, ALPN_H3, ALPN_HTTP11, CertStore};
 
 /// File name of the development certificate inside the certs directory.
 pub const DEV_CERT_FILE: &str = "dev-cert.pem";
@@ -146,6 +150,9 @@ pub enum TlsError {
         /// Which rule it breaks.
         reason: &'static str,
     },
+    /// rustls refused the server configuration.
+    #[error("cannot configure TLS: {0}")]
+    Config(rustls::Error),
     /// rcgen failed to generate the development certificate.
     #[error("cannot generate development certificate: {0}")]
     Generate(#[from] rcgen::Error),
@@ -209,6 +216,24 @@ impl TlsMaterial {
             CertificateChain::new(chain),
             PrivateKey::from_der_pkcs8(self.key_pkcs8.clone()),
         ))
+    }
+
+    /// The chain and key as rustls presents them (for [`CertStore`]).
+    pub fn certified_key(&self) -> Result<rustls::sign::CertifiedKey, TlsError> {
+        let provider = rustls::crypto::ring::default_provider();
+        let key = PrivateKeyDer::Pkcs8(self.key_pkcs8.clone().into());
+        rustls::sign::CertifiedKey::from_der(self.chain.clone(), key, &provider).map_err(|e| {
+            TlsError::KeyMismatch {
+                cert: self.cert_path.clone(),
+                key: self.cert_path.clone(),
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    /// The leaf certificate, DER (what clients pin).
+    pub fn leaf_der(&self) -> &[u8] {
+        self.chain.first().map_or(&[], |c| c.as_ref())
     }
 
     fn invalid_cert(&self, reason: String) -> TlsError {

@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod helpers;
+mod tls_clients;
 mod wt_client;
 
 mod auth;
@@ -13,6 +14,8 @@ mod bad_input;
 mod browser;
 mod cross_transport;
 mod errors;
+mod h3;
+mod https;
 mod lean_diff;
 mod polling;
 mod presence;

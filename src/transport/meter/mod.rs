@@ -24,7 +24,7 @@ mod timeout;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -45,6 +45,10 @@ pub struct Meter {
     pending_in: AtomicU64,
     /// The connection's socket as it can be lent (TCP connections only).
     handover: Handover,
+    /// Set for HTTP/2 connections, whose streams are counted one by one
+    /// (`crate::http::https`): the socket's bytes then belong to no single
+    /// transport.
+    per_stream: AtomicBool,
 }
 
 impl Meter {
@@ -56,7 +60,16 @@ impl Meter {
             current: AtomicU8::new(Transport::Api as u8),
             pending_in: AtomicU64::new(0),
             handover: Handover::default(),
+            per_stream: AtomicBool::new(false),
         }
+    }
+
+    /// From now on this connection's bytes are counted per stream by its
+    /// HTTP/2 layer, not here; what was counted so far (the TLS handshake)
+    /// stays where it went.
+    pub fn count_per_stream(&self) {
+        self.flush_in();
+        self.per_stream.store(true, Ordering::Relaxed);
     }
 
     /// The connection's socket, to lend to a direct writer.
@@ -84,10 +97,16 @@ impl Meter {
     }
 
     fn read(&self, n: usize) {
+        if self.per_stream.load(Ordering::Relaxed) {
+            return;
+        }
         self.pending_in.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     fn wrote(&self, n: usize) {
+        if self.per_stream.load(Ordering::Relaxed) {
+            return;
+        }
         self.stats.of(self.current()).bytes_out.inc_by(n as u64);
     }
 }
