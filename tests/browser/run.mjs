@@ -6,7 +6,7 @@
 // Each scenario starts its own server (ports 0, fresh certificate dir) and
 // its own browser context. Scenarios: unit (ladder.js in Node, no
 // browser), main, shared (shared mode, ./shared.mjs), fallback-ws, fallback-sse, fallback-udp,
-// fallback-udp-silent, and the network lab's (lab.mjs): lab-fallback,
+// fallback-udp-silent, h2 and h3 (the TLS listeners, tls.mjs), and the network lab's (lab.mjs): lab-fallback,
 // lab-nat, lab-switch, lab-round-robin, lab-lossy (only when named;
 // lab-lossy must run inside a network namespace). Exit status 0 only if every check passed.
 // The screenshot goes to target/browser/screenshot.png, so test runs leave the
@@ -23,6 +23,7 @@ import { runUnit } from './unit.mjs';
 import { runPagePresence, runPresence, runShared } from './shared.mjs';
 import { startRun, waitRunDone, checkDelivery } from './lib/workload.mjs';
 import { labScenarios, NAMED_ONLY } from './lab.mjs';
+import { scenarioH2, scenarioH3 } from './tls.mjs';
 
 const OVERALL_TIMEOUT_MS = Number(process.env.LADDER_BROWSER_TIMEOUT_MS || 480000);
 const SCREENSHOT = process.env.LADDER_SCREENSHOT || join(REPO_ROOT, 'target', 'browser', 'screenshot.png');
@@ -263,6 +264,8 @@ const SCENARIOS = {
   ...labScenarios(tally),
   unit: () => runUnit(tally),
   main: (b) => scenarioMain(b),
+  h2: () => scenarioH2(tally),
+  h3: () => scenarioH3(tally),
   crash: (b) => scenarioCrash(b),
   shared: (b) => runShared(b, tally),
   presence: async (b) => { await runPresence(b, tally); await runPagePresence(b, tally); },

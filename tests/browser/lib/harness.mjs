@@ -91,8 +91,11 @@ export async function stopServer(server, graceMs = 5000) {
   }
 }
 
-/** Launches Debian's Chromium headless. No flag weakens WebTransport's certificate checks. */
-export async function launchBrowser() {
+/**
+ * Launches Debian's Chromium headless. No flag weakens WebTransport's certificate checks;
+ * `extraArgs` may trust one certificate by its SPKI hash (the TLS listener tests).
+ */
+export async function launchBrowser(extraArgs = []) {
   if (!existsSync(CHROMIUM)) {
     throw new Error(`${CHROMIUM} not found: install Debian's chromium (scripts/setup does)`);
   }
@@ -107,6 +110,7 @@ export async function launchBrowser() {
       '--disable-background-networking',
       '--disable-component-update',
       '--disable-sync',
+      ...extraArgs,
     ],
   });
 }
