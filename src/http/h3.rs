@@ -37,11 +37,12 @@ use tracing::{Instrument, debug, debug_span, warn};
 use wtransport::quinn;
 
 use super::stream::{DATA_FRAME_OVERHEAD, header_bytes};
-use super::{Peer, api, classify};
+use super::{api, classify};
 use crate::config::Config;
 use crate::context::Ctx;
 use crate::stats::TransportStats;
 use crate::tls::{ALPN_H3, CertStore, TlsError};
+use crate::transport::extract::Peer;
 
 /// Requests one connection may have open at once (as HTTP/2's limit).
 const MAX_STREAMS: u32 = super::https::MAX_STREAMS;

@@ -45,9 +45,10 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::transport::meter::{Meter, MeteredIo};
 use super::stream::{Counted, header_bytes};
-use super::{MeteredBody, Peer, api, classify, prepare};
+use super::{MeteredBody, api, classify, prepare};
 use crate::context::Ctx;
 use crate::tls::ALPN_H2;
+use crate::transport::extract::Peer;
 
 /// Streams one HTTP/2 connection may have open at once: a page's SSE
 /// panels and polls with room to spare, as hyper's own default.
