@@ -43,12 +43,12 @@ use tokio_rustls::TlsAcceptor;
 use tower::Service;
 use tracing::{Instrument, debug, debug_span, warn};
 
-use crate::transport::meter::{Meter, MeteredIo};
 use super::stream::{Counted, header_bytes};
 use super::{MeteredBody, api, classify, prepare};
 use crate::context::Ctx;
 use crate::tls::ALPN_H2;
 use crate::transport::extract::Peer;
+use crate::transport::meter::{Meter, MeteredIo};
 
 /// Streams one HTTP/2 connection may have open at once: a page's SSE
 /// panels and polls with room to spare, as hyper's own default.
