@@ -57,10 +57,6 @@ pub struct Inner {
     pub auth: Auth,
     /// Per-client limits.
     pub limits: Limits,
-    /// The channels' fan-outs (direct writes to lent sockets and streams).
-    pub fanouts: crate::transport::fanout::Fanouts,
-    /// WebTransport sessions' UDP byte counts, read into `stats` on demand.
-    pub udp_meters: crate::transport::webtransport::UdpMeters,
     /// The bound HTTP address (for the default origin allowlist).
     pub http_addr: SocketAddr,
     webtransport: RwLock<Option<WebTransportInfo>>,
@@ -119,8 +115,6 @@ impl Ctx {
             stats,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            fanouts: Default::default(),
-            udp_meters: Default::default(),
             http_addr,
             webtransport: RwLock::new(None),
             allowed_origins,

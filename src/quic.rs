@@ -44,6 +44,7 @@ use crate::config::Config;
 use crate::context::{Ctx, WebTransportInfo};
 use crate::limits::PerIpGuard;
 use crate::tls::{CertSource, CertStore, TlsError, TlsMaterial};
+use crate::transport::fanout::Fanouts;
 use crate::transport::session::Credentials;
 use crate::transport::webtransport::{CLOSE_SHUTDOWN, CLOSE_SHUTDOWN_REASON};
 
@@ -147,7 +148,7 @@ impl Listener {
     /// Accepts sessions until `ctx.shutdown` fires, then closes every
     /// session with [`CLOSE_SHUTDOWN`] and waits (bounded) for peers to
     /// acknowledge.
-    pub async fn run(mut self, ctx: Ctx) {
+    pub async fn run(mut self, ctx: Ctx, fanouts: Fanouts) {
         let permits = Arc::new(Semaphore::new(ctx.cfg.wt_max_sessions));
         let mut rotation = tokio::time::interval(ROTATION_CHECK);
         rotation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -169,7 +170,7 @@ impl Listener {
             // of the server's CPU in a fan-out profile), and nothing inside
             // a session logs above debug.
             ctx.tasks.spawn(
-                accept(incoming, ctx.clone(), permits.clone())
+                accept(incoming, ctx.clone(), fanouts.clone(), permits.clone())
                     .instrument(debug_span!("webtransport", %remote)),
             );
         }
@@ -226,7 +227,7 @@ impl Listener {
 /// Completes the handshake of one incoming session, decides whether to
 /// accept it, and serves it. Runs in its own task: a handshake takes at
 /// least a round trip and a bad client could stall it.
-async fn accept(incoming: IncomingSession, ctx: Ctx, permits: Arc<Semaphore>) {
+async fn accept(incoming: IncomingSession, ctx: Ctx, fanouts: Fanouts, permits: Arc<Semaphore>) {
     // A task's future is allocated at its largest state for the task's
     // whole life. Boxed, the handshake's state is freed once it is over
     // instead of being carried by every open session.
@@ -239,7 +240,7 @@ async fn accept(incoming: IncomingSession, ctx: Ctx, permits: Arc<Semaphore>) {
         permit,
         per_ip,
     } = admitted;
-    crate::transport::webtransport::run_session(ctx, conn, creds).await;
+    crate::transport::webtransport::run_session(ctx, fanouts, conn, creds).await;
     drop((permit, per_ip));
 }
 

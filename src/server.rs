@@ -25,6 +25,7 @@ use crate::hub::{BackendError, Hub, HubConfig, now_ms};
 use crate::quic::{self, QuicError};
 use crate::stats::{Stats, Transport};
 use crate::tls::{ALPN_H2, ALPN_HTTP11, CertSource, CertStore, TlsError, TlsMaterial};
+use crate::transport::fanout::Fanouts;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +76,9 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct Server {
     ctx: Ctx,
+    /// The channels' fan-outs, handed to both listeners for their socket
+    /// adapters.
+    fanouts: Fanouts,
     http: TcpListener,
     /// The WebTransport endpoint; `None` when that transport is disabled.
     quic: Option<quic::Listener>,
@@ -173,6 +177,7 @@ impl Server {
         }
         Ok(Self {
             ctx,
+            fanouts: Fanouts::default(),
             http,
             quic,
             tls: Some(tls),
@@ -205,6 +210,11 @@ impl Server {
         &self.ctx
     }
 
+    /// The channels' fan-outs (for tests and diagnostics).
+    pub fn fanouts(&self) -> &Fanouts {
+        &self.fanouts
+    }
+
     /// SHA-256 of the certificate, lowercase hex.
     pub fn cert_sha256(&self) -> Option<&str> {
         self.tls.as_ref().map(TlsMaterial::sha256_hex)
@@ -234,7 +244,9 @@ impl Server {
     /// returns once all tasks are done or the shutdown timeout passes.
     pub async fn run(self, shutdown: CancellationToken) {
         let ctx = self.ctx;
-        ctx.tasks.spawn(crate::http::run(self.http, ctx.clone()));
+        let fanouts = self.fanouts;
+        ctx.tasks
+            .spawn(crate::http::run(self.http, ctx.clone(), fanouts.clone()));
         // It closes its endpoint itself once the shutdown token fires,
         // after its accept loop has stopped.
         if let Some(secure) = self.secure {
@@ -247,9 +259,13 @@ impl Server {
                 acceptor: TlsAcceptor::from(secure.tcp_tls),
                 alt_svc,
             };
-            ctx.tasks
-                .spawn(crate::http::https::run(secure.tcp, ctx.clone(), https));
-            ctx.tasks.spawn(secure.h3.run(ctx.clone()));
+            ctx.tasks.spawn(crate::http::https::run(
+                secure.tcp,
+                ctx.clone(),
+                fanouts.clone(),
+                https,
+            ));
+            ctx.tasks.spawn(secure.h3.run(ctx.clone(), fanouts.clone()));
             if let (None, Some(tls)) = (&self.quic, self.tls) {
                 // No WebTransport endpoint, whose rotation would cover these.
                 ctx.tasks
@@ -257,7 +273,7 @@ impl Server {
             }
         }
         if let Some(quic) = self.quic {
-            ctx.tasks.spawn(quic.run(ctx.clone()));
+            ctx.tasks.spawn(quic.run(ctx.clone(), fanouts));
         }
         ctx.tasks.spawn(sweep(ctx.clone()));
         ctx.tasks

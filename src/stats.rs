@@ -5,8 +5,10 @@
 //! `prometheus-client` metrics, so `/metrics` is the registry's own text
 //! encoding and `/api/stats` reads the very same atomics as JSON.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -137,6 +139,8 @@ pub struct Counters {
 pub struct Stats {
     registry: Registry,
     per: [TransportStats; Transport::ALL.len()],
+    /// Byte counts kept elsewhere, read in when the counters are read.
+    sampled: Sampled,
 }
 
 impl Default for Stats {
@@ -196,7 +200,11 @@ impl Stats {
             "Lent sockets and streams handed back to their task because a direct write could not complete"
         );
         let per = per.map(|c| TransportStats(Arc::new(c)));
-        Self { registry, per }
+        Self {
+            registry,
+            per,
+            sampled: Sampled::default(),
+        }
     }
 
     /// The counters of one transport.
@@ -212,8 +220,33 @@ impl Stats {
         ConnGuard(s)
     }
 
+    /// Counts the bytes `source` reports as `t`'s until the returned guard
+    /// is dropped, which takes its last counts.
+    pub fn sample(self: &Arc<Self>, t: Transport, source: Box<dyn ByteSource>) -> Sampling {
+        let id = self.sampled.next.fetch_add(1, Ordering::Relaxed);
+        let source = Source {
+            source,
+            transport: t,
+            read: 0,
+            written: 0,
+        };
+        self.sampled.lock().insert(id, source);
+        Sampling {
+            stats: self.clone(),
+            id,
+        }
+    }
+
+    /// Brings the counters of every [`ByteSource`] up to date.
+    fn sample_all(&self) {
+        for s in self.sampled.lock().values_mut() {
+            s.sample(self);
+        }
+    }
+
     /// The Prometheus text exposition of every counter.
     pub fn prometheus(&self) -> String {
+        self.sample_all();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -238,6 +271,7 @@ impl Stats {
             #[serde(skip_serializing_if = "Option::is_none")]
             datagrams_in: Option<u64>,
         }
+        self.sample_all();
         let mut transports = serde_json::Map::new();
         for t in Transport::ALL {
             let s = self.of(t);
@@ -277,6 +311,77 @@ impl ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.connections_open.dec();
+    }
+}
+
+/// Bytes counted by someone else: a QUIC connection counts its own UDP
+/// bytes, QUIC and HTTP/3 overhead included.
+///
+/// They are read in when the counters are read (`/api/stats`, `/metrics`)
+/// and when the source is dropped, not on a timer: a timer per WebTransport
+/// session would wake every idle session every period (at 5 000 idle
+/// sessions a one-second timer was about half of the server's idle CPU).
+pub trait ByteSource: Send {
+    /// Bytes read and written so far, in all.
+    fn totals(&self) -> (u64, u64);
+}
+
+/// The [`ByteSource`]s being counted, by id.
+#[derive(Default)]
+struct Sampled {
+    sources: Mutex<HashMap<u64, Source>>,
+    next: AtomicU64,
+}
+
+impl Sampled {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Source>> {
+        // Counts only: a panic elsewhere cannot leave them inconsistent.
+        self.sources.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for Sampled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sampled")
+            .field("sources", &self.lock().len())
+            .finish()
+    }
+}
+
+/// One source and what of its totals is already in the counters.
+struct Source {
+    source: Box<dyn ByteSource>,
+    transport: Transport,
+    read: u64,
+    written: u64,
+}
+
+impl Source {
+    fn sample(&mut self, stats: &Stats) {
+        let (read, written) = self.source.totals();
+        let counters = stats.of(self.transport);
+        counters.bytes_in.inc_by(read.saturating_sub(self.read));
+        counters
+            .bytes_out
+            .inc_by(written.saturating_sub(self.written));
+        self.read = self.read.max(read);
+        self.written = self.written.max(written);
+    }
+}
+
+/// Counts a [`ByteSource`] until dropped; see [`Stats::sample`].
+#[derive(Debug)]
+pub struct Sampling {
+    stats: Arc<Stats>,
+    id: u64,
+}
+
+impl Drop for Sampling {
+    fn drop(&mut self) {
+        let last = self.stats.sampled.lock().remove(&self.id);
+        if let Some(mut s) = last {
+            s.sample(&self.stats);
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 use axum::Router;
 use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,10 +20,34 @@ use crate::name::IdempotencyKey;
 use crate::protocol::{Data, ErrorCode, ProtocolError};
 use crate::stats::Transport;
 use crate::transport::extract::{ChannelParam, Granted, Peer, json_bytes};
+use crate::transport::fanout::Fanouts;
 use crate::transport::{polling, presence, sse, websocket};
 
+/// The router's state: the shared state, and the fan-outs the WebSocket
+/// adapter lends its sockets to. Handlers take either part
+/// (`State<Ctx>`, `State<Fanouts>`).
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The shared state.
+    pub ctx: Ctx,
+    /// The channels' fan-outs.
+    pub fanouts: Fanouts,
+}
+
+impl FromRef<AppState> for Ctx {
+    fn from_ref(app: &AppState) -> Self {
+        app.ctx.clone()
+    }
+}
+
+impl FromRef<AppState> for Fanouts {
+    fn from_ref(app: &AppState) -> Self {
+        app.fanouts.clone()
+    }
+}
+
 /// Builds the router for the HTTP listener.
-pub fn router(ctx: Ctx) -> Router {
+pub fn router(ctx: Ctx, fanouts: Fanouts) -> Router {
     let web = ServeDir::new(&ctx.cfg.web_dir).append_index_html_on_directories(true);
     Router::new()
         .route("/api/info", get(info))
@@ -48,7 +72,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/api/{*rest}", axum::routing::any(not_found))
         .fallback_service(web)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(ctx)
+        .with_state(AppState { ctx, fanouts })
 }
 
 async fn not_found() -> ProtocolError {
@@ -200,14 +224,12 @@ async fn lab_switch(State(ctx): State<Ctx>) -> Response {
 }
 
 async fn stats(State(ctx): State<Ctx>) -> Response {
-    ctx.udp_meters.sample_all(&ctx.stats);
     let mut snap = ctx.stats.snapshot();
     snap["channels"] = ctx.hub.channel_count().into();
     json_bytes(StatusCode::OK, snap.to_string())
 }
 
 async fn metrics(State(ctx): State<Ctx>) -> Response {
-    ctx.udp_meters.sample_all(&ctx.stats);
     (
         [(
             header::CONTENT_TYPE,

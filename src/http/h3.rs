@@ -43,6 +43,7 @@ use crate::context::Ctx;
 use crate::stats::TransportStats;
 use crate::tls::{ALPN_H3, CertStore, TlsError};
 use crate::transport::extract::Peer;
+use crate::transport::fanout::Fanouts;
 
 /// Requests one connection may have open at once (as HTTP/2's limit).
 const MAX_STREAMS: u32 = super::https::MAX_STREAMS;
@@ -133,8 +134,8 @@ impl Listener {
 
     /// Accepts connections until shutdown; then every connection sends
     /// GOAWAY and finishes its requests, and the endpoint closes.
-    pub async fn run(self, ctx: Ctx) {
-        let router = api::router(ctx.clone());
+    pub async fn run(self, ctx: Ctx, fanouts: Fanouts) {
+        let router = api::router(ctx.clone(), fanouts);
         let permits = Arc::new(Semaphore::new(ctx.cfg.max_connections));
         let conns = TaskTracker::new();
         loop {

@@ -48,6 +48,7 @@ use super::{MeteredBody, api, classify, prepare};
 use crate::context::Ctx;
 use crate::tls::ALPN_H2;
 use crate::transport::extract::Peer;
+use crate::transport::fanout::Fanouts;
 use crate::transport::meter::{Meter, MeteredIo};
 
 /// Streams one HTTP/2 connection may have open at once: a page's SSE
@@ -72,8 +73,8 @@ pub struct Https {
 
 /// Runs the accept loop until shutdown, then sends every HTTP/2 connection
 /// a GOAWAY and lets every connection finish its current responses.
-pub async fn run(listener: TcpListener, ctx: Ctx, https: Https) {
-    let router = api::router(ctx.clone());
+pub async fn run(listener: TcpListener, ctx: Ctx, fanouts: Fanouts, https: Https) {
+    let router = api::router(ctx.clone(), fanouts);
     let permits = Arc::new(Semaphore::new(ctx.cfg.max_connections));
     let http = Arc::new(builder(&ctx));
     loop {

@@ -33,12 +33,13 @@ use crate::context::Ctx;
 use crate::socket::Socket;
 use crate::stats::{Stats, Transport};
 use crate::transport::extract::Peer;
+use crate::transport::fanout::Fanouts;
 use crate::transport::meter::{Meter, MeteredIo};
 
 /// Runs the accept loop until shutdown, then lets every connection finish
 /// its current response.
-pub async fn run(listener: TcpListener, ctx: Ctx) {
-    let router = api::router(ctx.clone());
+pub async fn run(listener: TcpListener, ctx: Ctx, fanouts: Fanouts) {
+    let router = api::router(ctx.clone(), fanouts);
     let permits = Arc::new(Semaphore::new(ctx.cfg.max_connections));
     let mut builder = Http1::new();
     builder
@@ -359,7 +360,7 @@ mod tests {
         let conn = serve(Box::new(Accepted {
             stream,
             peer,
-            router: api::router(ctx.clone()),
+            router: api::router(ctx.clone(), Fanouts::default()),
             http: Arc::new(Http1::new()),
             ctx,
             slot: (),

@@ -18,7 +18,7 @@
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, OptionalFromRequestParts, Path};
+use axum::extract::{FromRef, FromRequestParts, OptionalFromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -51,10 +51,15 @@ impl<S: Send + Sync> FromRequestParts<S> for ChannelParam {
 #[derive(Debug, Clone)]
 pub struct Granted(pub Grant);
 
-impl FromRequestParts<Ctx> for Granted {
+impl<S> FromRequestParts<S> for Granted
+where
+    Ctx: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ProtocolError;
 
-    async fn from_request_parts(parts: &mut Parts, ctx: &Ctx) -> Result<Self, ProtocolError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ProtocolError> {
+        let ctx = Ctx::from_ref(state);
         let authorization = parts
             .headers
             .get(header::AUTHORIZATION)

@@ -39,10 +39,16 @@ const BATCH_BYTES: usize = 64 * 1024;
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Every channel's fan-outs, by channel and shard.
-#[derive(Debug, Default)]
+///
+/// Made once by the composition root and handed to the listeners, which
+/// hand it to the socket adapters. Cloning is shallow.
+#[derive(Debug, Default, Clone)]
 pub struct Fanouts {
-    map: Mutex<HashMap<(ChannelName, usize), Arc<ChannelFanout>>>,
+    map: Arc<Mutex<FanoutMap>>,
 }
+
+/// The running fan-outs, by channel and shard.
+type FanoutMap = HashMap<(ChannelName, usize), Arc<ChannelFanout>>;
 
 /// The fan-out of one channel.
 #[derive(Debug)]
@@ -94,7 +100,7 @@ struct Snapshot {
 /// dropping it.
 #[derive(Debug)]
 pub struct Membership {
-    ctx: Ctx,
+    fanouts: Fanouts,
     channel: ChannelName,
     shard: usize,
     fan: Arc<ChannelFanout>,
@@ -116,7 +122,7 @@ impl Membership {
 impl Drop for Membership {
     fn drop(&mut self) {
         let key = (self.channel.clone(), self.shard);
-        self.ctx.fanouts.leave(&key, &self.fan, &self.member);
+        self.fanouts.leave(&key, &self.fan, &self.member);
     }
 }
 
@@ -166,7 +172,7 @@ impl Fanouts {
         }
         drop(map);
         Membership {
-            ctx: ctx.clone(),
+            fanouts: self.clone(),
             channel: fan.name.clone(),
             shard,
             fan,

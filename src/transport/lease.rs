@@ -7,7 +7,7 @@
 //! and then each paused subscription reads on from the offset the fan-out
 //! reached.
 
-use super::fanout::{Batch, ChannelFanout, Member, Membership};
+use super::fanout::{Batch, ChannelFanout, Fanouts, Member, Membership};
 use super::session::OpSession;
 use crate::context::Ctx;
 use crate::hub::ChannelName;
@@ -137,13 +137,23 @@ pub trait Lendable {
 }
 
 /// The task side of lending: the fan-outs joined and whether it is lent.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Lender {
+    fanouts: Fanouts,
     lent: bool,
     joined: Vec<Membership>,
 }
 
 impl Lender {
+    /// Lends to the fan-outs in `fanouts`.
+    pub fn new(fanouts: Fanouts) -> Self {
+        Self {
+            fanouts,
+            lent: false,
+            joined: Vec::new(),
+        }
+    }
+
     /// Whether it is (as far as the task knows) lent.
     pub fn is_lent(&self) -> bool {
         self.lent
@@ -189,7 +199,7 @@ impl Lender {
                 // Exactly: most join one channel, and a vector would
                 // otherwise make room for four.
                 self.joined.reserve_exact(1);
-                self.joined.push(ctx.fanouts.join(ctx, channel, member()));
+                self.joined.push(self.fanouts.join(ctx, channel, member()));
             }
         }
         let candidates = self.joined.iter().filter_map(|m| {

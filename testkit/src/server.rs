@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use ladder::config::Config;
 use ladder::context::Ctx;
 use ladder::server::Server;
+use ladder::transport::fanout::Fanouts;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,8 @@ pub struct TestServer {
     pub addr: std::net::SocketAddr,
     /// Shared server state, for looking at counters.
     pub ctx: Ctx,
+    /// The channels' fan-outs, for seeing which run.
+    pub fanouts: Fanouts,
     /// A pooled HTTP client for the API routes.
     pub http: reqwest::Client,
     token: CancellationToken,
@@ -54,12 +57,14 @@ impl TestServer {
         let addr = server.http_addr();
         let base = format!("http://{addr}");
         let ctx = server.ctx().clone();
+        let fanouts = server.fanouts().clone();
         let token = CancellationToken::new();
         let handle = tokio::spawn(server.run(token.clone()));
         Ok(Self {
             base,
             addr,
             ctx,
+            fanouts,
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
                 .build()?,

@@ -52,7 +52,7 @@ pub trait Inspect {
 impl Inspect for TestServer {
     async fn fanouts_stopped(&self) -> Result<()> {
         within("fan-outs to stop", async {
-            while !self.ctx.fanouts.is_empty() {
+            while !self.fanouts.is_empty() {
                 tokio::task::yield_now().await;
             }
         })

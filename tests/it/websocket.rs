@@ -341,7 +341,7 @@ async fn lent_sockets_get_every_message_in_order_while_ops_come_and_go() -> Resu
         ws.send(json!({"op":"echo","data":"after"})).await?;
         assert_eq!(ws.recv().await?, json!({"op":"echo","data":"after"}));
         // The socket left d's fan-out; e's stays while it is subscribed.
-        assert_eq!(s.ctx.fanouts.len(), usize::from(direct));
+        assert_eq!(s.fanouts.len(), usize::from(direct));
         drop(ws);
         s.fanouts_stopped().await?;
         s.shutdown().await?;

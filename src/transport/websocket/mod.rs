@@ -35,7 +35,7 @@ use tracing::debug;
 
 use self::outlet::Outlet;
 use super::extract::{Granted, ensure_enabled};
-use super::fanout::Member;
+use super::fanout::{Fanouts, Member};
 use super::lease::Lender;
 use super::meter::Meter;
 use super::session::{Credentials, OpSession, token_expired};
@@ -55,6 +55,7 @@ const COALESCE_FRAMES: usize = 64;
 /// `GET /api/ws`: checks the origin and upgrades.
 pub async fn upgrade(
     State(ctx): State<Ctx>,
+    State(fanouts): State<Fanouts>,
     meter: Option<Extension<Arc<Meter>>>,
     granted: Result<Granted, ProtocolError>,
     headers: HeaderMap,
@@ -97,7 +98,8 @@ pub async fn upgrade(
         // body), and this state is what every idle connection holds.
         .on_upgrade(move |socket| {
             let meter = meter.map(|Extension(m)| m);
-            Box::new(Handler::new(ctx, socket, guard, meter, creds, keep)).run()
+            let handler = Handler::new(ctx, fanouts, socket, guard, meter, creds, keep);
+            Box::new(handler).run()
         })
         .into_response())
 }
@@ -105,6 +107,8 @@ pub async fn upgrade(
 /// One WebSocket connection.
 struct Handler {
     ctx: Ctx,
+    /// The fan-outs the socket is lent to.
+    fanouts: Fanouts,
     socket: WebSocket,
     session: OpSession,
     guard: ConnGuard,
@@ -143,6 +147,7 @@ enum Flow {
 impl Handler {
     fn new(
         ctx: Ctx,
+        fanouts: Fanouts,
         socket: WebSocket,
         guard: ConnGuard,
         meter: Option<Arc<Meter>>,
@@ -154,6 +159,7 @@ impl Handler {
             expires: creds.deadline(),
             session: OpSession::new(ctx.clone(), Transport::WebSocket, creds),
             ctx,
+            fanouts,
             socket,
             guard,
             meter,
@@ -327,7 +333,7 @@ impl Handler {
             };
             self.direct = Some(Direct {
                 outlet: outlet.clone(),
-                lender: Lender::default(),
+                lender: Lender::new(self.fanouts.clone()),
             });
         }
         // Written out, including what a partial direct write left over.

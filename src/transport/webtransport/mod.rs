@@ -63,8 +63,8 @@
 //!
 //! Sessions are `connections_*` and `requests`; `bytes_in` / `bytes_out`
 //! are the UDP bytes quinn reports for the connection (QUIC and HTTP/3
-//! overhead included), read when the counters are read ([`UdpMeters`]) and
-//! at the end of the session.
+//! overhead included), read when the counters are read
+//! ([`crate::stats::ByteSource`]) and at the end of the session.
 
 use std::time::Duration;
 
@@ -75,7 +75,7 @@ use tracing::{Instrument, debug, debug_span};
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use self::outlet::StreamOutlet;
-use super::fanout::Member;
+use super::fanout::{Fanouts, Member};
 use super::lease::Lender;
 use super::session::{Credentials, OpSession, token_expired};
 use super::sleep_until_opt;
@@ -83,7 +83,7 @@ use crate::config::WtFanout;
 use crate::context::Ctx;
 use crate::hub::{ChannelName, Event};
 use crate::protocol::{self, ClientOp, DeliveryMode, ErrorCode, ProtocolError};
-use crate::stats::{Stats, Transport, TransportStats};
+use crate::stats::{ByteSource, Transport, TransportStats};
 
 mod lines;
 pub mod outlet;
@@ -114,7 +114,7 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one accepted session until the client leaves, breaks the
 /// protocol, or the server shuts down.
-pub async fn run_session(ctx: Ctx, conn: Connection, creds: Credentials) {
+pub async fn run_session(ctx: Ctx, fanouts: Fanouts, conn: Connection, creds: Credentials) {
     let guard = ctx.stats.open(Transport::WebTransport);
     let stats = guard.stats().clone();
     stats.requests.inc();
@@ -123,7 +123,8 @@ pub async fn run_session(ctx: Ctx, conn: Connection, creds: Credentials) {
     let done = ctx.shutdown.child_token();
     // Declared after `guard`, so dropped before it: the session's last
     // byte counts are in the stats before it stops counting as open.
-    let _metered = UdpMeters::add(&ctx, &conn);
+    let udp = Box::new(UdpBytes(conn.quic_connection().clone()));
+    let _metered = ctx.stats.sample(Transport::WebTransport, udp);
     loop {
         tokio::select! {
             () = ctx.shutdown.cancelled() => {
@@ -136,7 +137,7 @@ pub async fn run_session(ctx: Ctx, conn: Connection, creds: Credentials) {
                     let id = send.id();
                     // Boxed: an `async fn` keeps its by-value arguments twice
                     // in its state, which every open stream holds.
-                    let stream = Box::new(StreamTask::new(ctx.clone(), conn.clone(), send, stats.clone(), creds.clone()));
+                    let stream = Box::new(StreamTask::new(ctx.clone(), fanouts.clone(), conn.clone(), send, stats.clone(), creds.clone()));
                     ctx.tasks.spawn(
                         stream
                             .run(recv, done.clone())
@@ -200,85 +201,14 @@ pub fn datagram_reply(payload: &[u8], max_data: usize) -> Bytes {
     }
 }
 
-/// The UDP byte counts of every open session, copied into the stats when
-/// the stats are read (`/api/stats`, `/metrics`) and when a session ends.
-/// A timer per session would wake every idle session every period: at
-/// 5 000 idle sessions a one-second timer was about half of the server's
-/// idle CPU.
-#[derive(Debug, Default)]
-pub struct UdpMeters {
-    sessions: std::sync::Mutex<std::collections::HashMap<u64, Metered>>,
-    next: std::sync::atomic::AtomicU64,
-}
+/// A session's UDP bytes, as quinn counts them (QUIC and HTTP/3 overhead
+/// included).
+struct UdpBytes(wtransport::quinn::Connection);
 
-/// One session's connection and what of its counts is already in the stats.
-#[derive(Debug)]
-struct Metered {
-    conn: wtransport::quinn::Connection,
-    tx: u64,
-    rx: u64,
-}
-
-impl Metered {
-    fn sample(&mut self, stats: &TransportStats) {
-        let s = self.conn.stats();
-        stats
-            .bytes_out
-            .inc_by(s.udp_tx.bytes.saturating_sub(self.tx));
-        stats
-            .bytes_in
-            .inc_by(s.udp_rx.bytes.saturating_sub(self.rx));
-        self.tx = self.tx.max(s.udp_tx.bytes);
-        self.rx = self.rx.max(s.udp_rx.bytes);
-    }
-}
-
-impl UdpMeters {
-    /// Meters `conn` in `ctx`'s meters until the returned guard is dropped,
-    /// which takes its last counts.
-    fn add(ctx: &Ctx, conn: &Connection) -> MeterGuard {
-        let meters = &ctx.udp_meters;
-        let id = meters
-            .next
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let metered = Metered {
-            conn: conn.quic_connection().clone(),
-            tx: 0,
-            rx: 0,
-        };
-        meters.lock().insert(id, metered);
-        MeterGuard {
-            ctx: ctx.clone(),
-            id,
-        }
-    }
-
-    /// Brings the WebTransport byte counters in `stats` up to date.
-    pub fn sample_all(&self, stats: &Stats) {
-        let stats = stats.of(Transport::WebTransport);
-        for m in self.lock().values_mut() {
-            m.sample(stats);
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Metered>> {
-        // Counts only: a panic elsewhere cannot leave them inconsistent.
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Removes a session from [`UdpMeters`], counting what it sent last.
-struct MeterGuard {
-    ctx: Ctx,
-    id: u64,
-}
-
-impl Drop for MeterGuard {
-    fn drop(&mut self) {
-        let meters = &self.ctx.udp_meters;
-        if let Some(mut m) = meters.lock().remove(&self.id) {
-            m.sample(self.ctx.stats.of(Transport::WebTransport));
-        }
+impl ByteSource for UdpBytes {
+    fn totals(&self) -> (u64, u64) {
+        let s = self.0.stats();
+        (s.udp_rx.bytes, s.udp_tx.bytes)
     }
 }
 
@@ -316,6 +246,7 @@ struct StreamTask {
 impl StreamTask {
     fn new(
         ctx: Ctx,
+        fanouts: Fanouts,
         conn: Connection,
         send: SendStream,
         stats: TransportStats,
@@ -326,7 +257,7 @@ impl StreamTask {
             session: OpSession::new(ctx.clone(), Transport::WebTransport, creds),
             ctx,
             outlet: Arc::new(StreamOutlet::new(conn, send, stats.clone())),
-            lender: Lender::default(),
+            lender: Lender::new(fanouts),
             stats,
             out: Vec::new(),
             out_len: 0,
