@@ -1,6 +1,6 @@
 //! The TLS listener (`--https`): the same router as [`super::run`] over
 //! HTTP/1.1 and HTTP/2 (chosen by ALPN), with the server's certificate
-//! ([`CertStore`], so a rotated development certificate reaches new
+//! (`CertStore`, so a rotated development certificate reaches new
 //! connections).
 //!
 //! Entry point: [`run`]. It keeps the plain listener's limits (connections
@@ -17,7 +17,7 @@
 //! Metering: an HTTP/1.1 connection is counted at the socket like the
 //! plain listener's (requests follow one another). An HTTP/2 connection
 //! carries many transports at once, so its bytes are counted per stream
-//! instead ([`stream`]): body bytes plus the headers' uncompressed size.
+//! instead (`stream`): body bytes plus the headers' uncompressed size.
 //! The lean HTTP/1.1 path and its socket lending stay on the plain
 //! listener: over TLS a direct write to the socket would bypass the
 //! encryption.
