@@ -1,13 +1,16 @@
 // app.js: the comparison page. One panel per rung, each a Ladder client
 // forced onto that rung; one unforced client showing the fallback race; a
 // workload publisher; /api/stats deltas; the measured comparison table; the
-// multi-stream WebTransport demo.
+// independent-streams lanes (lanes.js).
 //
 // Everything the page knows is mirrored in `window.ladderState` (plain data)
 // so the browser tests can wait on it instead of scraping the DOM.
 
 import { Ladder, httpPublish } from './ladder.js';
 import { currentNetwork, makePublisher, networkOptions, renderNetworkChoice } from './network.js';
+import { fmtBytes, fmtMs, percentile } from './figures.js';
+import { drawSpark } from './spark.js';
+import { LanesDemo, lanesMode } from './lanes.js';
 
 const PANELS = [
   { id: 'wt', title: 'WebTransport · streams', rung: 'webtransport', delivery: 'stream',
@@ -81,18 +84,6 @@ function recordError(where, err) {
 }
 
 function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
-
-function percentile(sorted, p) {
-  if (sorted.length === 0) return null;
-  const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[idx];
-}
-
-function fmtMs(v) { return v === null || v === undefined ? '–' : `${Math.round(v)} ms`; }
-function fmtBytes(v) {
-  if (v === null || v === undefined || !Number.isFinite(v)) return '–';
-  return v >= 10240 ? `${(v / 1024).toFixed(1)} KiB` : `${Math.round(v)} B`;
-}
 
 // ---- panels ---------------------------------------------------------------
 
@@ -258,32 +249,6 @@ class Panel {
   }
 }
 
-function drawSpark(svg, values) {
-  const W = 300;
-  const H = 60;
-  while (svg.firstChild) svg.firstChild.remove();
-  if (values.length === 0) { svg.setAttribute('aria-label', 'No latency data yet'); return; }
-  const sorted = [...values].sort((a, b) => a - b);
-  const top = Math.max(1, percentile(sorted, 99) * 1.1);
-  const n = values.length;
-  const step = n > 1 ? W / (n - 1) : W;
-  const pts = [];
-  const stride = Math.max(1, Math.floor(n / 600));
-  for (let i = 0; i < n; i += stride) {
-    const y = H - 2 - Math.min(1, values[i] / top) * (H - 4);
-    pts.push(`${(i * step).toFixed(1)},${y.toFixed(1)}`);
-  }
-  const ns = 'http://www.w3.org/2000/svg';
-  const median = document.createElementNS(ns, 'line');
-  const my = H - 2 - Math.min(1, percentile(sorted, 50) / top) * (H - 4);
-  Object.entries({ x1: 0, x2: W, y1: my, y2: my, class: 'spark-median' }).forEach(([k, v]) => median.setAttribute(k, v));
-  const line = document.createElementNS(ns, 'polyline');
-  line.setAttribute('points', pts.join(' '));
-  line.setAttribute('class', 'spark-line');
-  svg.append(median, line);
-  svg.setAttribute('aria-label', `Latency of ${n} messages in arrival order: fastest ${sorted[0]} ms, median ${percentile(sorted, 50)} ms, slowest ${sorted[n - 1]} ms`);
-}
-
 function renderReport(el, s) {
   const r = s.report;
   el.textContent = '';
@@ -352,6 +317,8 @@ let autoPanel = null;
 let publish = (channel, data) => httpPublish(location.origin, channel, data);
 /** Options that route a client through the page's network condition. */
 let netOpts = {};
+/** The independent-streams card (lanes.js). */
+let lanes = null;
 
 function allPanels() { return autoPanel ? [...panels, autoPanel] : panels; }
 
@@ -491,119 +458,6 @@ function cell(tag, text, scope) {
   return c;
 }
 
-// ---- multi-stream demo ------------------------------------------------------
-
-const LANES = ['a', 'b', 'c', 'd'];
-let multi = null;
-
-async function startMulti() {
-  if (multi) return;
-  const m = state.multi;
-  const lanesEl = $('#multi-lanes');
-  lanesEl.textContent = '';
-  const ladder = new Ladder({ force: 'webtransport', remember: false, ...netOpts });
-  const run = `ms-${Date.now().toString(36)}`;
-  multi = { ladder, lanes: {}, timer: null, stopAt: performance.now() + 120000 };
-  Object.assign(m, { state: 'connecting', run, lanes: {} });
-  $('#multi-start').disabled = true;
-  $('#multi-stop').disabled = false;
-  multiStatus('Opening a WebTransport session…');
-  try {
-    await ladder.connect();
-  } catch (err) {
-    multiStatus(`WebTransport unavailable: ${err.message}`);
-    m.state = 'unavailable';
-    multi = null;
-    $('#multi-start').disabled = false;
-    $('#multi-stop').disabled = true;
-    return;
-  }
-  for (const lane of LANES) {
-    const ls = { channel: `${run}-${lane}`, published: 0, received: 0, stalled: false, recent: [], maxLatencyWhileOtherStalled: 0, outOfOrder: 0, last: 0 };
-    m.lanes[lane] = ls;
-    const el = document.createElement('div');
-    el.className = 'lane';
-    el.dataset.lane = lane;
-    el.innerHTML = `<h3>Stream ${lane.toUpperCase()}</h3><p data-role="lane-figures" aria-live="off"></p>`;
-    const btn = document.createElement('button');
-    btn.type = 'button';
-    btn.className = 'secondary';
-    btn.dataset.role = 'stall';
-    btn.setAttribute('aria-pressed', 'false');
-    btn.textContent = `Stall stream ${lane.toUpperCase()}`;
-    btn.addEventListener('click', () => toggleStall(lane, btn));
-    el.append(btn);
-    lanesEl.append(el);
-    const sub = ladder.subscribe(ls.channel, { since: 0 }, (msg) => {
-      if (msg.offset < ls.last) ls.outOfOrder++;
-      ls.last = Math.max(ls.last, msg.offset);
-      ls.received++;
-      const lat = Math.max(0, Date.now() - msg.ts);
-      ls.recent.push(lat);
-      if (ls.recent.length > 20) ls.recent.shift();
-      if (Object.values(m.lanes).some((o) => o !== ls && o.stalled)) {
-        ls.maxLatencyWhileOtherStalled = Math.max(ls.maxLatencyWhileOtherStalled, lat);
-      }
-    });
-    multi.lanes[lane] = { sub, el, btn };
-  }
-  await Promise.race([Promise.all(Object.values(multi.lanes).map((l) => l.sub.ready)), sleep(5000)]);
-  m.state = 'running';
-  multiStatus('Publishing 20 messages/s to each of four channels.');
-  const pad = 'y'.repeat(1024);
-  const tick = async () => {
-    if (!multi) return;
-    await Promise.all(LANES.map(async (lane) => {
-      const ls = m.lanes[lane];
-      try {
-        await httpPublish(location.origin, ls.channel, { lane, pad });
-        ls.published++;
-      } catch (err) { recordError('multi publish', err); }
-    }));
-    renderMulti();
-    if (multi && performance.now() < multi.stopAt) multi.timer = setTimeout(tick, 50);
-    else stopMulti();
-  };
-  tick();
-}
-
-function toggleStall(lane, btn) {
-  const l = multi?.lanes[lane];
-  const ls = state.multi.lanes[lane];
-  if (!l) return;
-  ls.stalled = !ls.stalled;
-  if (ls.stalled) l.sub.pause(); else l.sub.resume();
-  btn.setAttribute('aria-pressed', String(ls.stalled));
-  btn.textContent = `${ls.stalled ? 'Resume' : 'Stall'} stream ${lane.toUpperCase()}`;
-  renderMulti();
-}
-
-function stopMulti() {
-  if (!multi) return;
-  clearTimeout(multi.timer);
-  multi.ladder.close();
-  multi = null;
-  state.multi.state = 'stopped';
-  $('#multi-start').disabled = false;
-  $('#multi-stop').disabled = true;
-  multiStatus('Stopped.');
-}
-
-function renderMulti() {
-  for (const lane of LANES) {
-    const ls = state.multi.lanes[lane];
-    const el = document.querySelector(`.lane[data-lane="${lane}"]`);
-    if (!ls || !el) continue;
-    const sorted = [...ls.recent].sort((a, b) => a - b);
-    ls.recentP50 = percentile(sorted, 50);
-    el.dataset.stalled = String(ls.stalled);
-    $('[data-role=lane-figures]', el).textContent = `${ls.stalled ? 'Stalled (not read). ' : ''}Received ${ls.received} of ${ls.published}; `
-      + `backlog ${ls.published - ls.received}; recent median latency ${fmtMs(ls.recentP50)}.`;
-  }
-}
-
-function multiStatus(t) { $('#multi-status').textContent = t; }
-
 // ---- start-up ---------------------------------------------------------------
 
 /** The presence card: who is in PRESENCE_CHANNEL now. */
@@ -665,17 +519,14 @@ async function main() {
   });
   $('#workload').addEventListener('submit', (ev) => { ev.preventDefault(); runWorkload(); });
   $('#drop-all').addEventListener('click', () => { for (const p of allPanels()) p.drop(); });
-  $('#multi-start').addEventListener('click', () => startMulti());
-  $('#multi-stop').addEventListener('click', () => stopMulti());
-  if (!info.transports.includes('webtransport')) {
-    $('#multi-start').disabled = true;
-    multiStatus('This server does not offer WebTransport.');
-  }
+  lanes = new LanesDemo({
+    card: $('#multi'), state: state.multi, mode: lanesMode(info, network), publish, ladderOptions: netOpts,
+    offersWebTransport: info.transports.includes('webtransport'), recordError,
+  });
 
   setInterval(() => {
     const live = state.run.state === 'publishing' || state.run.state === 'draining';
     if (live || allPanels().some((p) => p.dirty)) renderAll();
-    if (multi) renderMulti();
   }, 200);
   renderAll();
   state.ready = true;
@@ -683,5 +534,5 @@ async function main() {
 }
 
 window.addEventListener('unhandledrejection', (ev) => recordError('unhandled', ev.reason));
-window.ladderApp = { runWorkload, startMulti, stopMulti, panels: () => allPanels() };
+window.ladderApp = { runWorkload, startMulti: (o) => lanes?.start(o), stopMulti: () => lanes?.stop(), panels: () => allPanels() };
 main().catch((err) => recordError('start', err));

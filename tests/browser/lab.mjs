@@ -10,7 +10,10 @@
 //                    the TCP rungs reconnect, nothing lost or repeated
 //   lab-round-robin  two nodes on one real redis-server, no stickiness
 //   lab-lossy        2 % kernel packet loss and 40 ms each way; every rung
-//                    delivers every message (inside a network namespace)
+//                    delivers every message; the lanes card's four channels
+//                    on one WebSocket and on four WebTransport streams each
+//                    get every message once, stalls and co-stalls counted
+//                    (inside a network namespace)
 //
 // Times printed (fallback, first message) are figures, not assertions; the
 // only time bound asserted is the race's own stated deadline.
@@ -92,6 +95,14 @@ export function labScenarios(tally) {
       for (const [name, expected] of cases) {
         const { context, page } = await openThrough(browser, lab, name, { stagger_ms: STAGGER_MS });
         try {
+          if (name === cases[0][0]) {
+            await tally.check('lab without the privilege to drop packets: the lanes card says why there is no comparison under loss', async () => {
+              const note = await page.textContent('#multi-note');
+              tally.expect(await page.isVisible('#multi-note') && note.includes('lossy-link is not offered'), `note: "${note}"`);
+              tally.expect((await ladderState(page)).multi.compare === false, 'the lanes card compares without a lossy link');
+              return note;
+            });
+          }
           await tally.check(`lab ${name}: automatic client ends on ${expected} within its bound`, async () => {
             const st = await waitState(page, `auto open on ${expected}`,
               () => (window.ladderState.panels.auto?.state === 'open' ? JSON.parse(JSON.stringify(window.ladderState.panels.auto)) : null),
@@ -261,6 +272,8 @@ export function labScenarios(tally) {
           tally.expect(dg.duplicates === 0 && dg.received <= 200, `datagram panel: ${dg.received} received, ${dg.duplicates} duplicates`);
           return `${ALL.map((id) => `${id} p50 ${st.panels[id].p50} p99 ${st.panels[id].p99} ms, ${st.panels[id].reconnects} reconnects`).join('; ')}; datagrams ${dg.received}/200 (not retransmitted)`;
         });
+        await tally.check('lab lossy-link lanes: four channels on one WebSocket next to four streams of one WebTransport session; every message exactly once per lane; stalls and co-stalls counted and shown',
+          () => lanesThroughLoss(page, tally, 200));
       } finally {
         await context.close().catch(() => {});
       }
@@ -276,6 +289,51 @@ export function labScenarios(tally) {
     'lab-round-robin': roundRobin,
     'lab-lossy': lossy,
   };
+}
+
+const LANE_GROUPS = ['webtransport', 'websocket'];
+
+/**
+ * Runs the page's lanes comparison for `count` messages per lane and checks
+ * delivery and accounting, never timing: each lane of each connection got
+ * offsets 1..count once, and each connection's co-stall counter is
+ * computed (a mean of 1..4 lanes when there were stalls) and shown as
+ * computed. Returns the counters as printed figures.
+ */
+async function lanesThroughLoss(page, tally, count) {
+  const before = await ladderState(page);
+  tally.expect(before.multi.compare === true, `the lanes card is not in comparison mode: ${JSON.stringify(before.multi)}`);
+  await page.evaluate((n) => { window.ladderApp.startMulti({ count: n }); }, count);
+  const m = await waitState(page, 'the lanes run to end',
+    () => (['done', 'stopped', 'unavailable'].includes(window.ladderState.multi.state) ? JSON.parse(JSON.stringify(window.ladderState.multi)) : null),
+    null, 120000);
+  tally.expect(m.state === 'done', `lanes ended ${m.state}: ${JSON.stringify(m.groups)}`);
+  tally.expect(m.publishErrors === 0 && m.published === count, `published ${m.published}/${count}, ${m.publishErrors} errors`);
+  const figures = [];
+  for (const name of LANE_GROUPS) {
+    const g = m.groups[name];
+    tally.expect(g?.state === 'open', `${name}: ${g?.state} ${g?.reason || ''}`);
+    if (!g) continue;
+    const bad = ['a', 'b', 'c', 'd'].filter((l) => {
+      const ls = g.lanes[l];
+      return !ls || ls.published !== count || ls.received !== count || ls.missing !== 0 || ls.duplicates !== 0 || ls.outOfOrder !== 0;
+    });
+    tally.expect(bad.length === 0, `${name} lanes ${bad.map((l) => `${l} ${JSON.stringify(g.lanes[l])}`).join('; ')}`);
+    const c = g.coStall;
+    const laneStalls = Object.values(g.lanes).reduce((a, ls) => a + ls.stalls, 0);
+    tally.expect(Number.isInteger(c.stalls) && c.stalls === laneStalls, `${name}: counter ${c.stalls} stalls, lanes ${laneStalls}`);
+    tally.expect(c.stalls === 0 ? c.coStallMean === null : c.coStallMean >= 1 && c.coStallMean <= 4 && c.coStallMax <= 4,
+      `${name}: co-stall ${JSON.stringify(c)}`);
+    const shown = await page.textContent(`.lane-group[data-group="${name}"] [data-role=co-stall]`);
+    const expected = c.stalls === 0 ? 'Stalls: 0.' : `Stalls: ${c.stalls}; co-stall mean ${c.coStallMean.toFixed(2)} of 4 lanes, max ${c.coStallMax}`;
+    tally.expect(shown.startsWith(expected), `${name}: the page shows "${shown}", computed ${JSON.stringify(c)}`);
+    const traces = await page.$$eval(`.lane-group[data-group="${name}"] [data-role=spark] polyline`, (ls) => ls.length);
+    tally.expect(traces === 4, `${name}: ${traces} latency traces drawn`);
+    figures.push(`${name} ${c.stalls} stalls, co-stall mean ${c.coStallMean === null ? '–' : c.coStallMean.toFixed(2)} max ${c.coStallMax ?? '–'}, lane p99 ${Object.values(g.lanes).map((ls) => ls.p99).join('/')} ms`);
+  }
+  // LADDER_LANES_SCREENSHOT=path keeps a picture of the card (for the README).
+  if (process.env.LADDER_LANES_SCREENSHOT) await (await page.$('#multi')).screenshot({ path: process.env.LADDER_LANES_SCREENSHOT });
+  return `${count} messages per lane at ${m.rate}/s: ${figures.join('; ')}`;
 }
 
 /** A throwaway redis-server on a free port, no persistence. */

@@ -9,6 +9,7 @@ import { Cursor } from '../../web/ladder/cursor.js';
 import { ManualClock, fakeRung } from './lib/clock.mjs';
 import { runRaceUnit } from './unit-race.mjs';
 import { runSharedUnit } from './unit-shared.mjs';
+import { runStallsUnit } from './unit-stalls.mjs';
 
 const INFO = {
   version: 'test',
@@ -61,6 +62,7 @@ export async function runUnit(tally) {
 
   await runRaceUnit(tally);
   await runSharedUnit(tally);
+  await runStallsUnit(tally);
 
   await tally.check('unit: Ladder: WebTransport not ready in the window -> WebSocket wins, is remembered', async () => {
     globalThis.localStorage = memoryStorage();
