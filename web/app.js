@@ -1,7 +1,8 @@
 // app.js: the comparison page. One panel per rung, each a Ladder client
 // forced onto that rung; one unforced client showing the fallback race; a
 // workload publisher; /api/stats deltas; the measured comparison table; the
-// independent-streams lanes (lanes.js).
+// independent-streams lanes (lanes.js); the HTTP version of the page and of
+// each rung's requests (protocol.js).
 //
 // Everything the page knows is mirrored in `window.ladderState` (plain data)
 // so the browser tests can wait on it instead of scraping the DOM.
@@ -11,13 +12,14 @@ import { currentNetwork, makePublisher, networkOptions, renderNetworkChoice } fr
 import { fmtBytes, fmtMs, percentile } from './figures.js';
 import { drawSpark } from './spark.js';
 import { LanesDemo, lanesMode } from './lanes.js';
+import { ProtocolWatch, describeVersion } from './protocol.js';
 
 const PANELS = [
   { id: 'wt', title: 'WebTransport · streams', rung: 'webtransport', delivery: 'stream',
     sub: 'HTTP/3 over QUIC; each channel on its own bidirectional stream.' },
   { id: 'wtdg', title: 'WebTransport · datagrams', rung: 'webtransport', delivery: 'datagram',
     sub: 'QUIC datagrams: no retransmission, no ordering; subscribe on a stream, data as datagrams.' },
-  { id: 'ws', title: 'WebSocket', rung: 'websocket', sub: 'One TCP connection, upgraded from HTTP/1.1.' },
+  { id: 'ws', title: 'WebSocket', rung: 'websocket', sub: 'One TCP connection: an HTTP/1.1 Upgrade, or over TLS an extended CONNECT stream of HTTP/2.' },
   { id: 'sse', title: 'Server-Sent Events', rung: 'sse', sub: 'One HTTP response that never ends; publishing is a separate POST.' },
   { id: 'longpoll', title: 'Long polling', rung: 'longpoll', sub: 'A GET the server holds until there is news, then asked again.' },
   { id: 'poll', title: 'Short polling', rung: 'poll', sub: 'A GET on a timer, whether or not anything happened.' },
@@ -56,6 +58,8 @@ const STATS_KEYS = ['webtransport', 'websocket', 'sse', 'longpoll', 'poll'];
 const state = {
   ready: false,
   info: null,
+  // The HTTP version the page was loaded over (Navigation Timing).
+  page: { http: null },
   panels: {},
   run: { state: 'idle', runs: 0 },
   multi: { state: 'idle', lanes: {} },
@@ -119,7 +123,7 @@ class Panel {
       p50: null, p95: null, p99: null, requests: null, requestsPerMsg: null,
       bytesOutPerMsg: null, bytesInPerMsg: null, connectionsOpen: null,
       reconnects: 0, drops: 0, resumeMs: null, dropDuringRun: false, lastDropResult: null, report: null,
-      viaDatagram: 0,
+      viaDatagram: 0, http: null, httpHow: '',
     };
     state.panels[cfg.id] = this.s;
     this.resetRun(null, 0);
@@ -231,6 +235,12 @@ class Panel {
     set('requests', s.requests === null ? '–' : `${s.requests}${s.requestsPerMsg !== null ? ` (${s.requestsPerMsg.toFixed(2)} per message)` : ''}`);
     set('bytes', s.bytesOutPerMsg === null ? '–' : `${fmtBytes(s.bytesOutPerMsg)} out · ${fmtBytes(s.bytesInPerMsg)} in`);
     set('reconnects', String(s.reconnects));
+    const proto = protocols?.of(this.statsKey);
+    s.http = proto?.version || null;
+    s.httpHow = proto?.how || '';
+    set('http', s.http ? describeVersion(s.http)
+      : this.statsKey === 'websocket' ? 'not visible to the page (see the table)' : 'not reported yet');
+    $('[data-role=http]', el).title = s.httpHow;
     set('resume', s.drops === 0 ? '–' : s.resumeMs === null ? 'reconnecting…' : `resumed in ${s.resumeMs} ms`);
     const notes = [];
     if (s.state === 'unavailable' || s.state === 'reconnecting') notes.push(s.reason);
@@ -313,6 +323,8 @@ function applyStats(panels, delta) {
 
 let panels = [];
 let autoPanel = null;
+/** The HTTP version of the page and of each rung's requests; set in main(). */
+let protocols = null;
 /** Publishes one workload message (see network.js for the lab's case). */
 let publish = (channel, data) => httpPublish(location.origin, channel, data);
 /** Options that route a client through the page's network condition. */
@@ -415,12 +427,13 @@ function renderSummary() {
   thead.textContent = '';
   tbody.textContent = '';
   const hr = document.createElement('tr');
-  hr.append(cell('th', 'Aspect', 'col'));
+  hr.append(cell('th', state.page.http ? `Aspect (page over ${state.page.http})` : 'Aspect', 'col'));
   for (const p of panels) hr.append(cell('th', p.cfg.title, 'col'));
   thead.append(hr);
   const k = state.run.k;
   const rows = [
     ['Direction', (p) => facts(p).direction],
+    ['HTTP', (p) => (p.s.http ? `${p.s.http}: ${p.s.httpHow}` : `not reported: ${p.s.httpHow}`)],
     ['Delivered (last run)', (p) => p.s.expected
       ? `${p.s.received}/${p.s.expected}, ${p.s.outOfOrder ? `${p.s.outOfOrder} out of order` : 'in order'}, ${p.s.duplicates} duplicates`
       : '–'],
@@ -483,6 +496,11 @@ async function loadInfo() {
 }
 
 async function main() {
+  protocols = new ProtocolWatch(() => { if (state.ready) renderAll(); });
+  state.page.http = protocols.page;
+  $('#page-protocol').textContent = state.page.http
+    ? `This page came over ${describeVersion(state.page.http)}, as the browser reports it (Navigation Timing nextHopProtocol).`
+    : 'This browser does not say which HTTP version carried the page.';
   const info = await loadInfo();
   state.info = info;
   const wt = info.webtransport;

@@ -21,7 +21,7 @@ import {
 } from './lib/harness.mjs';
 import { runUnit } from './unit.mjs';
 import { runPagePresence, runPresence, runShared } from './shared.mjs';
-import { startRun, waitRunDone, checkDelivery } from './lib/workload.mjs';
+import { startRun, waitRunDone, checkDelivery, checkShownProtocol } from './lib/workload.mjs';
 import { labScenarios, NAMED_ONLY } from './lab.mjs';
 import { scenarioH2, scenarioH3 } from './tls.mjs';
 
@@ -91,6 +91,9 @@ async function scenarioMain(browser) {
       tally.expect(bad.length === 0, bad.join('; '));
       return ids.map((id) => `${id}: ${Math.round(st.panels[id].bytesOutPerMsg)} B/msg out, ${st.panels[id].requests} req`).join('; ');
     });
+
+    await tally.check('main: over plain http the page shows http/1.1 for itself, its panels and the table\'s HTTP row',
+      async () => checkShownProtocol(page, 'http/1.1', { rungs: ['sse', 'longpoll', 'poll', 'ws'] }));
 
     await tally.check('main: short-poll latency tracks interval/2', async () => {
       const st = await ladderState(page);

@@ -13,7 +13,7 @@ import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startServer, stopServer, launchBrowser, openPage, waitState, ladderState } from './lib/harness.mjs';
-import { startRun, waitRunDone, checkDelivery } from './lib/workload.mjs';
+import { startRun, waitRunDone, checkDelivery, checkShownProtocol } from './lib/workload.mjs';
 
 /** base64 SHA-256 of the certificate's SubjectPublicKeyInfo (what Chromium's flag takes). */
 function spkiHash(certsDir) {
@@ -106,8 +106,9 @@ export async function scenarioH2(tally) {
       await startRun(app, { k: 30, rate: 100 });
       const st = await waitRunDone(app, 60000);
       checkDelivery(st, ['ws'], 30);
+      const shown = await checkShownProtocol(app, 'h2');
       await app.close();
-      return `statuses ${[...new Set(handshakes)]}, ws panel got 30/30`;
+      return `statuses ${[...new Set(handshakes)]}, ws panel got 30/30; ${shown}`;
     });
   } finally {
     await browser.close().catch(() => {});
@@ -139,6 +140,8 @@ export async function scenarioH3(tally) {
       const p = (await ladderState(page)).panels.sse;
       return `sse p50=${p.p50}ms, events over ${[...new Set(sseProto)].join(',') || 'h3 (still open)'}`;
     });
+
+    await tally.check('h3: the page shows h3 for itself, its panels and the table\'s HTTP row', async () => checkShownProtocol(page, 'h3'));
   } finally {
     await browser.close().catch(() => {});
     const exit = await stopServer(server);
