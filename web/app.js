@@ -13,6 +13,7 @@ import { fmtBytes, fmtMs, percentile } from './figures.js';
 import { drawSpark } from './spark.js';
 import { LanesDemo, lanesMode } from './lanes.js';
 import { ProtocolWatch, describeVersion } from './protocol.js';
+import { setupRealities } from './realities.js';
 
 const PANELS = [
   { id: 'wt', title: 'WebTransport · streams', rung: 'webtransport', delivery: 'stream',
@@ -63,6 +64,8 @@ const state = {
   panels: {},
   run: { state: 'idle', runs: 0 },
   multi: { state: 'idle', lanes: {} },
+  // The "through each network" table's rows, by condition (realities.js).
+  networks: { state: 'idle', rows: {} },
   // Who is in PRESENCE_CHANNEL, as the Automatic panel is told, and every
   // join and leave it heard.
   presence: { members: [], log: [] },
@@ -537,6 +540,8 @@ async function main() {
   });
   $('#workload').addEventListener('submit', (ev) => { ev.preventDefault(); runWorkload(); });
   $('#drop-all').addEventListener('click', () => { for (const p of allPanels()) p.drop(); });
+  setupRealities($('#networks-measured'), info, state.networks,
+    { staggerMs: params.get('stagger_ms') ? Number(params.get('stagger_ms')) : null });
   lanes = new LanesDemo({
     card: $('#multi'), state: state.multi, mode: lanesMode(info, network), publish, ladderOptions: netOpts,
     offersWebTransport: info.transports.includes('webtransport'), recordError,

@@ -50,6 +50,18 @@ const CUT_VISIBLY = ['ws', 'sse'];
  * timeout, 8 s, plus one stagger per rung.
  */
 const STAGGER_MS = 1500;
+/** The rung the automatic client ends on through each condition, when it measures each network. */
+const MEASURED_RUNG = {
+  'udp-blocked': 'websocket',
+  'no-upgrade': 'webtransport',
+  'buffering-proxy': 'webtransport',
+  'nat-timeout': 'webtransport',
+  'network-switch': 'webtransport',
+  'lossy-link': 'webtransport',
+  'round-robin': 'webtransport',
+  'udp-blocked+no-upgrade': 'sse',
+  'udp-blocked+no-upgrade+buffering-proxy': 'longpoll',
+};
 const FALLBACK_BOUND_MS = 8000 + 5 * STAGGER_MS;
 
 async function labInfo(server) {
@@ -96,9 +108,11 @@ export function labScenarios(tally) {
         const { context, page } = await openThrough(browser, lab, name, { stagger_ms: STAGGER_MS });
         try {
           if (name === cases[0][0]) {
-            await tally.check('lab without the privilege to drop packets: the lanes card says why there is no comparison under loss', async () => {
+            await tally.check('lab: the lanes card, not opened through lossy-link, says how or why not to compare under loss', async () => {
               const note = await page.textContent('#multi-note');
-              tally.expect(await page.isVisible('#multi-note') && note.includes('lossy-link is not offered'), `note: "${note}"`);
+              const offered = lab.conditions.some((c) => c.name === 'lossy-link');
+              const want = offered ? 'Open this page through the lab\'s lossy-link' : 'lossy-link is not offered';
+              tally.expect(await page.isVisible('#multi-note') && note.includes(want), `note: "${note}"`);
               tally.expect((await ladderState(page)).multi.compare === false, 'the lanes card compares without a lossy link');
               return note;
             });
@@ -124,8 +138,43 @@ export function labScenarios(tally) {
           await context.close().catch(() => {});
         }
       }
+      await measuredRows(browser, lab);
     } finally {
       await stopServer(server);
+    }
+  }
+
+  /**
+   * The comparison's "through each network" table: one automatic client per
+   * condition (a frame through it), each row filled with what it measured.
+   * Asserts the rung and the accounting, prints the whole table.
+   */
+  async function measuredRows(browser, lab) {
+    const { context, page } = await openPage(browser, `${lab.direct}/?stagger_ms=${STAGGER_MS}`);
+    try {
+      await tally.check(`lab: the table's measured row per network (${lab.conditions.map((c) => c.name).join(', ')}): expected rung, 0 lost, 0 duplicated`, async () => {
+        await waitState(page, 'the page ready', () => window.ladderState?.ready === true, null, 15000);
+        await page.click('#networks-run');
+        const st = await waitState(page, 'every network measured',
+          () => (window.ladderState.networks.state === 'done' ? JSON.parse(JSON.stringify(window.ladderState.networks)) : null),
+          null, lab.conditions.length * 60000);
+        const lines = [];
+        for (const c of lab.conditions) {
+          const r = st.rows[c.name];
+          const want = MEASURED_RUNG[c.name];
+          tally.expect(r && !r.error, `${c.name}: ${JSON.stringify(r)}`);
+          if (!r || r.error) continue;
+          tally.expect(!want || r.transport === want, `${c.name}: ended on ${r.transport}, expected ${want}`);
+          tally.expect(r.lost === 0 && r.duplicated === 0 && r.outOfOrder === 0 && r.works, `${c.name}: ${JSON.stringify(r)}`);
+          const cells = await page.$$eval(`#networks tr[data-condition="${c.name}"] td`, (tds) => tds.map((td) => td.textContent));
+          tally.expect(cells[0] === 'Yes' && cells[4] === '0' && cells[5] === '0' && cells[3] === String(r.reconnects), `${c.name}: row shows ${JSON.stringify(cells)}`);
+          tally.expect(r.firstChoice ? cells[1].startsWith('WebTransport, ready in') : cells[1].startsWith(`Falls back to ${r.transport} after`), `${c.name}: rung cell ${cells[1]}`);
+          lines.push(`| ${c.name} | ${cells.join(' | ')} |`);
+        }
+        return `\n| Network | Works | Rung (automatic client) | Latency p50 / p99 | Reconnects | Lost | Duplicated |\n|---|---|---|---|---|---|---|\n${lines.join('\n')}`;
+      });
+    } finally {
+      await context.close().catch(() => {});
     }
   }
 

@@ -1,0 +1,110 @@
+// realities.js: the comparison's "through each network" table, the
+// background's "Implementation realities" with measured cells. For each
+// condition the lab offers, a frame opens ./probe.html through it (its own
+// origin, so the probe's every request crosses that network); the probe's
+// automatic client runs a workload and posts back what it got. One
+// condition at a time, so the measurements do not share the machine.
+
+import { networkUrl } from './network.js';
+import { fmtMs } from './figures.js';
+
+/** How long one condition may take (race, workload, drain) before its row says so. */
+const PROBE_TIMEOUT_MS = 90000;
+
+/** Fills `root` (#networks-measured) when `info` lists a lab; `state` mirrors the rows. */
+export function setupRealities(root, info, state, { staggerMs = null } = {}) {
+  const lab = info.lab;
+  Object.assign(state, { state: 'idle', rows: {} });
+  if (!lab) return;
+  root.hidden = false;
+  const tbody = root.querySelector('tbody');
+  const button = root.querySelector('#networks-run');
+  const statusEl = root.querySelector('#networks-status');
+  const rows = {};
+  for (const c of lab.conditions) {
+    const tr = document.createElement('tr');
+    tr.dataset.condition = c.name;
+    const th = document.createElement('th');
+    th.scope = 'row';
+    th.textContent = c.name;
+    th.title = c.description;
+    tr.append(th);
+    for (let i = 0; i < 6; i++) tr.append(document.createElement('td'));
+    tbody.append(tr);
+    rows[c.name] = tr;
+  }
+  for (const u of lab.unavailable) {
+    const tr = document.createElement('tr');
+    const th = document.createElement('th');
+    th.scope = 'row';
+    th.textContent = u.name;
+    const td = document.createElement('td');
+    td.colSpan = 6;
+    td.textContent = `Not offered here: ${u.reason}`;
+    tr.append(th, td);
+    tbody.append(tr);
+  }
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    state.state = 'running';
+    state.rows = {};
+    for (const c of lab.conditions) {
+      statusEl.textContent = `Measuring ${c.name}…`;
+      const result = await probe(root, lab, c, staggerMs);
+      state.rows[c.name] = result;
+      fill(rows[c.name], result);
+    }
+    state.state = 'done';
+    statusEl.textContent = `Measured ${lab.conditions.length} networks.`;
+    button.disabled = false;
+  });
+}
+
+/** Opens the probe through condition `c` and resolves with what it posts back. */
+function probe(root, lab, c, staggerMs) {
+  const url = new URL(networkUrl(lab, c));
+  url.pathname = '/probe.html';
+  url.searchParams.set('parent', location.origin);
+  if (staggerMs !== null) url.searchParams.set('stagger_ms', String(staggerMs));
+  const frame = document.createElement('iframe');
+  frame.className = 'probe-frame';
+  frame.title = `The automatic client through ${c.name}`;
+  frame.src = url.href;
+  const origin = new URL(c.http).origin;
+  return new Promise((resolve) => {
+    let timer = null;
+    const done = (result) => {
+      clearTimeout(timer);
+      window.removeEventListener('message', onMessage);
+      frame.remove();
+      resolve(result);
+    };
+    const onMessage = (ev) => {
+      if (ev.source === frame.contentWindow && ev.data?.type === 'ladder-probe' && ev.origin === origin) done(ev.data.result);
+    };
+    window.addEventListener('message', onMessage);
+    timer = setTimeout(() => done({ condition: c.name, error: `no result within ${PROBE_TIMEOUT_MS / 1000} s` }), PROBE_TIMEOUT_MS);
+    root.querySelector('#networks-frames').append(frame);
+  });
+}
+
+function fill(tr, r) {
+  const cells = [...tr.querySelectorAll('td')];
+  if (r.error) {
+    cells[0].textContent = `No: ${r.error}`;
+    for (const c of cells.slice(1)) c.textContent = '–';
+    tr.dataset.works = 'false';
+    return;
+  }
+  const texts = [
+    r.works ? 'Yes' : `No: ${r.lost} of ${r.k} lost, ${r.duplicated} repeated, ${r.outOfOrder} out of order`,
+    r.firstChoice ? `WebTransport, ready in ${fmtMs(r.readyMs)}` : `Falls back to ${r.transport} after ${fmtMs(r.readyMs)}`,
+    `${fmtMs(r.p50)} / ${fmtMs(r.p99)}`,
+    String(r.reconnects),
+    String(r.lost),
+    String(r.duplicated),
+  ];
+  texts.forEach((t, i) => { cells[i].textContent = t; });
+  tr.dataset.works = String(r.works);
+  tr.dataset.transport = r.transport;
+}
