@@ -27,8 +27,11 @@
 // least that often and give up on the first unanswered one; SSE streams
 // carry visible heartbeats and are given up after `missedHeartbeats`
 // silent periods; long polls end within one period. A rung given up for
-// silence (a proxy holding the stream back) is remembered per origin, like
-// a race's winner, and left out of races for `silentForgetMs`.
+// silence (a proxy holding the stream back; a WebSocket whose echo a dead
+// NAT mapping swallows) is remembered per origin, like a race's winner, and
+// left out of races for `silentForgetMs`. (A WebTransport session whose
+// echo goes unanswered is dropped but not remembered: over UDP a server
+// that died looks the same.)
 //
 // /api/info is fetched on every (re)connect, so a rotated development
 // certificate (WebTransport `serverCertificateHashes`) is picked up without

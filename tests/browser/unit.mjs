@@ -6,26 +6,13 @@
 
 import { Ladder, backoffDelay, hexToBytes } from '../../web/ladder.js';
 import { Cursor } from '../../web/ladder/cursor.js';
-import { ManualClock, fakeRung } from './lib/clock.mjs';
+import { INFO, ManualClock, fakeFetch, fakeRung, memoryStorage } from './lib/clock.mjs';
 import { runRaceUnit } from './unit-race.mjs';
 import { runSharedUnit } from './unit-shared.mjs';
 import { runStallsUnit } from './unit-stalls.mjs';
+import { runSilentUnit } from './unit-silent.mjs';
 
-const INFO = {
-  version: 'test',
-  transports: ['webtransport', 'websocket', 'sse', 'longpoll', 'poll'],
-  webtransport: { url: 'https://127.0.0.1:1/wt', cert_sha256: 'ab'.repeat(32) },
-};
 const ORIGIN_KEY = 'ladder.rung:http://127.0.0.1:9';
-
-function fakeFetch(info = INFO) {
-  return async () => ({ ok: true, status: 200, json: async () => info });
-}
-
-function memoryStorage() {
-  const m = new Map();
-  return { getItem: (k) => (m.has(k) ? m.get(k) : null), setItem: (k, v) => m.set(k, String(v)), removeItem: (k) => m.delete(k) };
-}
 
 /** Records every `event` the ladder emits. */
 function record(ladder, event) {
@@ -63,6 +50,7 @@ export async function runUnit(tally) {
   await runRaceUnit(tally);
   await runSharedUnit(tally);
   await runStallsUnit(tally);
+  await runSilentUnit(tally);
 
   await tally.check('unit: Ladder: WebTransport not ready in the window -> WebSocket wins, is remembered', async () => {
     globalThis.localStorage = memoryStorage();

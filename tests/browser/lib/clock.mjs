@@ -1,4 +1,5 @@
-// A manual clock for the client's injected `clock` option: time moves only
+// Test doubles for the unit checks: a manual clock for the client's
+// injected `clock` option, rungs, /api/info and localStorage. The clock: time moves only
 // when a test calls `advance`, which fires due timers in time order and
 // lets the promise callbacks they cause run before the next one. No real
 // timers, so no test here depends on how fast the machine is.
@@ -84,4 +85,22 @@ export function fakeRung(name, clock, plan = {}, log = []) {
       if (!plan.lingers) clock.clearTimeout(this.timer);
     }
   };
+}
+
+/** What /api/info says in the unit checks: every rung offered. */
+export const INFO = {
+  version: 'test',
+  transports: ['webtransport', 'websocket', 'sse', 'longpoll', 'poll'],
+  webtransport: { url: 'https://127.0.0.1:1/wt', cert_sha256: 'ab'.repeat(32) },
+};
+
+/** A `fetch` that answers every request with `info`. */
+export function fakeFetch(info = INFO) {
+  return async () => ({ ok: true, status: 200, json: async () => info });
+}
+
+/** An in-memory `localStorage`. */
+export function memoryStorage() {
+  const m = new Map();
+  return { getItem: (k) => (m.has(k) ? m.get(k) : null), setItem: (k, v) => m.set(k, String(v)), removeItem: (k) => m.delete(k) };
 }

@@ -46,14 +46,14 @@ export class Duplex {
     const p = this._pending.get(id);
     if (!p) return false;
     this._pending.delete(id);
-    clearTimeout(p.timer);
+    this.ladder.clock.clearTimeout(p.timer);
     if (err) p.reject(err); else p.resolve(value);
     return true;
   }
   _request(op) {
     const id = `c${this._nextId++}`;
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => this._settle(id, new Error(`${op.op} timed out`)), this.ladder.options.publishTimeoutMs);
+      const timer = this.ladder.clock.setTimeout(() => this._settle(id, new Error(`${op.op} timed out`)), this.ladder.options.publishTimeoutMs);
       this._pending.set(id, { resolve, reject, timer });
       Promise.resolve(this._send({ ...op, id })).catch((e) => this._settle(id, e));
     });
@@ -73,11 +73,22 @@ export class Duplex {
    * answered within `livenessTimeoutMs`. One unanswered echo ends the
    * connection at once, where a dead server or a NAT that forgot the flow
    * would otherwise leave it silent until a transport timeout. The echo
-   * also keeps the flow busy for NATs and proxies in between.
+   * also keeps the flow busy for NATs and proxies in between. Timers run
+   * on the client's clock, so tests drive them on a manual one.
    */
   _startLiveness() {
     const every = this.ladder.livenessEveryMs();
-    if (every > 0) this._liveness = setInterval(() => this._checkAlive(), every);
+    if (!(every > 0)) return;
+    const tick = () => {
+      this._liveness = this.ladder.clock.setTimeout(tick, every);
+      this._checkAlive();
+    };
+    this._liveness = this.ladder.clock.setTimeout(tick, every);
+  }
+
+  _stopLiveness() {
+    if (this._liveness !== undefined) this.ladder.clock.clearTimeout(this._liveness);
+    this._liveness = undefined;
   }
 
   /** Echoes once; no answer in time means the connection is dead. */
@@ -86,21 +97,32 @@ export class Duplex {
     this._checking = true;
     const id = `live${this._nextId++}`;
     const answered = new Promise((resolve, reject) => {
-      const timer = setTimeout(() => this._settle(id, new Error('no answer to a liveness echo')), this.ladder.options.livenessTimeoutMs);
+      const timer = this.ladder.clock.setTimeout(
+        () => this._settle(id, Object.assign(new Error('no answer to a liveness echo'), { silent: true })),
+        this.ladder.options.livenessTimeoutMs,
+      );
       this._pending.set(id, { resolve, reject, timer });
     });
     try {
       await this._send({ op: 'echo', data: { id } });
       await answered;
     } catch (err) {
-      this._lost(`${this.name} unresponsive: ${err?.message || err}`);
+      const reason = `${this.name} unresponsive: ${err?.message || err}`;
+      if (err?.silent) this._silent(reason); else this._lost(reason);
     } finally {
       this._checking = false;
     }
   }
 
+  /**
+   * The connection is up but nothing comes back. By default a drop: over
+   * QUIC a server that died looks the same (UDP brings no reset), and a
+   * restarted server must not make the client avoid the rung.
+   */
+  _silent(reason) { this._lost(reason); }
+
   _lost(reason) {
-    clearInterval(this._liveness);
+    this._stopLiveness();
     if (this.closed) return;
     this.closed = true;
     this._failAll(reason);

@@ -34,8 +34,20 @@ export class WebSocketTransport extends Duplex {
   }
   subscribe(sub) { try { this._send(subscribeOp(sub)); } catch { /* resubscribed on reconnect */ } }
   unsubscribe(channel) { try { this._send({ op: 'unsubscribe', channel }); } catch { /* gone anyway */ } }
+  /**
+   * An open socket whose echo goes unanswered: a NAT that forgot the
+   * mapping without a reset, a middlebox holding frames. A server that
+   * died closes the TCP connection instead (onclose), so silence here is
+   * the network's: remembered per origin, like a race's winner, and the
+   * reconnect races the other rungs.
+   */
+  _silent(reason) {
+    this.ladder._giveUpSilent(this, reason);
+    if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, 'silent');
+  }
+
   close() {
-    clearInterval(this._liveness);
+    this._stopLiveness();
     this.closed = true;
     this._failAll('closed');
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, 'client closed');

@@ -158,7 +158,7 @@ export class WebTransportTransport extends Duplex {
     const id = `d${this._nextId++}`;
     const writer = this.session.datagrams.writable.getWriter();
     const p = new Promise((resolve, reject) => {
-      const timer = setTimeout(() => this._settle(id, new Error('datagram echo timed out')), 2000);
+      const timer = this.ladder.clock.setTimeout(() => this._settle(id, new Error('datagram echo timed out')), 2000);
       this._pending.set(id, { resolve, reject, timer });
     });
     await writer.write(new TextEncoder().encode(JSON.stringify({ op: 'echo', id, data: { id, ...data } })));
@@ -167,7 +167,7 @@ export class WebTransportTransport extends Duplex {
   }
 
   close() {
-    clearInterval(this._liveness);
+    this._stopLiveness();
     if (this.closed) return;
     this.closed = true;
     this._failAll('closed');
