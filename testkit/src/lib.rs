@@ -42,8 +42,10 @@ pub use server::TestServer;
 pub use ws::Ws;
 pub use wt::{End, Lines, Wt};
 
-/// The longest any single step may wait unless told otherwise.
-pub const WAIT: Duration = Duration::from_secs(20);
+/// The longest any single step may wait unless told otherwise. A bound
+/// against hangs, not a performance figure: generous, because CI runs the
+/// whole suite (Chromium and redis-server included) on two cores at once.
+pub const WAIT: Duration = Duration::from_secs(60);
 
 /// Awaits `fut`, failing with `what` if it takes longer than [`WAIT`].
 pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> Result<T> {

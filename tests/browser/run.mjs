@@ -95,23 +95,30 @@ async function scenarioMain(browser) {
     await tally.check('main: over plain http the page shows http/1.1 for itself, its panels and the table\'s HTTP row',
       async () => checkShownProtocol(page, 'http/1.1', { rungs: ['sse', 'longpoll', 'poll', 'ws'] }));
 
-    await tally.check('main: short-poll latency tracks interval/2', async () => {
+    // A figure, not an assertion: uniform arrival over a 200 ms cycle should
+    // give a median near 100 ms plus the request, but a loaded machine can
+    // stretch it, and no test may depend on timing to pass.
+    await tally.check('main: short-poll latency is measured (expect about interval/2)', async () => {
       const st = await ladderState(page);
       const p50 = st.panels.poll.p50;
-      // Uniform arrival over a 200 ms cycle: median about 100 ms, plus the request.
-      tally.expect(p50 !== null && p50 >= 30 && p50 <= 200 + 100, `poll p50 ${p50} ms with a 200 ms interval`);
+      tally.expect(p50 !== null, 'no short-poll latency measured');
       return `p50 ${p50} ms at 200 ms interval`;
     });
 
     await tally.check('main: a dropped connection mid-run loses and repeats nothing (every panel)', async () => {
-      await startRun(page, { k: 300, rate: 100 });
+      // Every panel is dropped in one page step once all have passed 40
+      // messages, so the drops land mid-run however slowly the machine lets
+      // the test drive the page (clicking panels one by one could reach the
+      // last ones after their run had ended, with nothing left to resume).
+      await startRun(page, { k: 400, rate: 100 });
       const dropIds = [...Object.keys(FORCED), 'auto'];
-      for (const id of dropIds) {
-        await waitState(page, `${id} to pass 40 messages`, (pid) => window.ladderState.panels[pid].received >= 40, id, 20000);
-        await page.click(`#panel-${id} [data-role=drop]`);
-      }
+      await waitState(page, 'every panel to pass 40 messages',
+        (ids) => ids.every((id) => window.ladderState.panels[id].received >= 40), dropIds, 20000);
+      await page.evaluate((ids) => {
+        for (const id of ids) document.querySelector(`#panel-${id} [data-role=drop]`).click();
+      }, dropIds);
       const st = await waitRunDone(page, 60000);
-      checkDelivery(st, dropIds, 300);
+      checkDelivery(st, dropIds, 400);
       const bad = dropIds.filter((id) => !(st.panels[id].reconnects >= 1) || st.panels[id].resumeMs === null);
       tally.expect(bad.length === 0, `no reconnect seen on ${bad.join(', ')}`);
       return dropIds.map((id) => `${id} resumed in ${st.panels[id].resumeMs} ms (client dropped ${st.panels[id].duplicatesDropped} repeats)`).join(', ');
@@ -131,9 +138,8 @@ async function scenarioMain(browser) {
       }, at, 20000);
       const mid = (await ladderState(page)).multi.lanes;
       tally.expect(mid.b.received <= at.b.received + 1, `stalled lane b kept receiving: ${at.b.received} -> ${mid.b.received}`);
-      // Head-of-line blocking would hold them for the whole stall (seconds).
-      const slow = ['a', 'c', 'd'].filter((x) => mid[x].maxLatencyWhileOtherStalled > 1000);
-      tally.expect(slow.length === 0, `lanes ${slow.join(',')} slowed while b stalled: ${slow.map((x) => mid[x].maxLatencyWhileOtherStalled).join(', ')} ms`);
+      // The 40 more messages on a, c and d while b is held are the proof;
+      // their latency meanwhile is reported, not asserted (timing).
       await page.click('.lane[data-lane="b"] [data-role=stall]');
       await waitState(page, 'lane b to catch up after resuming', () => {
         const b = window.ladderState.multi.lanes.b;
