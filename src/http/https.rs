@@ -43,13 +43,14 @@ use tokio_rustls::TlsAcceptor;
 use tower::Service;
 use tracing::{Instrument, debug, debug_span, warn};
 
-use super::stream::{Counted, header_bytes};
+use super::stream::{Counted, DATA_FRAME_OVERHEAD, header_bytes};
 use super::{MeteredBody, api, classify, prepare};
 use crate::context::Ctx;
 use crate::tls::ALPN_H2;
 use crate::transport::extract::Peer;
 use crate::transport::fanout::Fanouts;
 use crate::transport::meter::{Meter, MeteredIo};
+use crate::transport::websocket::PerStream;
 
 /// Streams one HTTP/2 connection may have open at once: a page's SSE
 /// panels and polls with room to spare, as hyper's own default.
@@ -187,6 +188,11 @@ impl Conn {
                 counters.requests.inc();
                 counters.bytes_in.inc_by(header_bytes(req.headers()));
                 req.extensions_mut().insert(Peer(peer));
+                // A WebSocket over this stream (extended CONNECT) escapes
+                // the body counting below: it counts its own frames.
+                req.extensions_mut().insert(PerStream {
+                    data_frame_overhead: DATA_FRAME_OVERHEAD,
+                });
                 Some(counters)
             } else {
                 prepare(&mut req, &meter, peer, &stats);

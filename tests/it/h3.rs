@@ -30,6 +30,7 @@ async fn api_publish_long_poll_and_sse_over_http3() -> Result<()> {
         origin: h3.origin.clone(),
         driver: tokio::spawn(std::future::pending()),
         endpoint: h3.endpoint.clone(),
+        conn: h3.conn.clone(),
     };
     let long_poll = tokio::spawn(async move {
         poller

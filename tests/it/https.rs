@@ -175,6 +175,34 @@ async fn websocket_runs_over_h2_extended_connect() -> Result<()> {
     );
     let ws_stats = s.stats("websocket").await?;
     assert!(ws_stats["requests"].as_u64() >= Some(1));
+
+    // The socket's frames are counted under the websocket rung, both ways,
+    // although the connection's socket counts nothing per transport: a
+    // 20 000-byte publish op in, the same data back out as a message.
+    let before = |k: &str| ws_stats[k].as_u64().unwrap_or(0);
+    let (in0, out0) = (before("bytes_in"), before("bytes_out"));
+    let big = "y".repeat(20_000);
+    let op = json!({"op":"publish","channel":"wsh2","data":big}).to_string();
+    ws.send(Message::Text(op.clone().into())).await?;
+    loop {
+        match within("the big message back", ws.next()).await? {
+            Some(Ok(Message::Text(t))) if t.contains(&big) => break,
+            Some(Ok(_)) => continue,
+            other => anyhow::bail!("websocket ended: {other:?}"),
+        }
+    }
+    let row = s
+        .wait_stats("websocket", |r| {
+            r["bytes_in"].as_u64().unwrap_or(0) >= in0 + op.len() as u64
+                && r["bytes_out"].as_u64().unwrap_or(0) >= out0 + big.len() as u64
+        })
+        .await?;
+    // Framing, not a second copy: under 1 KiB more than the payloads.
+    let grew_in = row["bytes_in"].as_u64().unwrap_or(0) - in0;
+    assert!(
+        grew_in < op.len() as u64 + 1024,
+        "bytes_in grew by {grew_in}"
+    );
     s.shutdown().await
 }
 

@@ -23,5 +23,6 @@ mod shutdown;
 mod soak;
 mod sse;
 mod stats;
+mod tls_limits;
 mod websocket;
 mod webtransport;

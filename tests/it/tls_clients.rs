@@ -201,6 +201,8 @@ pub struct H3 {
     /// Ends with the connection; yields why it closed.
     pub driver: tokio::task::JoinHandle<h3::error::ConnectionError>,
     pub endpoint: quinn::Endpoint,
+    /// The QUIC connection under it, for streams `h3` would not send.
+    pub conn: quinn::Connection,
 }
 
 /// One HTTP/3 request stream.
@@ -215,8 +217,11 @@ impl H3 {
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
         let conn = within("quic handshake", endpoint.connect(addr, "localhost")?).await??;
-        let (mut driver, send) =
-            within("h3 setup", h3::client::new(h3_quinn::Connection::new(conn))).await??;
+        let (mut driver, send) = within(
+            "h3 setup",
+            h3::client::new(h3_quinn::Connection::new(conn.clone())),
+        )
+        .await??;
         let driver =
             tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
         Ok(Self {
@@ -224,6 +229,7 @@ impl H3 {
             origin: format!("https://localhost:{}", addr.port()),
             driver,
             endpoint,
+            conn,
         })
     }
 

@@ -12,6 +12,7 @@
 //! which write new messages to it directly; its task sleeps until it needs
 //! the socket back.
 
+mod frames;
 pub mod outlet;
 #[cfg(feature = "uring")]
 #[allow(unsafe_code)]
@@ -33,6 +34,8 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::debug;
 
+use self::frames::FrameMeter;
+pub use self::frames::PerStream;
 use self::outlet::Outlet;
 use super::extract::{Granted, ensure_enabled};
 use super::fanout::{Fanouts, Member};
@@ -57,6 +60,7 @@ pub async fn upgrade(
     State(ctx): State<Ctx>,
     State(fanouts): State<Fanouts>,
     meter: Option<Extension<Arc<Meter>>>,
+    per_stream: Option<Extension<PerStream>>,
     granted: Result<Granted, ProtocolError>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -98,7 +102,9 @@ pub async fn upgrade(
         // body), and this state is what every idle connection holds.
         .on_upgrade(move |socket| {
             let meter = meter.map(|Extension(m)| m);
-            let handler = Handler::new(ctx, fanouts, socket, guard, meter, creds, keep);
+            let frames =
+                per_stream.map(|Extension(p)| Box::new(FrameMeter::new(guard.stats().clone(), p)));
+            let handler = Handler::new(ctx, fanouts, socket, guard, (meter, frames), creds, keep);
             Box::new(handler).run()
         })
         .into_response())
@@ -113,6 +119,9 @@ struct Handler {
     session: OpSession,
     guard: ConnGuard,
     meter: Option<Arc<Meter>>,
+    /// Counts frames when the socket is a stream of a multiplexed
+    /// connection (no `meter` then). Boxed: one pointer per idle socket.
+    frames: Option<Box<FrameMeter>>,
     last_pong: Instant,
     /// When the token that opened the socket expires.
     expires: Option<Instant>,
@@ -150,7 +159,7 @@ impl Handler {
         fanouts: Fanouts,
         socket: WebSocket,
         guard: ConnGuard,
-        meter: Option<Arc<Meter>>,
+        (meter, frames): (Option<Arc<Meter>>, Option<Box<FrameMeter>>),
         creds: Credentials,
         keep: TaskTrackerToken,
     ) -> Self {
@@ -163,6 +172,7 @@ impl Handler {
             socket,
             guard,
             meter,
+            frames,
             last_pong: Instant::now(),
             direct: None,
         }
@@ -216,7 +226,7 @@ impl Handler {
                 code,
                 reason: Utf8Bytes::from_static(reason),
             }));
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.socket.send(close)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.send(close)).await;
         }
         if let Some(m) = &self.meter {
             m.flush_in();
@@ -249,13 +259,16 @@ impl Handler {
     async fn on_expired(&mut self) -> Flow {
         self.session.unsubscribe_all();
         let frame = text_frame(protocol::error_frame(&token_expired(), None));
-        let _ = self.socket.send(frame).await;
+        let _ = self.send(frame).await;
         Flow::Close(CLOSE_EXPIRED, "token expired")
     }
 
     async fn on_frame(&mut self, msg: Message) -> Flow {
         if let Some(m) = &self.meter {
             m.flush_in();
+        }
+        if let Some(f) = &self.frames {
+            f.received(&msg);
         }
         let reply = match msg {
             Message::Text(text) => self.session.handle(text.as_str()).await,
@@ -272,10 +285,15 @@ impl Handler {
             }
             // The WebSocket layer queues the pong / close reply itself;
             // flushing sends it.
-            Message::Ping(_) => return self.flush().await,
+            Message::Ping(payload) => {
+                if let Some(f) = &self.frames {
+                    f.sent(&Message::Pong(payload));
+                }
+                return self.flush().await;
+            }
             Message::Close(_) => return Flow::Drop,
         };
-        sent(self.socket.send(text_frame(reply)).await)
+        sent(self.send(text_frame(reply)).await)
     }
 
     /// Sends an event and whatever else is ready, then flushes once.
@@ -293,13 +311,13 @@ impl Handler {
                 Event::Lagged { last } => {
                     self.guard.stats().lagged.inc();
                     let frame = text_frame(protocol::lagged_frame(&channel, last));
-                    return match self.socket.feed(frame).await {
+                    return match self.feed(frame).await {
                         Ok(()) => Flow::Close(CLOSE_LAGGED, "lagged"),
                         Err(_) => Flow::Drop,
                     };
                 }
             };
-            if self.socket.feed(text_frame(frame)).await.is_err() {
+            if self.feed(text_frame(frame)).await.is_err() {
                 return Flow::Drop;
             }
             n += 1;
@@ -362,11 +380,33 @@ impl Handler {
         if self.last_pong.elapsed() > heartbeat * 2 + Duration::from_secs(1) {
             return Flow::Close(1001, "no pong received");
         }
-        sent(self.socket.send(Message::Ping(Bytes::new())).await)
+        sent(self.send(Message::Ping(Bytes::new())).await)
     }
 
     async fn flush(&mut self) -> Flow {
-        sent(self.socket.flush().await)
+        sent(self.flush_socket().await)
+    }
+
+    /// Queues `msg` in the WebSocket layer (written by the next flush).
+    async fn feed(&mut self, msg: Message) -> Result<(), axum::Error> {
+        if let Some(f) = &self.frames {
+            f.sent(&msg);
+        }
+        self.socket.feed(msg).await
+    }
+
+    /// Queues `msg` and writes out everything queued.
+    async fn send(&mut self, msg: Message) -> Result<(), axum::Error> {
+        self.feed(msg).await?;
+        self.flush_socket().await
+    }
+
+    async fn flush_socket(&mut self) -> Result<(), axum::Error> {
+        self.socket.flush().await?;
+        if let Some(f) = &self.frames {
+            f.flushed();
+        }
+        Ok(())
     }
 }
 
