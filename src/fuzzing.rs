@@ -39,7 +39,7 @@ pub struct LeanHead {
 pub fn lean_head(bytes: &[u8]) -> Option<LeanHead> {
     let (kind, request, len) = crate::http::lean::parse_head(bytes)?;
     Some(LeanHead {
-        event_stream: kind == crate::http::lean::Kind::EventStream,
+        event_stream: kind == crate::http::routes::Lean::EventStream,
         close: crate::http::lean::asks_to_close(&request),
         request,
         len,

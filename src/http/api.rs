@@ -1,20 +1,24 @@
-//! The HTTP routes: the router every connection is served with, the JSON
-//! error type, and the small API handlers (publish, info, stats, metrics).
+//! The router every HTTP connection is served with, built from the route
+//! table (`super::routes`), and the small API handlers (publish, info,
+//! stats, metrics, the lab's switch).
 //! The rungs themselves live in `crate::transport`.
 
 use axum::Router;
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::{FromRef, State};
+use axum::handler::Handler;
+use axum::http::Method;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{self, MethodFilter, MethodRouter};
 use futures_util::StreamExt;
 use serde::Serialize;
 use std::time::Duration;
 
 use tower_http::services::ServeDir;
 
+use super::routes::{Endpoint, Methods, ROUTES, Route};
 use crate::context::Ctx;
 use crate::name::IdempotencyKey;
 use crate::protocol::{Data, ErrorCode, ProtocolError};
@@ -46,33 +50,61 @@ impl FromRef<AppState> for Fanouts {
     }
 }
 
-/// Builds the router for the HTTP listener.
+/// Builds the router for the HTTP listeners from the route table
+/// (`routes::ROUTES`): one `route` per entry, its handler chosen by the
+/// entry's endpoint.
 pub fn router(ctx: Ctx, fanouts: Fanouts) -> Router {
     let web = ServeDir::new(&ctx.cfg.web_dir).append_index_html_on_directories(true);
-    Router::new()
-        .route("/api/info", get(info))
-        .route("/api/stats", get(stats))
-        .route("/api/lab/switch", axum::routing::post(lab_switch))
-        .route("/metrics", get(metrics))
-        .route(
-            "/api/channels/{channel}/messages",
-            get(polling::get).post(publish),
-        )
-        .route("/api/channels/{channel}/events", get(sse::get))
-        .route("/api/channels/{channel}/presence", get(presence::get))
-        // CONNECT too: WebSocket over HTTP/2 is an extended CONNECT
-        // (RFC 8441), which axum's upgrade accepts on `--https`.
-        .route(
-            "/api/ws",
-            axum::routing::on(
-                axum::routing::MethodFilter::GET.or(axum::routing::MethodFilter::CONNECT),
-                websocket::upgrade,
-            ),
-        )
-        .route("/api/{*rest}", axum::routing::any(not_found))
-        .fallback_service(web)
+    ROUTES
+        .iter()
+        .fold(Router::new(), |router, route| {
+            router.route(route.path, method_router(route, &web))
+        })
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(AppState { ctx, fanouts })
+}
+
+/// The handler of one entry, for its methods.
+fn method_router(route: &Route, web: &ServeDir) -> MethodRouter<AppState> {
+    let m = route.methods;
+    match route.endpoint {
+        Endpoint::Info => on(m, info),
+        Endpoint::Stats => on(m, stats),
+        Endpoint::LabSwitch => on(m, lab_switch),
+        Endpoint::Metrics => on(m, metrics),
+        Endpoint::Poll => on(m, polling::get),
+        Endpoint::Publish => on(m, publish),
+        Endpoint::Events => on(m, sse::get),
+        Endpoint::Presence => on(m, presence::get),
+        Endpoint::WebSocket => on(m, websocket::upgrade),
+        Endpoint::NoSuchApi => on(m, not_found),
+        Endpoint::Page => match m {
+            Methods::Any => routing::any_service(web.clone()),
+            Methods::Only(ms) => routing::on_service(filter(ms), web.clone()),
+        },
+    }
+}
+
+/// `handler` for `methods`.
+fn on<H, T>(methods: Methods, handler: H) -> MethodRouter<AppState>
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    match methods {
+        Methods::Any => routing::any(handler),
+        Methods::Only(ms) => routing::on(filter(ms), handler),
+    }
+}
+
+/// The router's filter for `methods`; the table only names standard ones
+/// (the route table's tests build this router).
+fn filter(methods: &[Method]) -> MethodFilter {
+    methods
+        .iter()
+        .map(|m| MethodFilter::try_from(m.clone()).expect("a standard method"))
+        .reduce(MethodFilter::or)
+        .expect("a route has a method")
 }
 
 async fn not_found() -> ProtocolError {

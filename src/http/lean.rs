@@ -1,6 +1,7 @@
 //! A lean HTTP/1.1 path for the subscribers' requests: event streams (`GET
 //! /api/channels/{channel}/events`) and polls, short and long (`GET
-//! /api/channels/{channel}/messages[?wait=…]`).
+//! /api/channels/{channel}/messages[?wait=…]`): the routes whose entry in
+//! the route table (`super::routes`) says the lean path may serve them.
 //!
 //! hyper keeps two 8 KiB buffers for the whole life of every HTTP/1
 //! connection (one for response heads, one for reading the next request or
@@ -52,6 +53,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tower::Service;
 
+use super::routes::{self, Lean};
 use crate::context::Ctx;
 use crate::socket::Socket;
 use crate::stats::Stats;
@@ -62,7 +64,6 @@ use crate::transport::meter::{Meter, MeteredIo};
 pub const PEEK_BYTES: usize = 4096;
 /// Most header lines this path parses; more go to hyper.
 const MAX_HEADERS: usize = 32;
-const ROUTE_PREFIX: &[u8] = b"GET /api/channels/";
 /// Most bytes of a whole response gathered into one write.
 const COALESCE_BYTES: usize = 16 * 1024;
 
@@ -108,8 +109,8 @@ pub async fn sniff(stream: &TcpStream, header_timeout: Duration) -> Opening {
                     len,
                 };
                 match kind {
-                    Kind::EventStream => Opening::EventStream(head),
-                    Kind::Poll => Opening::Poll(head),
+                    Lean::EventStream => Opening::EventStream(head),
+                    Lean::Poll => Opening::Poll(head),
                 }
             }
             None => Opening::Other,
@@ -118,17 +119,11 @@ pub async fn sniff(stream: &TcpStream, header_timeout: Duration) -> Opening {
     }
 }
 
-/// Which waiting request a head asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    EventStream,
-    Poll,
-}
-
-/// Parses `bytes` as a complete, bodiless `GET` head of an event stream or
-/// an HTTP/1.1 poll; `None` for anything this path leaves to hyper.
-pub(crate) fn parse_head(bytes: &[u8]) -> Option<(Kind, Request, usize)> {
-    if !bytes.starts_with(ROUTE_PREFIX) {
+/// Parses `bytes` as a complete, bodiless HTTP/1.1 `GET` head of a route
+/// the route table lets this path serve (event streams and polls); `None`
+/// for anything this path leaves to hyper.
+pub(crate) fn parse_head(bytes: &[u8]) -> Option<(Lean, Request, usize)> {
+    if !bytes.starts_with(routes::LEAN_PREFIX) {
         return None;
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -150,13 +145,7 @@ pub(crate) fn parse_head(bytes: &[u8]) -> Option<(Kind, Request, usize)> {
         return None;
     }
     let version = Version::HTTP_11;
-    let kind = if path.ends_with("/events") {
-        Kind::EventStream
-    } else if path.ends_with("/messages") {
-        Kind::Poll
-    } else {
-        return None;
-    };
+    let kind = routes::find(&Method::GET, path)?.lean?;
     let mut request = Request::builder()
         .method(Method::GET)
         .uri(target)
@@ -261,7 +250,7 @@ pub async fn polls(
             return None;
         }
         match parse_head(&unread) {
-            Some((Kind::Poll, next, len)) => {
+            Some((Lean::Poll, next, len)) => {
                 request = Box::new(next);
                 if len == unread.len() {
                     // Not `split_to`: an empty split keeps the whole buffer
@@ -488,14 +477,14 @@ mod tests {
         let ok =
             b"GET /api/channels/a/events?since=3 HTTP/1.1\r\nHost: x\r\nLast-Event-ID: e:2\r\n\r\n";
         let (kind, req, len) = parse_head(ok).expect("event stream");
-        assert_eq!(kind, Kind::EventStream);
+        assert_eq!(kind, Lean::EventStream);
         assert_eq!(len, ok.len());
         assert_eq!(req.uri().query(), Some("since=3"));
         assert_eq!(req.headers()["last-event-id"], "e:2");
         let poll =
             b"GET /api/channels/a/messages?since=1&wait=30 HTTP/1.1\r\nConnection: close\r\n\r\n";
         let (kind, req, len) = parse_head(poll).expect("poll");
-        assert_eq!(kind, Kind::Poll);
+        assert_eq!(kind, Lean::Poll);
         assert_eq!(len, poll.len());
         assert!(asks_to_close(&req));
         assert!(parse_head(b"GET /api/channels/a/messages HTTP/1.1\r\n\r\n").is_some());

@@ -10,6 +10,7 @@ pub mod api;
 pub mod h3;
 pub mod https;
 pub mod lean;
+pub(crate) mod routes;
 pub mod stream;
 
 use std::convert::Infallible;
@@ -212,30 +213,11 @@ fn prepare<B>(req: &mut Request<B>, meter: &Arc<Meter>, peer: SocketAddr, stats:
     req.extensions_mut().insert(Peer(peer));
 }
 
-/// Which transport a request belongs to, for counting. Mirrors the routes
-/// in [`api::router`].
+/// Which transport a request belongs to, for counting: its route's rung
+/// in the route table; a request no route answers (a 405) is API traffic.
 fn classify<B>(req: &Request<B>) -> Transport {
-    let path = req.uri().path();
-    if path == "/api/ws" {
-        return Transport::WebSocket;
-    }
-    if let Some(rest) = path.strip_prefix("/api/channels/") {
-        if rest.ends_with("/events") {
-            return Transport::Sse;
-        }
-        if rest.ends_with("/messages") && req.method() == hyper::Method::GET {
-            let waits = req
-                .uri()
-                .query()
-                .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("wait=")));
-            return if waits {
-                Transport::LongPoll
-            } else {
-                Transport::Poll
-            };
-        }
-    }
-    Transport::Api
+    routes::find(req.method(), req.uri().path())
+        .map_or(Transport::Api, |route| route.rung.of(req.uri().query()))
 }
 
 /// Moves a value out of its box and frees the box. Moving out of a `Box`
