@@ -209,8 +209,10 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub group_commit_ms: u64,
 
-    /// Share channels with other Ladder nodes through Redis
-    /// (`redis://HOST:PORT`): offsets, history and fan-out live there.
+    /// Share channels with other Ladder nodes through Redis: offsets,
+    /// history and fan-out live there. One server: `redis://HOST:PORT[/DB]`.
+    /// A Redis Cluster (7+, sharded pub/sub): its seed nodes as
+    /// comma-separated URLs, or `redis+cluster://HOST:PORT[,HOST:PORT…]`.
     #[arg(long, env = "LADDER_REDIS")]
     pub redis: Option<String>,
 

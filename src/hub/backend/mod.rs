@@ -52,7 +52,8 @@ pub enum BackendConfig {
     },
     /// Offsets, history and fan-out in Redis, shared by every node.
     Redis {
-        /// `redis://HOST:PORT[/DB]`.
+        /// `redis://HOST:PORT[/DB]` (one server), or a Cluster's seeds:
+        /// comma-separated URLs or `redis+cluster://HOST:PORT[,HOST:PORT…]`.
         url: String,
         /// How long a channel's keys outlive its last publish (zero:
         /// forever).

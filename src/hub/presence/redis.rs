@@ -15,11 +15,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::Script;
 
 use super::member::{ClientId, Info, Member, PresenceError};
 use crate::hub::ChannelName;
+use crate::hub::backend::redis::{Commands, Target};
 
 /// How long one Redis call may take before the request fails.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -82,7 +82,7 @@ fn unavailable(e: impl std::fmt::Display) -> PresenceError {
 
 /// This node's connection to the shared presence hashes.
 pub(crate) struct RedisPresence {
-    conn: ConnectionManager,
+    conn: Commands,
     put: Script,
     list: Script,
     /// Names this node's fields; random per start, so a restarted node does
@@ -107,18 +107,13 @@ impl RedisPresence {
         lapse: Duration,
         node: String,
     ) -> Result<Self, PresenceError> {
-        let client = Client::open(url).map_err(unavailable)?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
-            CALL_TIMEOUT * 2,
-            ConnectionManager::new_with_config(client, cfg),
-        )
-        .await
-        .map_err(unavailable)?
-        .map_err(unavailable)?;
+        // One server or a Cluster, like the log backend (the hash's key
+        // carries the channel's hash tag).
+        let conn = Target::parse(url)
+            .map_err(unavailable)?
+            .commands()
+            .await
+            .map_err(unavailable)?;
         Ok(Self {
             conn,
             put: Script::new(PUT),

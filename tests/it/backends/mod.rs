@@ -7,6 +7,7 @@
 //! `helpers.rs`, the WebTransport client in `wt_client.rs`.
 
 mod blackhole;
+mod cluster;
 mod durable;
 mod expiry;
 mod idempotent;

@@ -1,9 +1,10 @@
 //! How a node connects to Redis: the TCP settings of every connection and
-//! the start-up check of Redis's eviction policy.
+//! the start-up check of Redis's eviction policy (on every master of a
+//! Cluster).
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::ConnectionLike;
 use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
 
 use super::CALL_TIMEOUT;
@@ -14,7 +15,7 @@ use super::CALL_TIMEOUT;
 /// writes, which Ladder answers with 503). `volatile-*` policies are refused
 /// too, since every Ladder key has a TTL. A Redis that does not allow
 /// `CONFIG GET` (some managed services) is let through with a warning.
-pub(super) async fn check_eviction_policy(conn: &mut ConnectionManager) -> Result<(), String> {
+pub(super) async fn check_eviction_policy(conn: &mut impl ConnectionLike) -> Result<(), String> {
     let got: redis::RedisResult<Vec<String>> = tokio::time::timeout(
         CALL_TIMEOUT,
         redis::cmd("CONFIG")

@@ -1,5 +1,6 @@
-//! The fan-out listener: one pub/sub connection per node, subscribed to the
-//! fan-out channel of exactly the channels this node holds. It commits
+//! The fan-out listener: one pub/sub connection per node (per master under
+//! Cluster, see `shards`), subscribed to the fan-out channel of exactly the
+//! channels this node holds. It commits
 //! every announced message into its channel's ring in offset order, PINGs
 //! Redis so that a host that vanished without closing the socket is
 //! noticed, and reconnects with backoff.
@@ -16,7 +17,10 @@ use futures_util::{StreamExt, stream};
 use redis::aio::PubSubSink;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CALL_TIMEOUT, Shared, fanout_channel, unreachable};
+use redis::ConnectionInfo;
+
+use super::conn::Target;
+use super::{CALL_TIMEOUT, Shared, fanout_channel, shards, unreachable};
 use crate::hub::{BackendError, ChannelName, Commit, Epoch};
 use crate::protocol::{Data, Message};
 
@@ -102,26 +106,34 @@ pub(super) async fn run(
     }
 }
 
-/// One connection's life: subscribe to every held channel, catch them up,
-/// then deliver, serve subscription changes and PING until it fails.
+/// One connection's life: to one server ([`single`]) or to a Cluster's
+/// masters (`shards`).
 async fn session(
     shared: &Shared,
     cmds: &mut mpsc::Receiver<Cmd>,
     first: &mut Option<oneshot::Sender<()>>,
     backoff: &mut Duration,
 ) -> Result<(), BackendError> {
-    let pubsub = tokio::time::timeout(CALL_TIMEOUT, shared.client.get_async_pubsub())
-        .await
-        .map_err(unreachable)?
-        .map_err(unreachable)?;
-    let (mut sink, mut messages) = pubsub.split();
-    // Subscribed first, caught up second: whatever was published in between
-    // is both in the stream and queued here, and duplicates are ignored.
-    let mut subscribed: HashSet<ChannelName> = shared.wanted();
-    let names: Vec<String> = subscribed.iter().map(fanout_channel).collect();
-    for batch in names.chunks(BATCH) {
-        call(sink.subscribe(batch)).await?;
+    match &shared.target {
+        Target::Single(info) => single(shared, info, cmds, first, backoff).await,
+        Target::Cluster(seeds) => {
+            let seed = seeds
+                .first()
+                .ok_or_else(|| unreachable("no cluster seed"))?;
+            shards::session(shared, seed, cmds, first, backoff).await
+        }
     }
+}
+
+/// Catches every held channel up from the streams, then serves: the node
+/// is up again. Called once a session has subscribed to every held
+/// channel, so whatever was published meanwhile is both in the stream and
+/// on its way here (duplicates are ignored).
+pub(super) async fn serve(
+    shared: &Shared,
+    first: &mut Option<oneshot::Sender<()>>,
+    backoff: &mut Duration,
+) -> Result<(), BackendError> {
     if let Some(hub) = shared.hub() {
         let started = Instant::now();
         let cached = hub.cached();
@@ -150,6 +162,33 @@ async fn session(
     } else {
         tracing::info!("redis is back; serving again");
     }
+    Ok(())
+}
+
+/// One connection's life on one server: subscribe to every held channel,
+/// catch them up, then deliver, serve subscription changes and PING until
+/// it fails.
+async fn single(
+    shared: &Shared,
+    info: &ConnectionInfo,
+    cmds: &mut mpsc::Receiver<Cmd>,
+    first: &mut Option<oneshot::Sender<()>>,
+    backoff: &mut Duration,
+) -> Result<(), BackendError> {
+    let client = redis::Client::open(info.clone()).map_err(unreachable)?;
+    let pubsub = tokio::time::timeout(CALL_TIMEOUT, client.get_async_pubsub())
+        .await
+        .map_err(unreachable)?
+        .map_err(unreachable)?;
+    let (mut sink, mut messages) = pubsub.split();
+    // Subscribed first, caught up second: whatever was published in between
+    // is both in the stream and queued here, and duplicates are ignored.
+    let mut subscribed: HashSet<ChannelName> = shared.wanted();
+    let names: Vec<String> = subscribed.iter().map(fanout_channel).collect();
+    for batch in names.chunks(BATCH) {
+        call(sink.subscribe(batch)).await?;
+    }
+    serve(shared, first, backoff).await?;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -207,7 +246,7 @@ async fn unsubscribe_released(
 /// skipped (the gap it leaves is filled from the stream by the next one);
 /// a gap that cannot be filled ends the session, whose reconnect catches
 /// every channel up.
-async fn deliver(shared: &Shared, payload: &[u8]) -> Result<(), BackendError> {
+pub(super) async fn deliver(shared: &Shared, payload: &[u8]) -> Result<(), BackendError> {
     let Some((name, msg)) = parse(payload) else {
         tracing::warn!("malformed fan-out message skipped");
         return Ok(());

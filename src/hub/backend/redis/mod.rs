@@ -14,6 +14,12 @@
 //! - pub/sub channel `ladder:{C}:fan` — the channel's fan-out (same hash
 //!   tag, so under Cluster it lives on the channel's shard).
 //!
+//! Under Redis Cluster (`conn::Target`) nothing else changes: every key of
+//! a channel and its fan-out share one slot, scripts go to that slot's
+//! master through redis-rs's cluster client, and the fan-out is sharded
+//! pub/sub (`SPUBLISH` in the script, `SSUBSCRIBE` by `shards`), so a
+//! master sends a channel's messages only to the nodes holding it.
+//!
 //! A publish is one Lua script (`APPEND`): number, append, trim and
 //! `PUBLISH` to the channel's fan-out run atomically, so offsets are global
 //! and gap-free across nodes and the fan-out order equals offset order. A
@@ -45,21 +51,23 @@
 //! retried by the node; a client retrying with an idempotency key gets the
 //! first one's ack if it did run.
 
+mod conn;
 mod connect;
 mod listener;
 mod scripts;
+mod shards;
+
+pub(crate) use self::conn::{Commands, Target};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, IntoConnectionInfo};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use self::connect::{check_eviction_policy, tcp_settings};
+use self::connect::check_eviction_policy;
 use self::listener::Loading;
 use self::scripts::{RawEntry, Scripts, Seen, fanout_channel, messages};
 use super::{Appended, BackendError, LogBackend, Snapshot};
@@ -77,8 +85,8 @@ fn unreachable(e: impl std::fmt::Display) -> BackendError {
 
 /// What the node and its listener task share.
 struct Shared {
-    client: Client,
-    conn: ConnectionManager,
+    target: Target,
+    conn: Commands,
     scripts: Scripts,
     history: usize,
     /// `--redis-key-ttl` in ms (0 = keys never expire).
@@ -221,42 +229,44 @@ fn log_name(ch: &Channel) -> ChannelName {
 }
 
 impl RedisBackend {
-    /// Connects, subscribes to the fan-out and starts the listener.
-    /// Connects, checks that Redis will not evict keys, and starts the
-    /// listener. `key_ttl` is how long a channel's keys outlive its last
-    /// publish (zero: forever).
+    /// Connects (to one server or a Cluster, see [`Target`]), checks that
+    /// Redis will not evict keys, and starts the listener. `key_ttl` is how
+    /// long a channel's keys outlive its last publish (zero: forever).
     pub(crate) async fn connect(
         url: &str,
         history: usize,
         key_ttl: Duration,
     ) -> Result<Self, BackendError> {
         let fail = |e: &dyn std::fmt::Display| BackendError::Open(format!("redis at {url}: {e}"));
-        let info = url
-            .into_connection_info()
-            .map_err(|e| fail(&e))?
-            .set_tcp_settings(tcp_settings());
-        let client = Client::open(info).map_err(|e| fail(&e))?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = tokio::time::timeout(
-            CALL_TIMEOUT * 2,
-            ConnectionManager::new_with_config(client.clone(), cfg),
-        )
-        .await
-        .map_err(|e| fail(&e))?
-        .map_err(|e| fail(&e))?;
-        check_eviction_policy(&mut conn.clone())
-            .await
-            .map_err(|e| fail(&e))?;
+        let target = Target::parse(url).map_err(|e| fail(&e))?;
+        let conn = target.commands().await.map_err(|e| fail(&e))?;
+        match &target {
+            Target::Single(_) => check_eviction_policy(&mut conn.clone())
+                .await
+                .map_err(|e| fail(&e))?,
+            Target::Cluster(seeds) => {
+                // Every master, not one picked at random: any of them may
+                // hold a channel.
+                let map = shards::slot_map(&conn).await.map_err(|e| fail(&e))?;
+                let masters: HashSet<&str> = map.iter().map(|(_, _, a)| a.as_str()).collect();
+                for addr in masters {
+                    let info = shards::master_info(&seeds[0], addr).map_err(|e| fail(&e))?;
+                    let mut one = Target::Single(info)
+                        .commands()
+                        .await
+                        .map_err(|e| fail(&format!("{addr}: {e}")))?;
+                    check_eviction_policy(&mut one)
+                        .await
+                        .map_err(|e| fail(&format!("{addr}: {e}")))?;
+                }
+            }
+        }
         let (cmds_tx, cmds_rx) = mpsc::channel(1024);
+        let scripts = Scripts::new(target.is_cluster());
         let shared = Arc::new(Shared {
-            client,
+            target,
             conn,
-            scripts: Scripts::new(),
+            scripts,
             history: history.max(1),
             ttl_ms: key_ttl.as_millis() as u64,
             up: AtomicBool::new(false),

@@ -83,8 +83,9 @@ end
 /// (key → `epoch offset`) indexed by a sorted set (key → first use, ms);
 /// expired ones are pruned a few at a time, and past the per-channel limit
 /// the oldest go first.
-/// KEYS: head, epoch, log, seen, seen-index. ARGV 5–11: history, ts, data,
-/// channel, key, window ms, limit.
+/// KEYS: head, epoch, log, seen, seen-index. ARGV 5–12: history, ts, data,
+/// channel, key, window ms, limit, and `PUBLISH` (one server) or
+/// `SPUBLISH` (Cluster: sharded pub/sub, on the channel's own shard).
 const APPEND: &str = r"
 local key = ARGV[9]
 if key ~= '' then
@@ -101,7 +102,7 @@ if key ~= '' then
 end
 local off = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], string.format('0-%d', off), 't', ARGV[6], 'd', ARGV[7])
-redis.call('PUBLISH', 'ladder:{' .. ARGV[8] .. '}:fan', ARGV[8] .. '\n' .. epoch .. '\n' .. string.format('%d', off) .. '\n' .. ARGV[6] .. '\n' .. ARGV[7])
+redis.call(ARGV[12], 'ladder:{' .. ARGV[8] .. '}:fan', ARGV[8] .. '\n' .. epoch .. '\n' .. string.format('%d', off) .. '\n' .. ARGV[6] .. '\n' .. ARGV[7])
 if key ~= '' then
   redis.call('HSET', KEYS[4], key, epoch .. ' ' .. string.format('%d', off))
   redis.call('ZADD', KEYS[5], ARGV[6], key)
@@ -149,13 +150,16 @@ pub(super) struct Seen<'a> {
 pub(super) struct Scripts {
     append: Script,
     load: Script,
+    /// The command announcing a publish: `SPUBLISH` under Cluster.
+    publish: &'static str,
 }
 
 impl Scripts {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(cluster: bool) -> Self {
         Self {
             append: Script::new(&format!("{PRELUDE}{APPEND}")),
             load: Script::new(&format!("{PRELUDE}{LOAD}")),
+            publish: if cluster { "SPUBLISH" } else { "PUBLISH" },
         }
     }
 
@@ -196,7 +200,8 @@ impl Scripts {
             .arg(name.as_str())
             .arg(key)
             .arg(window_ms)
-            .arg(KEYS_PER_CHANNEL);
+            .arg(KEYS_PER_CHANNEL)
+            .arg(self.publish);
         call
     }
 
