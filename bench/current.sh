@@ -2,20 +2,21 @@
 # The runs behind BENCHMARKS.md's current tables, in one go, each table's
 # rows side by side in one run: every rung, WebTransport against WebSocket
 # and both floors, the storage backends, raw quinn, the background
-# articles' claims and idle memory. The peers' comparison is
+# articles' claims, idle memory and SSE over HTTP/1.1, HTTP/2 and HTTP/3.
+# The peers' comparison is
 # bench/compare.sh. Raw output goes to bench/results/current-<time>.txt.
 #
 #   bench/current.sh              # everything (≈ 12 minutes)
 #   bench/current.sh rungs wt     # some sections only
 #
-# Sections: rungs wt backends quinn claims idle. PRIO (e.g. "chrt -f 5")
+# Sections: rungs wt backends quinn claims idle versions. PRIO (e.g. "chrt -f 5")
 # runs the tool under a real-time priority, so that other work on a shared
 # machine does not deschedule the server and the client mid-run (CPU
 # figures are each process's own either way; latencies are not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SECTIONS=${*:-rungs wt backends quinn claims idle}
+SECTIONS=${*:-rungs wt backends quinn claims idle versions}
 PRIO=${PRIO:-}
 mkdir -p bench/results
 OUT=bench/results/current-$(date -u +%Y%m%dT%H%M%SZ).txt
@@ -51,6 +52,8 @@ P=(--server-cpu 0 --client-cpu 1)
       idle)
         $B idle "${S[@]}" --transport websocket,sse,longpoll --subs 10000 --src-ips 4
         $B idle "${S[@]}" --transport webtransport --subs 5000 --wt-endpoints 8 ;;
+      versions)
+        $B sse-versions "${S[@]}" --subs 500 --rate 100 --count 500 --idle-subs 1000 --reps 2 ;;
       *) echo "unknown section $s" >&2; exit 2 ;;
     esac
   done

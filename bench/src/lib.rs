@@ -6,6 +6,8 @@
 //!   publisher at a fixed rate or as fast as possible for a bounded count —
 //!   and what it measures ([`report::LoadResult`]).
 //! - [`idle`]: N idle connections, memory per connection.
+//! - [`versions`]: SSE over HTTP/1.1, HTTP/2 and HTTP/3 side by side (CPU
+//!   per delivery, memory per subscriber, as ratios).
 //! - [`floor`]: the one-`send()`-per-delivery floor of this machine.
 //! - [`backends`]: publish throughput and latency of every log backend
 //!   (memory, durable, Redis) side by side, servers in-process.
@@ -39,3 +41,4 @@ pub mod quic_base;
 pub mod report;
 pub mod sys;
 pub mod track;
+pub mod versions;

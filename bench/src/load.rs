@@ -118,6 +118,11 @@ impl Subscribers {
             stop: stop_rx,
             slow: spec.slow,
             wt_endpoints,
+            tls: match (kind.needs_tls(), &target.tls) {
+                (true, Some(t)) => Some(clients::tls::Pinned::new(t.clone())?),
+                (true, None) => bail!("the server runs no TLS listeners (--https)"),
+                (false, _) => None,
+            },
         });
         let gate = Arc::new(Semaphore::new(spec.connect_concurrency.max(1)));
         let t0 = Instant::now();

@@ -116,6 +116,9 @@ enum Cmd {
     /// WebSocket vs a WebTransport stream per channel vs datagrams, inside
     /// a network namespace with kernel packet loss and a delay each way.
     Hol(ladder_bench::hol::command::HolArgs),
+    /// SSE over HTTP/1.1, HTTP/2 and HTTP/3 in one run: CPU per delivery and
+    /// memory per subscriber, as ratios to HTTP/1.1.
+    SseVersions(ladder_bench::versions::VersionsArgs),
     /// Every log backend side by side (memory, durable, Redis): publish
     /// throughput and latency, servers in this process.
     Backends,
@@ -163,6 +166,19 @@ struct ServerOpts {
     /// What the server is.
     #[arg(long, value_enum, default_value_t = Peer::Ladder)]
     peer: Peer,
+}
+
+impl ServerOpts {
+    /// The options for a run of `kind`: a started Ladder gets `--https`
+    /// when `kind` needs its TLS listeners.
+    fn for_kind(&self, kind: Kind) -> Self {
+        let mut o = self.clone();
+        if kind.needs_tls() && o.server_bin.is_some() {
+            o.server_args
+                .extend(["--https".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
+        o
+    }
 }
 
 #[derive(Args, Clone)]
@@ -255,6 +271,7 @@ fn main() -> Result<()> {
         | Cmd::Idle { server, .. }
         | Cmd::Quinn { server, .. }
         | Cmd::Floor { server, .. } => server.client_cpu.clone(),
+        Cmd::SseVersions(a) => a.client_cpu.clone(),
         Cmd::QuinnServer { .. } | Cmd::FloorServer { .. } | Cmd::Hol(_) | Cmd::Backends => None,
     };
     if let Some(c) = client_cpu {
@@ -273,6 +290,11 @@ async fn async_main(cli: Cli, nofile: u64) -> Result<()> {
         Cmd::QuinnServer { addr } => quic_base::serve(addr).await,
         Cmd::Hol(args) => ladder_bench::hol::command::main(args).await,
         Cmd::Backends => backends::run().await,
+        Cmd::SseVersions(a) => {
+            let v = ladder_bench::versions::run(&a).await?;
+            println!("JSON {v}");
+            Ok(())
+        }
         Cmd::FloorServer {
             subs,
             rate,
@@ -337,7 +359,7 @@ async fn async_main(cli: Cli, nofile: u64) -> Result<()> {
                     slow,
                     ..lo.spec(*kind)
                 };
-                let (target, spawned) = match server(&so).await {
+                let (target, spawned) = match server(&so.for_kind(*kind)).await {
                     Ok(t) => t,
                     Err(e) => {
                         println!(
@@ -368,7 +390,7 @@ async fn async_main(cli: Cli, nofile: u64) -> Result<()> {
                 if !idle::supported(*kind) {
                     continue;
                 }
-                let (target, spawned) = match server(&so).await {
+                let (target, spawned) = match server(&so.for_kind(*kind)).await {
                     Ok(t) => t,
                     Err(e) => {
                         println!("idle {}: server did not start: {e:#}", kind.name());

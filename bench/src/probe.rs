@@ -45,6 +45,36 @@ pub struct Target {
     pub wt: Option<(String, String)>,
     /// The server's pid, for `/proc` figures.
     pub pid: Option<u32>,
+    /// Its TLS listeners, when it runs them (Ladder with `--https`).
+    pub tls: Option<TlsTarget>,
+}
+
+/// Ladder's TLS listeners, from `/api/info`.
+#[derive(Debug, Clone)]
+pub struct TlsTarget {
+    /// HTTP/1.1 + HTTP/2 (TCP).
+    pub https: SocketAddr,
+    /// HTTP/3 (UDP).
+    pub h3: SocketAddr,
+    /// SHA-256 of the certificate they present (the WebTransport one).
+    pub cert_sha256: String,
+}
+
+impl TlsTarget {
+    fn from_info(info: &Value) -> Option<Self> {
+        let addr = |k: &str| -> Option<SocketAddr> {
+            info["listeners"][k]
+                .as_str()?
+                .strip_prefix("https://")?
+                .parse()
+                .ok()
+        };
+        Some(Self {
+            https: addr("https")?,
+            h3: addr("h3")?,
+            cert_sha256: info["webtransport"]["cert_sha256"].as_str()?.to_owned(),
+        })
+    }
 }
 
 impl Target {
@@ -55,6 +85,7 @@ impl Target {
             peer,
             wt: None,
             pid,
+            tls: None,
         };
         if peer == Peer::Ladder {
             let info: Value = reqwest::get(format!("http://{http}/api/info"))
@@ -65,6 +96,7 @@ impl Target {
             if let (Some(u), Some(h)) = (wt["url"].as_str(), wt["cert_sha256"].as_str()) {
                 t.wt = Some((u.to_owned(), h.to_owned()));
             }
+            t.tls = TlsTarget::from_info(&info);
         }
         Ok(t)
     }

@@ -1,6 +1,7 @@
 //! CI smoke test: Ladder in-process on port 0, the bench's load function at
 //! a tiny size over every transport path (both WebTransport deliveries,
-//! WebSocket, SSE, long poll, short poll), plus idle mode once (every held
+//! WebSocket, SSE, long poll, short poll; SSE over HTTP/2 and HTTP/3 too),
+//! plus idle mode once (every held
 //! connection must receive the message published after the hold). Asserts
 //! no loss, duplicate or reordering and that figures were produced; no
 //! timing assertions.
@@ -80,5 +81,34 @@ fn the_floors_run_and_the_quic_floor_delivers_everything() -> Result<()> {
             assert_eq!(v["short_streams"], 0, "{v}");
         }
     }
+    Ok(())
+}
+
+/// SSE over the TLS listeners (what `sse-versions` compares with HTTP/1.1):
+/// a tiny load over HTTP/2 and over HTTP/3, clients pinning the server's
+/// certificate hash; every message once, in order, and metered per stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_over_http2_and_http3_tiny_load() -> Result<()> {
+    let server = TestServer::spawn_with(|c| {
+        c.publish_rate = 0;
+        c.https = Some("127.0.0.1:0".parse().expect("address"));
+    })
+    .await?;
+    let target = Target::discover(server.addr, Peer::Ladder, Some(std::process::id())).await?;
+    assert!(target.tls.is_some(), "TLS listeners from /api/info");
+    for kind in [Kind::SseH2, Kind::SseH3] {
+        let spec = LoadSpec::tiny(kind, 4, 20);
+        let r = tokio::time::timeout(Duration::from_secs(30), load::run(&target, &spec)).await??;
+        r.print();
+        let j = &r.json;
+        assert_eq!(r.errors, 0, "{}: {}", kind.name(), j);
+        assert_eq!((r.lost, r.dups, r.reorders, r.lagged), (0, 0, 0, 0), "{j}");
+        assert_eq!(r.deliveries, 4 * 20, "{j}");
+        assert!(
+            j["bytes_out_per_delivery"].as_f64().unwrap_or(0.0) > 0.0,
+            "{j}"
+        );
+    }
+    server.shutdown().await?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! HTTP rungs over raw hyper HTTP/1.1 connections, one TCP connection per
 //! subscriber from its own source address (a pooled client could not
-//! promise that): SSE, long polling and short polling.
+//! promise that): SSE, long polling and short polling. The event-stream
+//! reader is shared with SSE over HTTP/2 and HTTP/3 ([`super::tls`]).
 
 use std::time::Duration;
 
@@ -43,8 +44,18 @@ pub(super) async fn sse(
         bail!("sse answered {}", resp.status());
     }
     set_ready(ready);
-    let mut body = resp.into_body();
-    let mut buf: Vec<u8> = Vec::new();
+    read_events(ctx, i, t, resp.into_body()).await
+}
+
+/// Reads an event stream (HTTP/1.1 or HTTP/2: hyper's body is the same)
+/// until the subscriber is complete, stopped or lagged.
+pub(super) async fn read_events(
+    ctx: &SubCtx,
+    i: usize,
+    t: &mut Tracker,
+    mut body: hyper::body::Incoming,
+) -> Result<()> {
+    let mut events = Events::default();
     let mut stop = ctx.stop.clone();
     while !complete(ctx, t) {
         let frame = tokio::select! {
@@ -57,7 +68,25 @@ pub(super) async fn sse(
         let Ok(data) = frame?.into_data() else {
             continue;
         };
-        buf.extend_from_slice(&data);
+        if events.feed(ctx, i, t, &data) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// An event stream's bytes as they arrive, split into events.
+#[derive(Default)]
+pub(super) struct Events {
+    buf: Vec<u8>,
+}
+
+impl Events {
+    /// Adds `data` and delivers every complete message event; `true` once
+    /// the server said the subscriber lagged.
+    pub(super) fn feed(&mut self, ctx: &SubCtx, i: usize, t: &mut Tracker, data: &[u8]) -> bool {
+        self.buf.extend_from_slice(data);
+        let buf = &self.buf;
         let mut start = 0;
         while let Some(end) = find(&buf[start..], b"\n\n") {
             let block = &buf[start..start + end];
@@ -68,12 +97,12 @@ pub(super) async fn sse(
                 }
             } else if find(block, b"event: lagged").is_some() {
                 t.lagged = true;
-                return Ok(());
+                return true;
             }
         }
-        buf.drain(..start);
+        self.buf.drain(..start);
+        false
     }
-    Ok(())
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

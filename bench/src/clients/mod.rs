@@ -12,6 +12,7 @@
 //! are compared under the same client).
 
 pub mod http;
+pub mod tls;
 pub mod ws;
 pub mod wt;
 
@@ -43,6 +44,12 @@ pub enum Kind {
     /// Server-Sent Events.
     #[value(name = "sse")]
     Sse,
+    /// Server-Sent Events over HTTP/2 (the `--https` listener).
+    #[value(name = "sse-h2")]
+    SseH2,
+    /// Server-Sent Events over HTTP/3 (the `--https` port, UDP).
+    #[value(name = "sse-h3")]
+    SseH3,
     /// Long polling (`wait=30`).
     #[value(name = "longpoll")]
     LongPoll,
@@ -65,6 +72,8 @@ impl Kind {
             Self::Ws => "websocket",
             Self::SocketIo => "socketio",
             Self::Sse => "sse",
+            Self::SseH2 => "sse-h2",
+            Self::SseH3 => "sse-h3",
             Self::LongPoll => "longpoll",
             Self::LongPollReused => "longpoll-reused",
             Self::Poll => "poll",
@@ -76,13 +85,19 @@ impl Kind {
         match self {
             Self::Wt | Self::WtDatagram => "webtransport",
             Self::Ws | Self::SocketIo => "websocket",
-            Self::Sse => "sse",
+            Self::Sse | Self::SseH2 | Self::SseH3 => "sse",
             Self::LongPoll | Self::LongPollReused => "longpoll",
             Self::Poll => "poll",
         }
     }
 
-    /// Every Ladder rung the bench drives (what the smoke test covers).
+    /// Whether the server needs its TLS listeners (`--https`).
+    pub fn needs_tls(self) -> bool {
+        matches!(self, Self::SseH2 | Self::SseH3)
+    }
+
+    /// Every Ladder rung the bench drives on the plain listener (what the
+    /// smoke test covers; the TLS ones have a smoke test of their own).
     pub const LADDER: [Self; 7] = [
         Self::Wt,
         Self::WtDatagram,
@@ -117,6 +132,8 @@ pub struct SubCtx {
     pub slow: usize,
     /// WebTransport client endpoints (sessions are spread over them).
     pub wt_endpoints: Vec<Endpoint<Client>>,
+    /// Pinned TLS client configurations (SSE over HTTP/2 and HTTP/3).
+    pub tls: Option<tls::Pinned>,
 }
 
 /// Sent once by each subscriber: subscribed, or why not.
@@ -129,6 +146,8 @@ pub async fn subscriber(ctx: Arc<SubCtx>, i: usize, ready: Ready) -> Tracker {
     let r = match ctx.kind {
         Kind::Ws | Kind::SocketIo => ws::subscriber(&ctx, i, &mut ready, &mut t).await,
         Kind::Sse => http::sse(&ctx, i, &mut ready, &mut t).await,
+        Kind::SseH2 => tls::sse_h2(&ctx, i, &mut ready, &mut t).await,
+        Kind::SseH3 => tls::sse_h3(&ctx, i, &mut ready, &mut t).await,
         Kind::LongPoll | Kind::LongPollReused | Kind::Poll => {
             http::poll(&ctx, i, &mut ready, &mut t).await
         }
