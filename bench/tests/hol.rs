@@ -17,33 +17,20 @@ use std::time::Duration;
 
 use ladder::config::Config;
 use ladder::server::Server;
-use ladder_bench::hol::wire::{self, FAR, Wire};
+use ladder_bench::hol::wire::{FAR, Wire};
 use ladder_bench::hol::{self, Endpoints, Spec};
+use ladder_lab::netns;
 use tokio_util::sync::CancellationToken;
 
 const NAME: &str = "five_percent_loss_on_four_channels_delivers_and_accounts";
 
 #[test]
 fn five_percent_loss_on_four_channels_delivers_and_accounts() {
-    if !wire::inside() {
-        let exe = std::env::current_exe().unwrap();
-        let out = wire::in_namespace(
-            exe.to_str().unwrap(),
-            &["--exact", NAME, "--nocapture", "--test-threads=1"],
-        )
-        .output()
-        .expect("unshare runs (util-linux; scripts/setup installs it)");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        println!("{text}");
-        assert!(out.status.success(), "inside the namespace:\n{text}");
-        assert!(
-            text.contains("1 passed"),
-            "the test did not run inside:\n{text}"
-        );
+    if !netns::inside() {
+        match netns::rerun_test_inside(NAME) {
+            Ok(text) => println!("{text}"),
+            Err(text) => panic!("inside the namespace:\n{text}"),
+        }
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -123,10 +123,39 @@ pub fn clear() -> Result<(), NetnsError> {
 /// Whether this process runs in a namespace [`in_namespace`] made and may
 /// change its firewall. The error says why not.
 pub fn check_privilege() -> Result<(), NetnsError> {
-    if std::env::var_os(NAMESPACE_ENV).is_none_or(|v| v != "1") {
+    if !inside() {
         return Err(NetnsError::NotInNamespace);
     }
     nft_args(&["list", "tables"]).map(|_| ())
+}
+
+/// Whether this process runs inside a namespace [`in_namespace`] made.
+pub fn inside() -> bool {
+    std::env::var_os(NAMESPACE_ENV).is_some_and(|v| v == "1")
+}
+
+/// For a test that needs a namespace: runs test `name` of the current test
+/// binary again inside a fresh one ([`in_namespace`]), alone and with its
+/// output shown. `Ok` with that output when it ran and passed; `Err` with
+/// the output (or why it could not start) otherwise, so the caller's
+/// assertion shows what happened inside.
+pub fn rerun_test_inside(name: &str) -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("no test binary path: {e}"))?;
+    let exe = exe.to_str().ok_or("the test binary path is not UTF-8")?;
+    let out = in_namespace(exe, &["--exact", name, "--nocapture", "--test-threads=1"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run unshare: {e} (util-linux; scripts/setup installs it)"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && text.contains("1 passed") {
+        Ok(text)
+    } else {
+        Err(text)
+    }
 }
 
 /// `program args…` wrapped to run in a new user and network namespace

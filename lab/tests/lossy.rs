@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ladder_lab::netns::{self, Loss, NAMESPACE_ENV};
+use ladder_lab::netns::{self, Loss};
 use ladder_lab::{Lab, LabConfig, NetworkSwitch, TcpImpair, TcpRelay, UdpImpair, UdpRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -15,30 +15,12 @@ use tokio_util::sync::CancellationToken;
 
 const BOUND: Duration = Duration::from_secs(60);
 
-fn inside() -> bool {
-    std::env::var_os(NAMESPACE_ENV).is_some()
-}
-
 /// Runs test `name` of this binary again inside a fresh namespace.
 fn rerun_inside(name: &str) {
-    let exe = std::env::current_exe().unwrap();
-    let out = netns::in_namespace(
-        exe.to_str().unwrap(),
-        &["--exact", name, "--nocapture", "--test-threads=1"],
-    )
-    .output()
-    .expect("unshare runs (util-linux; scripts/setup installs it)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{text}");
-    assert!(out.status.success(), "inside the namespace:\n{text}");
-    assert!(
-        text.contains("1 passed"),
-        "the test did not run inside:\n{text}"
-    );
+    match netns::rerun_test_inside(name) {
+        Ok(text) => println!("{text}"),
+        Err(text) => panic!("inside the namespace:\n{text}"),
+    }
 }
 
 /// `(name, value)` of the kernel's TCP counters in this namespace.
@@ -65,7 +47,7 @@ fn dropped_packets() -> u64 {
 
 #[test]
 fn lossy_link_drops_real_packets_that_tcp_retransmits_and_udp_loses() {
-    if !inside() {
+    if !netns::inside() {
         return rerun_inside("lossy_link_drops_real_packets_that_tcp_retransmits_and_udp_loses");
     }
     tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -144,7 +126,7 @@ fn lossy_link_drops_real_packets_that_tcp_retransmits_and_udp_loses() {
 
 #[tokio::test]
 async fn outside_a_namespace_the_lab_offers_no_lossy_link_and_says_why() {
-    if inside() {
+    if netns::inside() {
         return;
     }
     let stop = CancellationToken::new();

@@ -8,10 +8,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use ladder_lab::netns;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-use super::wire::{self, FAR, Wire};
+use super::wire::{FAR, Wire};
 use super::{Endpoints, Spec};
 use crate::probe::LADDER_LOAD_FLAGS;
 
@@ -50,11 +51,11 @@ pub struct HolArgs {
 /// Runs the command: outside a namespace, re-runs this same command inside
 /// one and passes its exit status on.
 pub async fn main(args: HolArgs) -> Result<()> {
-    if !wire::inside() {
+    if !netns::inside() {
         let exe = std::env::current_exe()?;
         let argv: Vec<String> = std::env::args().skip(1).collect();
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let status = wire::in_namespace(exe.to_str().context("exe path")?, &argv)
+        let status = netns::in_namespace(exe.to_str().context("exe path")?, &argv)
             .status()
             .context("unshare (util-linux) could not start")?;
         if !status.success() {

@@ -39,14 +39,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use ladder_lab::netns;
+
 /// The TUN device's name.
 pub const DEVICE: &str = "ladder0";
 /// This host's address on the wire (servers listen on every address).
 pub const NEAR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 /// The address clients connect to: packets to it cross the wire.
 pub const FAR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
-/// Set to `1` in the environment of a command [`in_namespace`] starts.
-pub const NAMESPACE_ENV: &str = "LADDER_WIRE_NETNS";
 /// The nftables table this module owns.
 const TABLE: &str = "ladder_wire";
 /// Packets waiting out their delay. At the bench's rates a few hundred are
@@ -57,10 +57,10 @@ const QUEUE: usize = 16_384;
 /// Why the wire cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    /// Not inside a namespace [`in_namespace`] made: the machine's own
-    /// firewall and interfaces are left alone.
+    /// Not inside a namespace `ladder_lab::netns::in_namespace` made: the
+    /// machine's own firewall and interfaces are left alone.
     #[error(
-        "not inside a namespace of its own (run through `unshare -Urn`, see hol::wire::in_namespace)"
+        "not inside a namespace of its own (run through `unshare -Urn`, see ladder_lab::netns::in_namespace)"
     )]
     NotInNamespace,
     /// A program (`ip`, `nft`) could not be started.
@@ -75,27 +75,6 @@ pub enum WireError {
     /// A loss share outside 0–100 %.
     #[error("{0} % is not a loss share")]
     BadLoss(f64),
-}
-
-/// `program args…` wrapped to run in a fresh user and network namespace
-/// with its loopback up and [`NAMESPACE_ENV`] set.
-pub fn in_namespace(program: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "-Urn",
-        "sh",
-        "-c",
-        r#"ip link set lo up && exec "$@""#,
-        "ladder-wire",
-        program,
-    ]);
-    cmd.args(args).env(NAMESPACE_ENV, "1");
-    cmd
-}
-
-/// Whether this process runs inside a namespace [`in_namespace`] made.
-pub fn inside() -> bool {
-    std::env::var_os(NAMESPACE_ENV).is_some_and(|v| v == "1")
 }
 
 /// What crossed the wire since the last [`Wire::set_loss`].
@@ -132,7 +111,7 @@ impl Wire {
     /// Creates the device, routes [`FAR`] through it and starts the delay
     /// line, with no loss yet.
     pub fn start(delay: Duration) -> Result<Self, WireError> {
-        if !inside() {
+        if !netns::inside() {
             return Err(WireError::NotInNamespace);
         }
         let tun = open_tun(DEVICE)?;
