@@ -1,5 +1,5 @@
 //! `ladder-bench hol`: re-runs itself inside a user and network namespace,
-//! starts the [`wire`] and one Ladder process listening on
+//! starts the [`wire`](super::wire) and one Ladder process listening on
 //! every address, then for each run, channel count and loss level sets the
 //! loss and measures the three variants side by side ([`super::run`]).
 
