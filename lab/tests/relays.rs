@@ -53,6 +53,30 @@ async fn tcp_echo() -> (SocketAddr, Arc<AtomicU64>) {
     (addr, accepted)
 }
 
+/// A UDP relay on loopback in front of `servers`, until `stop`.
+async fn udp_relay(
+    servers: Vec<SocketAddr>,
+    impair: UdpImpair,
+    switch: &NetworkSwitch,
+    stop: &CancellationToken,
+) -> UdpRelay {
+    UdpRelay::bind(local(), servers, impair, switch.clone(), stop.clone())
+        .await
+        .unwrap()
+}
+
+/// A TCP relay on loopback in front of `servers`, until `stop`.
+async fn tcp_relay(
+    servers: Vec<SocketAddr>,
+    impair: TcpImpair,
+    switch: &NetworkSwitch,
+    stop: &CancellationToken,
+) -> TcpRelay {
+    TcpRelay::bind(local(), servers, impair, switch.clone(), stop.clone())
+        .await
+        .unwrap()
+}
+
 async fn udp_round_trip(client: &UdpSocket, relay: SocketAddr, payload: &[u8]) -> Vec<u8> {
     client.send_to(payload, relay).await.unwrap();
     let mut buf = vec![0u8; 65_536];
@@ -85,15 +109,7 @@ async fn udp_blocked_drops_every_datagram_and_the_server_hears_nothing() {
         blocked: true,
         ..Default::default()
     };
-    let relay = UdpRelay::bind(
-        local(),
-        vec![server],
-        impair,
-        NetworkSwitch::default(),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let relay = udp_relay(vec![server], impair, &NetworkSwitch::default(), &stop).await;
     let client = UdpSocket::bind(LOCAL).await.unwrap();
     for i in 0..5u8 {
         client.send_to(&[i], relay.local_addr()).await.unwrap();
@@ -116,15 +132,7 @@ async fn udp_mapping_idles_out_and_the_next_flow_comes_from_a_new_port() {
         idle_timeout: Some(t),
         ..Default::default()
     };
-    let relay = UdpRelay::bind(
-        local(),
-        vec![server],
-        impair,
-        NetworkSwitch::default(),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let relay = udp_relay(vec![server], impair, &NetworkSwitch::default(), &stop).await;
     let client = UdpSocket::bind(LOCAL).await.unwrap();
     assert_eq!(
         udp_round_trip(&client, relay.local_addr(), b"one").await,
@@ -155,15 +163,7 @@ async fn udp_flow_moves_to_a_new_port_on_a_network_switch() {
     let (server, peers) = udp_echo().await;
     let stop = CancellationToken::new();
     let switch = NetworkSwitch::default();
-    let relay = UdpRelay::bind(
-        local(),
-        vec![server],
-        UdpImpair::default(),
-        switch.clone(),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let relay = udp_relay(vec![server], UdpImpair::default(), &switch, &stop).await;
     let client = UdpSocket::bind(LOCAL).await.unwrap();
     assert_eq!(
         udp_round_trip(&client, relay.local_addr(), b"wifi").await,
@@ -192,15 +192,7 @@ async fn tcp_connection_idle_past_the_nat_timeout_is_reset() {
         idle_timeout: Some(t),
         ..Default::default()
     };
-    let relay = TcpRelay::bind(
-        local(),
-        vec![server],
-        impair,
-        NetworkSwitch::default(),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let relay = tcp_relay(vec![server], impair, &NetworkSwitch::default(), &stop).await;
     let mut c = TcpStream::connect(relay.local_addr()).await.unwrap();
     // Busy, it lives longer than T.
     for _ in 0..6 {
@@ -229,15 +221,7 @@ async fn tcp_connections_are_cut_on_a_network_switch_and_new_ones_work() {
     let (server, _) = tcp_echo().await;
     let stop = CancellationToken::new();
     let switch = NetworkSwitch::default();
-    let relay = TcpRelay::bind(
-        local(),
-        vec![server],
-        TcpImpair::default(),
-        switch.clone(),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let relay = tcp_relay(vec![server], TcpImpair::default(), &switch, &stop).await;
     let mut a = TcpStream::connect(relay.local_addr()).await.unwrap();
     let mut b = TcpStream::connect(relay.local_addr()).await.unwrap();
     for s in [&mut a, &mut b] {
@@ -279,15 +263,7 @@ async fn delay_is_added_each_way() {
         delay,
         ..Default::default()
     };
-    let relay = TcpRelay::bind(
-        local(),
-        vec![server],
-        impair,
-        NetworkSwitch::default(),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let relay = tcp_relay(vec![server], impair, &NetworkSwitch::default(), &stop).await;
     let mut c = TcpStream::connect(relay.local_addr()).await.unwrap();
     let started = tokio::time::Instant::now();
     c.write_all(b"abc").await.unwrap();
@@ -307,15 +283,7 @@ async fn delay_is_added_each_way() {
         delay,
         ..Default::default()
     };
-    let urelay = UdpRelay::bind(
-        local(),
-        vec![userver],
-        uimpair,
-        NetworkSwitch::default(),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let urelay = udp_relay(vec![userver], uimpair, &NetworkSwitch::default(), &stop).await;
     let client = UdpSocket::bind(LOCAL).await.unwrap();
     let started = tokio::time::Instant::now();
     assert_eq!(
@@ -336,15 +304,13 @@ async fn round_robin_spreads_connections_and_flows_over_the_nodes() {
     let (a, a_count) = tcp_echo().await;
     let (b, b_count) = tcp_echo().await;
     let stop = CancellationToken::new();
-    let relay = TcpRelay::bind(
-        local(),
+    let relay = tcp_relay(
         vec![a, b],
         TcpImpair::default(),
-        NetworkSwitch::default(),
-        stop.clone(),
+        &NetworkSwitch::default(),
+        &stop,
     )
-    .await
-    .unwrap();
+    .await;
     for _ in 0..4 {
         let mut c = TcpStream::connect(relay.local_addr()).await.unwrap();
         c.write_all(b"r").await.unwrap();
@@ -364,15 +330,13 @@ async fn round_robin_spreads_connections_and_flows_over_the_nodes() {
 
     let (ua, ua_peers) = udp_echo().await;
     let (ub, ub_peers) = udp_echo().await;
-    let urelay = UdpRelay::bind(
-        local(),
+    let urelay = udp_relay(
         vec![ua, ub],
         UdpImpair::default(),
-        NetworkSwitch::default(),
-        stop.clone(),
+        &NetworkSwitch::default(),
+        &stop,
     )
-    .await
-    .unwrap();
+    .await;
     for _ in 0..2 {
         let client = UdpSocket::bind(LOCAL).await.unwrap();
         assert_eq!(
