@@ -11,6 +11,9 @@
 //! - latency: one publisher, one WebSocket subscriber (on the other node for
 //!   "redis, 2 nodes"): time from sending a publish to the subscriber
 //!   receiving it, and to the publisher receiving its ack.
+//!
+//! Then Redis scaled out ([`scale`]): 1, 2 and 4 nodes on one Redis and on
+//! a 3-master Redis Cluster (when `redis-cli` is installed to join it).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -23,13 +26,13 @@ use ladder_testkit::ws::{Ws, WsOptions};
 use ladder_testkit::{TestServer, temp_dir};
 use serde_json::json;
 
-const PUBLISHERS: usize = 32;
-const THROUGHPUT_FOR: Duration = Duration::from_secs(3);
+pub(crate) const PUBLISHERS: usize = 32;
+pub(crate) const THROUGHPUT_FOR: Duration = Duration::from_secs(3);
 const LATENCY_SAMPLES: usize = 300;
 
 /// Starts a server with `f` applied; returns it (its WebSocket URL is
 /// `ws_url()`).
-async fn start(f: impl FnOnce(&mut Config)) -> Result<TestServer> {
+pub(crate) async fn start(f: impl FnOnce(&mut Config)) -> Result<TestServer> {
     TestServer::spawn_with(|cfg| {
         cfg.disable = vec![Transport::WebTransport];
         // Measure the backends, not the per-connection publish limit.
@@ -39,7 +42,7 @@ async fn start(f: impl FnOnce(&mut Config)) -> Result<TestServer> {
     .await
 }
 
-async fn ws(url: &str) -> Result<Ws> {
+pub(crate) async fn ws(url: &str) -> Result<Ws> {
     let opts = WsOptions {
         wait: Duration::from_secs(10),
         ..WsOptions::default()
@@ -47,7 +50,7 @@ async fn ws(url: &str) -> Result<Ws> {
     Ws::connect_with(url, opts).await
 }
 
-async fn publish(ws: &mut Ws, channel: &str, i: usize) -> Result<()> {
+pub(crate) async fn publish(ws: &mut Ws, channel: &str, i: usize) -> Result<()> {
     let op = json!({"op":"publish","channel":channel,"data":{"i":i,"pad":"0123456789abcdef0123456789abcdef"}});
     ws.send(op).await?;
     let ack = ws.recv().await?;
@@ -89,7 +92,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// (ack p50, deliver p50, deliver p99) in ms.
-async fn latency(pub_url: &str, sub_url: &str) -> Result<(f64, f64, f64)> {
+pub(crate) async fn latency(pub_url: &str, sub_url: &str) -> Result<(f64, f64, f64)> {
     let mut publisher = ws(pub_url).await?;
     let mut sub = ws(sub_url).await?;
     sub.subscribe("lat", None).await?;
@@ -122,9 +125,19 @@ async fn latency(pub_url: &str, sub_url: &str) -> Result<(f64, f64, f64)> {
 
 /// A throwaway `redis-server` on a free port, killed on drop.
 async fn redis() -> Result<(tokio::process::Child, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+    let (child, port) = redis_server(&[]).await?;
+    Ok((child, format!("redis://127.0.0.1:{port}")))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
-        .port();
+        .port())
+}
+
+/// A `redis-server` with `extra` arguments on a free port; its port.
+pub(crate) async fn redis_server(extra: &[&str]) -> Result<(tokio::process::Child, u16)> {
+    let port = free_port()?;
     let dir = temp_dir("redis");
     let child = tokio::process::Command::new("redis-server")
         .args([
@@ -137,6 +150,7 @@ async fn redis() -> Result<(tokio::process::Child, String)> {
             "--appendonly",
             "no",
         ])
+        .args(extra)
         .arg("--dir")
         .arg(&dir)
         .stdout(Stdio::null())
@@ -153,7 +167,7 @@ async fn redis() -> Result<(tokio::process::Child, String)> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok((child, format!("redis://127.0.0.1:{port}")))
+    Ok((child, port))
 }
 
 /// Runs every backend and prints the table.
@@ -221,5 +235,5 @@ pub async fn run() -> Result<()> {
         s.shutdown().await?;
     }
     drop(redis);
-    Ok(())
+    crate::scale::run().await
 }

@@ -39,6 +39,7 @@ pub mod load;
 pub mod probe;
 pub mod quic_base;
 pub mod report;
+pub mod scale;
 pub mod sys;
 pub mod track;
 pub mod versions;

@@ -208,6 +208,14 @@ impl Hub {
         &self.inner.cfg
     }
 
+    /// With `--redis`: fan-out messages this node has received from Redis,
+    /// and how many of them were for channels it did not hold (a node
+    /// receives only the channels it holds, so that stays near zero; the
+    /// bench reports both). `(0, 0)` on the other backends.
+    pub fn fanout_received(&self) -> (u64, u64) {
+        self.inner.backend.fanout_received()
+    }
+
     /// Number of channels currently held.
     pub fn channel_count(&self) -> usize {
         self.inner

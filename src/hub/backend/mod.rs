@@ -182,6 +182,15 @@ impl Backend {
         }
     }
 
+    /// Redis fan-out messages received, and those for channels not held
+    /// (zero for the other backends).
+    pub(super) fn fanout_received(&self) -> (u64, u64) {
+        match self {
+            Self::Redis(r) => r.fanout_received(),
+            _ => (0, 0),
+        }
+    }
+
     /// Gives a backend that delivers on its own (Redis fan-out) its hub.
     pub(super) fn attach(&self, hub: Weak<Inner>) {
         if let Self::Redis(r) = self {

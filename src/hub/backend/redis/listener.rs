@@ -254,8 +254,10 @@ pub(super) async fn deliver(shared: &Shared, payload: &[u8]) -> Result<(), Backe
     let Some(hub) = shared.hub() else {
         return Ok(());
     };
+    shared.received[0].fetch_add(1, Ordering::Relaxed);
     // A message for a channel still loading: `opened` catches it up.
     let Some(ch) = hub.lookup(&name) else {
+        shared.received[1].fetch_add(1, Ordering::Relaxed);
         return Ok(());
     };
     if ch.read().epoch() != msg.epoch() {

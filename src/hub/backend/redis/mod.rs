@@ -60,7 +60,7 @@ mod shards;
 pub(crate) use self::conn::{Commands, Target};
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -103,6 +103,9 @@ struct Shared {
     /// Channels being loaded (subscribed, not yet in the hub's map), with
     /// how many loads of each are under way; the listener keeps them.
     loading: Mutex<HashMap<ChannelName, usize>>,
+    /// Fan-out messages received, and of those the ones for channels this
+    /// node did not hold (for the bench: per-channel routing keeps it ~0).
+    received: [AtomicU64; 2],
 }
 
 /// The Redis backend of one node.
@@ -275,6 +278,7 @@ impl RedisBackend {
             cmds: cmds_tx,
             swept: Notify::new(),
             loading: Mutex::default(),
+            received: Default::default(),
         });
         let (first_tx, first_rx) = oneshot::channel();
         let task = tokio::spawn(listener::run(shared.clone(), cmds_rx, first_tx));
@@ -292,6 +296,13 @@ impl RedisBackend {
     /// Lets the listener deliver into the hub's channels.
     pub(in crate::hub) fn attach(&self, hub: Weak<Inner>) {
         let _ = self.shared.hub.set(hub);
+    }
+
+    /// Fan-out messages this node received from Redis, and how many of
+    /// them were for channels it did not hold.
+    pub(in crate::hub) fn fanout_received(&self) -> (u64, u64) {
+        let [all, unheld] = &self.shared.received;
+        (all.load(Ordering::Relaxed), unheld.load(Ordering::Relaxed))
     }
 
     /// Tells the listener that channels were evicted, so it unsubscribes
