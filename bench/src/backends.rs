@@ -12,7 +12,7 @@
 //!   "redis, 2 nodes"): time from sending a publish to the subscriber
 //!   receiving it, and to the publisher receiving its ack.
 //!
-//! Then Redis scaled out ([`scale`]): 1, 2 and 4 nodes on one Redis and on
+//! Then Redis scaled out ([`crate::scale`]): 1, 2 and 4 nodes on one Redis and on
 //! a 3-master Redis Cluster (when `redis-cli` is installed to join it).
 
 use std::process::Stdio;
