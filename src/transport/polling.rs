@@ -3,9 +3,12 @@
 //! A short poll answers at once with what is retained after `since`. With
 //! `wait=S` it is a long poll: held until a message after `since` exists, `S`
 //! seconds pass, the client goes away (hyper drops this future), or the
-//! server shuts down (it answers with what it has).
+//! server shuts down (it answers with what it has). A long poll that asks
+//! for presence changes (`presence=V`) is also answered as soon as there
+//! is a join or leave after V.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -118,9 +121,16 @@ pub fn get(
                 // The read on shutdown is not awaited inside `select!`,
                 // which would keep the waiting future alive beside it and
                 // size this one for both.
+                let news = presence_news(&ctx, &channel, presence.as_deref());
                 let waited = tokio::select! {
                     page = ctx.hub.read_wait(&channel, &pos, limit, wait) => Some(page?),
                     () = ctx.shutdown.cancelled() => None,
+                    () = async move {
+                        match news {
+                            Some(news) => news.await,
+                            None => std::future::pending().await,
+                        }
+                    } => None,
                 };
                 let page = match waited {
                     Some(page) => page,
@@ -179,6 +189,29 @@ async fn join(
     }
 }
 
+/// For a long poll that asked for presence changes: resolves when it has
+/// some to be told — at once if it has already (its version is behind, or
+/// unknown, or it asked for the list), else at the next join or leave.
+/// Boxed, so the waiting poll's future stays small.
+fn presence_news(
+    ctx: &Ctx,
+    channel: &ChannelName,
+    p: Option<&PollPresence>,
+) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+    let after = p?.after?;
+    let presence = ctx.hub.presence();
+    // Watching before asking, so a change in between is not missed.
+    let mut changes = presence.watch(channel);
+    let news = presence.has_news(channel, after);
+    Some(Box::pin(async move {
+        if !news {
+            // A change, falling behind the changes, or (never while this
+            // watches) the end of the channel's watchers: all news.
+            let _ = changes.recv().await;
+        }
+    }))
+}
+
 /// The presence part of a poll's answer: `,"presence":{"version",
 /// "members"|"changes"}` and `,"presence_error":{…}` as asked and needed.
 async fn tail(
@@ -198,7 +231,7 @@ async fn tail(
         let _ = presence.touch(channel, id, info).await;
     }
     let Some(after) = p.after else { return out };
-    let (since, version) = presence.since(channel, (after > 0).then_some(after));
+    let (since, version) = presence.since(channel, (after > 0).then_some(after)).await;
     let body = match since {
         Since::Changes(changes) => {
             let list: Vec<String> = changes
@@ -213,13 +246,7 @@ async fn tail(
                 .collect();
             format!(r#""changes":[{}]"#, list.join(","))
         }
-        Since::Snapshot(local) => {
-            let members = match presence.is_shared() {
-                true => presence.members(channel).await.unwrap_or(local),
-                false => local,
-            };
-            format!(r#""members":{}"#, members_json(&members))
-        }
+        Since::Snapshot(members) => format!(r#""members":{}"#, members_json(&members)),
     };
     out.push_str(&format!(r#","presence":{{"version":{version},{body}}}"#));
     out

@@ -385,7 +385,7 @@ impl OpSession {
                 Ok(c) => presence(ch, PresenceEvent::Change(c)),
                 // Fell behind the joins and leaves: the list as it is now.
                 Err(BroadcastStreamRecvError::Lagged(_)) => {
-                    let (_, members) = self.ctx.hub.presence().watch_from(&ch);
+                    let members = self.ctx.hub.presence().resync(&ch).await;
                     presence(ch, PresenceEvent::Snapshot(members))
                 }
             },

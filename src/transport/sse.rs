@@ -213,7 +213,7 @@ async fn next_change(p: Option<&mut StreamPresence>, ctx: &Ctx) -> Bytes {
         Ok(c) => wire::sse_event(&PresenceEvent::Change(c)),
         // Fell behind: the list as it is now.
         Err(broadcast::error::RecvError::Lagged(_)) => {
-            let (_, members) = ctx.hub.presence().watch_from(channel);
+            let members = ctx.hub.presence().resync(channel).await;
             wire::sse_event(&PresenceEvent::Snapshot(members))
         }
         Err(broadcast::error::RecvError::Closed) => std::future::pending().await,

@@ -19,6 +19,7 @@ mod https;
 mod lean_diff;
 mod polling;
 mod presence;
+mod presence_nodes;
 mod shutdown;
 mod soak;
 mod sse;

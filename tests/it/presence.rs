@@ -23,7 +23,7 @@ pub async fn members(base: &str, http: &reqwest::Client, ch: &str) -> Result<Vec
     Ok(ids(&body["members"]))
 }
 
-fn ids(list: &Value) -> Vec<String> {
+pub fn ids(list: &Value) -> Vec<String> {
     let mut v: Vec<String> = list
         .as_array()
         .map(|a| {
@@ -140,7 +140,7 @@ async fn pollers_stay_while_they_poll_and_lapse_when_they_stop() -> Result<()> {
 }
 
 /// The next WebSocket frame that is not a message.
-async fn next_presence(ws: &mut Ws) -> Result<Value> {
+pub async fn next_presence(ws: &mut Ws) -> Result<Value> {
     loop {
         let f = ws.recv().await?;
         if f["op"] != "message" {
@@ -465,49 +465,76 @@ async fn a_tokens_sub_is_the_member_and_its_claims_decide_who_reads() -> Result<
     s.shutdown().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_nodes_on_redis_share_members_and_a_killed_nodes_expire() -> Result<()> {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let redis = crate::backends::Redis::start().await?;
-    let url = redis.url();
-    // Node A is a process of its own, so it can be killed outright.
-    let a = Child::start(&["--redis", &url, "--presence-lapse", "2"]).await?;
-    let b = TestServer::spawn_with(|c| {
-        c.redis = Some(url.clone());
-        c.presence_lapse = 2;
-    })
-    .await?;
-    let ch = "shared-room";
-    let ws_url = format!("{}/api/ws", a.base.replacen("http", "ws", 1));
-    let (mut on_a, _) = within("ws to node A", tokio_tungstenite::connect_async(ws_url)).await??;
-    let op = json!({"op":"subscribe","channel":ch,"client":"on-a","info":{"node":"a"}});
-    on_a.send(Message::text(op.to_string())).await?;
-    let reply = within("subscribed on A", on_a.next()).await?;
-    ensure!(
-        matches!(&reply, Some(Ok(Message::Text(t))) if t.contains("subscribed")),
-        "{reply:?}"
-    );
-    let mut on_b = Ws::connect(&b).await?;
-    on_b.send(json!({"op":"subscribe","channel":ch,"client":"on-b","presence":true}))
+/// `(type, id)` of each change in a poll answer's `presence`.
+fn poll_changes(answer: &Value) -> Vec<(String, String)> {
+    answer["presence"]["changes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                    (s(&c["type"]), s(&c["member"]["id"]))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_long_poll_that_asked_for_presence_is_woken_by_joins_and_leaves() -> Result<()> {
+    let s = TestServer::spawn().await?;
+    let ch = "woken";
+    // The list, and the version to wait from; with `wait`, asking for the
+    // list is news enough to answer at once.
+    let (_, p) = s
+        .get_json(&format!("/api/channels/{ch}/messages?presence=0&wait=60"))
         .await?;
-    assert_eq!(on_b.recv().await?["op"], "subscribed");
-    // The watcher on B is told A's member from the start.
-    let list = on_b.recv().await?;
-    assert_eq!(ids(&list["members"]), ["on-a", "on-b"]);
-    // Both nodes answer with both members, for longer than the lapse
-    // (their nodes keep them alive in Redis).
-    let http = reqwest::Client::new();
-    members_become(&a.base, &http, ch, &["on-a", "on-b"]).await?;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(members(&b.base, &b.http, ch).await?, ["on-a", "on-b"]);
-    let (_, body) = b.get_json(&format!("/api/channels/{ch}/presence")).await?;
-    assert_eq!(body["members"][0], json!({"id":"on-a","info":{"node":"a"}}));
-    // A dies without a word: its member expires from B's view.
-    a.signal("-KILL").await?;
-    become_(&b, ch, &["on-b"]).await?;
-    // A leave on a live node is immediate there and everywhere.
-    drop(on_b);
-    become_(&b, ch, &[]).await?;
-    b.shutdown().await
+    assert_eq!(ids(&p["presence"]["members"]), Vec::<String>::new());
+    let mut version = p["presence"]["version"].as_u64().context("version")?;
+    let mut ws = None;
+    for (step, want) in [("join", ("join", "ann")), ("leave", ("leave", "ann"))] {
+        // A long poll waiting (60 s, beyond `within`'s bound) for a message
+        // that never comes...
+        let http = s.http.clone();
+        let url = s.url(&format!(
+            "/api/channels/{ch}/messages?since=0&wait=60&presence={version}"
+        ));
+        let waiting =
+            tokio::spawn(async move { http.get(url).send().await?.json::<Value>().await });
+        s.wait_stats("longpoll", |r| r["connections_open"] == 1)
+            .await?;
+        // ...is answered by the join, then by the leave.
+        match step {
+            "join" => {
+                let mut w = Ws::connect(&s).await?;
+                w.send(json!({"op":"subscribe","channel":ch,"client":"ann"}))
+                    .await?;
+                ws = Some(w);
+            }
+            _ => drop(ws.take()),
+        }
+        let answer = within("the woken long poll", waiting).await???;
+        assert_eq!(answer["messages"], json!([]), "{answer}");
+        assert_eq!(
+            poll_changes(&answer),
+            [(want.0.to_owned(), want.1.to_owned())],
+            "{answer}"
+        );
+        version = answer["presence"]["version"].as_u64().context("version")?;
+        s.wait_stats("longpoll", |r| r["connections_open"] == 0)
+            .await?;
+    }
+    // Messages still wake it as before, with no presence news.
+    let http = s.http.clone();
+    let url = s.url(&format!(
+        "/api/channels/{ch}/messages?since=0&wait=60&presence={version}"
+    ));
+    let waiting = tokio::spawn(async move { http.get(url).send().await?.json::<Value>().await });
+    s.wait_stats("longpoll", |r| r["connections_open"] == 1)
+        .await?;
+    s.publish(ch, json!("hi")).await?;
+    let answer = within("the long poll", waiting).await???;
+    assert_eq!(answer["messages"][0]["data"], "hi", "{answer}");
+    assert_eq!(poll_changes(&answer), [], "{answer}");
+    s.shutdown().await
 }

@@ -1,29 +1,39 @@
 //! Presence: who is in a channel now. [`Presence`] is the async handle the
-//! adapters use; the bookkeeping itself is the sans-IO [`Registry`], and
-//! with Redis the members of every node are shared through
-//! Redis hashes (the private `redis` module).
+//! adapters use; the bookkeeping itself is sans-IO: the [`Registry`] of
+//! this node's members and the [`Feed`] of joins and leaves told. With
+//! Redis the members of every node, and their joins and leaves, are shared
+//! (the private `redis` module).
 //!
 //! A member joins when it subscribes with an identity and is held by that
 //! subscription ([`Held`]: dropping it leaves), or — for polls, which hold
 //! nothing between requests — by a lease each poll renews
 //! ([`Presence::touch`]). Joins and leaves go to watchers of the channel
-//! ([`Presence::watch`]) as events of their own, never as messages, so
-//! they take no offset. Entry point: [`Presence::run`], the task that ends
-//! lapsed leases and, with Redis, keeps this node's members alive there.
+//! ([`Presence::watch`]) and pollers ([`Presence::since`]) as events of
+//! their own, never as messages, so they take no offset. On one node the
+//! registry's changes are told at once; with Redis every change is told by
+//! Redis, to every node alike, so an id held on two nodes joins and leaves
+//! once. Entry point: [`Presence::run`], the task that ends lapsed leases
+//! and, with Redis, keeps this node's members alive there and hears the
+//! other nodes.
 
+mod feed;
 mod member;
 mod redis;
 mod registry;
+mod shared;
+#[cfg(test)]
+mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+pub use feed::{Feed, RECENT, Since};
 pub use member::{ClientId, Info, MAX_CLIENT_ID, Member, PresenceError, members_json};
-pub use registry::{Change, RECENT, Registry, Since};
+pub use registry::{Change, Registry};
 
 use self::redis::RedisPresence;
 use super::{ChannelName, now_ms};
@@ -64,8 +74,24 @@ pub struct Presence {
 struct Inner {
     cfg: PresenceConfig,
     registry: Mutex<Registry>,
-    watchers: Mutex<HashMap<ChannelName, broadcast::Sender<Change>>>,
+    /// Taken after `registry` when both are needed.
+    told: Mutex<Told>,
     store: Option<RedisPresence>,
+}
+
+/// Where changes are told: the feed for pollers, the senders for watchers.
+#[derive(Debug)]
+struct Told {
+    feed: Feed,
+    watchers: HashMap<ChannelName, broadcast::Sender<Change>>,
+}
+
+impl Told {
+    fn watched(&self, channel: &ChannelName) -> bool {
+        self.watchers
+            .get(channel)
+            .is_some_and(|tx| tx.receiver_count() > 0)
+    }
 }
 
 /// A member held by a live subscription; dropping it releases the hold.
@@ -89,7 +115,7 @@ impl Drop for Held {
         // snapshot and its events never overlap or miss one.
         let mut reg = self.presence.inner.registry();
         if let Some(change) = reg.release(&self.channel, &self.id, now_ms()) {
-            self.presence.left(&self.channel, change);
+            self.presence.changed(&self.channel, change);
         }
     }
 }
@@ -108,19 +134,29 @@ impl Inner {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn emit(&self, channel: &ChannelName, change: Change) {
-        let mut w = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(tx) = w.get(channel)
+    fn told(&self) -> MutexGuard<'_, Told> {
+        self.told.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells a change to the channel's pollers and watchers. On one node
+    /// every channel's changes are kept for pollers; with Redis, which
+    /// tells this node every channel's, only those of channels watched or
+    /// polled here.
+    fn tell(&self, channel: &ChannelName, change: Change) {
+        let mut told = self.told();
+        let keep = self.store.is_none() || told.watched(channel);
+        told.feed.record(channel, change.clone(), keep, now_ms());
+        if let Some(tx) = told.watchers.get(channel)
             && tx.send(change).is_err()
         {
             // Nobody watches any more.
-            w.remove(channel);
+            told.watchers.remove(channel);
         }
     }
 }
 
 /// Versions start above every version of an earlier run (see
-/// [`Registry::new`]): the start time in µs.
+/// [`Feed::new`]): the start time in µs.
 fn first_version() -> u64 {
     now_ms().saturating_mul(1000)
 }
@@ -144,8 +180,11 @@ impl Presence {
     fn with_store(cfg: PresenceConfig, store: Option<RedisPresence>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                registry: Mutex::new(Registry::new(cfg.max_members, first_version())),
-                watchers: Mutex::new(HashMap::new()),
+                registry: Mutex::new(Registry::new(cfg.max_members)),
+                told: Mutex::new(Told {
+                    feed: Feed::new(first_version()),
+                    watchers: HashMap::new(),
+                }),
                 store,
                 cfg,
             }),
@@ -169,10 +208,11 @@ impl Presence {
         id: ClientId,
         info: Info,
     ) -> Result<Held, PresenceError> {
+        let _turn = self.turn(channel, &id).await;
         self.admit(channel, &id, &info).await?;
         let mut reg = self.inner.registry();
         if let Some(change) = reg.hold(channel, &id, &info)? {
-            self.inner.emit(channel, change);
+            self.changed(channel, change);
         }
         drop(reg);
         Ok(Held {
@@ -189,15 +229,28 @@ impl Presence {
         id: &ClientId,
         info: &Info,
     ) -> Result<(), PresenceError> {
+        let _turn = self.turn(channel, id).await;
         let until = now_ms() + self.inner.cfg.lapse.as_millis() as u64;
         if !self.inner.registry().contains(channel, id) {
             self.admit(channel, id, info).await?;
         }
         let mut reg = self.inner.registry();
         if let Some(change) = reg.lease(channel, id, info, until)? {
-            self.inner.emit(channel, change);
+            self.changed(channel, change);
         }
         Ok(())
+    }
+
+    /// With Redis: waits for `id`'s turn to write (see `redis`).
+    async fn turn(
+        &self,
+        channel: &ChannelName,
+        id: &ClientId,
+    ) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.inner.store {
+            Some(store) => Some(store.turn(channel, id).await),
+            None => None,
+        }
     }
 
     /// With Redis: claims the member's place among every node's members.
@@ -222,22 +275,15 @@ impl Presence {
         }
     }
 
-    /// Tells watchers a member left, and Redis too.
-    fn left(&self, channel: &ChannelName, change: Change) {
-        if self.inner.store.is_some()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            let (this, channel, id) = (self.clone(), channel.clone(), change.member().id.clone());
-            rt.spawn(async move {
-                if let Some(store) = &this.inner.store
-                    && let Err(e) = store.leave(&channel, &id).await
-                {
-                    // It expires there after the lapse anyway.
-                    tracing::debug!(error = %e, "presence leave not written to redis");
-                }
-            });
+    /// A change in this node's registry (called under its lock). Alone, it
+    /// is told here and now. With Redis, a join was told by the write that
+    /// admitted it, and a leave is written there to be told by Redis.
+    fn changed(&self, channel: &ChannelName, change: Change) {
+        match change {
+            _ if self.inner.store.is_none() => self.inner.tell(channel, change),
+            Change::Leave(member) => self.write_leave(channel.clone(), member),
+            Change::Join(_) => {}
         }
-        self.inner.emit(channel, change);
     }
 
     /// The members of `channel`: on every node with Redis, else this one.
@@ -248,15 +294,41 @@ impl Presence {
         }
     }
 
-    /// The changes on this node since `after` (a poller's last version), or
-    /// a snapshot; and the version to ask from next.
-    pub fn since(&self, channel: &ChannelName, after: Option<u64>) -> (Since, u64) {
-        let reg = self.inner.registry();
-        let since = match after {
-            Some(v) => reg.since(channel, v),
-            None => Since::Snapshot(reg.members(channel)),
+    /// The list a watcher that fell behind is sent: every node's with
+    /// Redis (this node's if Redis cannot answer), else this node's.
+    pub async fn resync(&self, channel: &ChannelName) -> Vec<Member> {
+        let local = self.inner.registry().members(channel);
+        match self.members(channel).await {
+            Ok(all) => all,
+            Err(_) => local,
+        }
+    }
+
+    /// The changes since `after` (a poller's last version; `None` for
+    /// none yet), or the member list; and the version to ask from next.
+    pub async fn since(
+        &self,
+        channel: &ChannelName,
+        after: Option<u64>,
+    ) -> (Since<Vec<Member>>, u64) {
+        let (since, version, local) = {
+            let reg = self.inner.registry();
+            let (since, version) = self.inner.told().feed.since(channel, after, now_ms());
+            (since, version, reg.members(channel))
         };
-        (since, reg.version(channel))
+        match since {
+            Since::Changes(c) => (Since::Changes(c), version),
+            Since::Snapshot(()) if self.is_shared() => {
+                (Since::Snapshot(self.resync(channel).await), version)
+            }
+            Since::Snapshot(()) => (Since::Snapshot(local), version),
+        }
+    }
+
+    /// Whether [`Self::since`] has something new for a poller at `after`
+    /// (0: a poller asking for the list, which always has).
+    pub fn has_news(&self, channel: &ChannelName, after: u64) -> bool {
+        self.inner.told().feed.has_news(channel, after)
     }
 
     /// Join and leave events of `channel` from now on.
@@ -270,12 +342,10 @@ impl Presence {
     pub fn watch_from(&self, channel: &ChannelName) -> (broadcast::Receiver<Change>, Vec<Member>) {
         let reg = self.inner.registry();
         let members = reg.members(channel);
-        let mut w = self
+        let rx = self
             .inner
+            .told()
             .watchers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let rx = w
             .entry(channel.clone())
             .or_insert_with(|| broadcast::channel(WATCH_CAPACITY).0)
             .subscribe();
@@ -287,129 +357,56 @@ impl Presence {
         self.inner.store.is_some()
     }
 
-    /// Ends the leases that ran out by `now`, telling watchers.
+    /// Ends the leases that ran out by `now`, and forgets what no watcher
+    /// or poller needs any more.
     pub fn expire(&self, now: u64) -> usize {
         let mut reg = self.inner.registry();
         let lapsed = reg.expire(now);
         let n = lapsed.len();
         for (channel, change) in lapsed {
-            self.left(&channel, change);
+            self.changed(&channel, change);
         }
         drop(reg);
+        let mut told = self.inner.told();
         // Channels whose watchers have all gone without an event since.
-        self.inner
-            .watchers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, tx| tx.receiver_count() > 0);
+        told.watchers.retain(|_, tx| tx.receiver_count() > 0);
+        let idle = now.saturating_sub(self.inner.cfg.lapse.as_millis() as u64);
+        let Told { feed, watchers } = &mut *told;
+        feed.sweep(idle, |ch| watchers.contains_key(ch));
         n
     }
 
-    /// Ends lapsed leases and, with Redis, rewrites this node's members
-    /// there every third of the lapse, until `stop`.
+    /// Ends lapsed leases every third of the lapse until `stop`; with
+    /// Redis, also pushes this node's members on there, reaps the watched
+    /// channels' expired members, and hears every node's joins and leaves.
     pub async fn run(self, stop: CancellationToken) {
         let period = (self.inner.cfg.lapse / 3).max(Duration::from_millis(50));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            self.expire(now_ms());
-            if let Some(store) = &self.inner.store {
-                let mut by_channel: BTreeMap<ChannelName, Vec<Member>> = BTreeMap::new();
-                for (ch, m) in self.inner.registry().all() {
-                    by_channel.entry(ch).or_default().push(m);
-                }
-                for (ch, members) in by_channel {
-                    let refreshed = tokio::select! {
-                        () = stop.cancelled() => return,
-                        r = store.refresh(&ch, &members) => r,
-                    };
-                    if let Err(e) = refreshed {
-                        tracing::warn!(channel = %ch, error = %e, "presence not refreshed in redis");
-                    }
+        let sweep = async {
+            loop {
+                tick.tick().await;
+                self.expire(now_ms());
+                if self.inner.store.is_some() {
+                    self.refresh().await;
                 }
             }
+        };
+        let listen = async {
+            match &self.inner.store {
+                Some(store) => {
+                    let inner = &self.inner;
+                    store
+                        .listen(stop.clone(), |ch, change| inner.tell(&ch, change))
+                        .await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = sweep => {}
+            () = listen => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ch(s: &str) -> ChannelName {
-        ChannelName::parse(s).unwrap()
-    }
-
-    #[tokio::test]
-    async fn holds_join_and_leave_and_watchers_hear_it() {
-        let p = Presence::new(PresenceConfig::default());
-        let a = ch("room");
-        let mut events = p.watch(&a);
-        let held = p
-            .hold(
-                &a,
-                ClientId::parse("ann").unwrap(),
-                p.parse_info(r#"{"n":1}"#).unwrap(),
-            )
-            .await
-            .unwrap();
-        let second = p
-            .hold(&a, ClientId::parse("ann").unwrap(), Info::empty())
-            .await
-            .unwrap();
-        assert_eq!(p.members(&a).await.unwrap().len(), 1);
-        assert_eq!(events.try_recv().unwrap().kind(), "join");
-        drop(held);
-        assert!(events.try_recv().is_err(), "a second tab still holds ann");
-        drop(second);
-        assert_eq!(events.try_recv().unwrap().kind(), "leave");
-        assert!(p.members(&a).await.unwrap().is_empty());
-        // A watcher that went away leaves nothing behind after a sweep.
-        drop(events);
-        p.expire(now_ms());
-        assert!(p.inner.watchers.lock().unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_poll_lease_lapses_on_the_sweep() {
-        let p = Presence::new(PresenceConfig {
-            lapse: Duration::from_secs(5),
-            ..PresenceConfig::default()
-        });
-        let a = ch("room");
-        let pat = ClientId::parse("pat").unwrap();
-        p.touch(&a, &pat, &Info::empty()).await.unwrap();
-        let (since, v) = p.since(&a, None);
-        assert!(matches!(since, Since::Snapshot(m) if m.len() == 1));
-        assert_eq!(p.expire(now_ms()), 0);
-        assert_eq!(p.expire(now_ms() + 5_001), 1);
-        let (since, _) = p.since(&a, Some(v));
-        assert!(matches!(since, Since::Snapshot(m) if m.is_empty()));
-    }
-
-    #[tokio::test]
-    async fn over_the_limit_is_refused_with_the_limit() {
-        let p = Presence::new(PresenceConfig {
-            max_members: 1,
-            ..PresenceConfig::default()
-        });
-        let a = ch("room");
-        let _x = p
-            .hold(&a, ClientId::parse("x").unwrap(), Info::empty())
-            .await
-            .unwrap();
-        let e = p
-            .hold(&a, ClientId::parse("y").unwrap(), Info::empty())
-            .await
-            .unwrap_err();
-        assert_eq!(e, PresenceError::Full(1));
-        assert!(
-            p.parse_info(&format!(r#"{{"a":"{}"}}"#, "x".repeat(600)))
-                .is_err()
-        );
     }
 }

@@ -8,19 +8,13 @@
 //! of one id — two tabs of one user — are one member: it joins with the
 //! first and leaves with the last.
 //!
-//! Every join and leave is numbered from one counter for the whole
-//! registry, never from the channel's message offsets, so presence never
-//! disturbs resuming a channel. The last [`RECENT`] changes per channel are
-//! kept, so a poller can ask for the changes after the version it last saw
-//! ([`Registry::since`]) and gets a fresh snapshot when they are gone.
+//! The joins and leaves it returns are numbered and told by the feed
+//! (`super::feed`), not here.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 
 use super::member::{ClientId, Info, Member, PresenceError};
 use crate::hub::ChannelName;
-
-/// Changes remembered per channel for pollers asking "what changed".
-pub const RECENT: usize = 64;
 
 /// One join or leave.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,15 +42,6 @@ impl Change {
     }
 }
 
-/// What a poller gets for "changes after version V".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Since {
-    /// Every change after V, oldest first (possibly none).
-    Changes(Vec<Change>),
-    /// V is unknown here or too old: the whole member list instead.
-    Snapshot(Vec<Member>),
-}
-
 #[derive(Debug)]
 struct Entry {
     info: Info,
@@ -72,56 +57,22 @@ impl Entry {
     }
 }
 
-#[derive(Debug)]
-struct Roster {
-    members: BTreeMap<ClientId, Entry>,
-    /// Changes after this version are all in `recent`.
-    floor: u64,
-    /// The version of the newest change.
-    version: u64,
-    recent: VecDeque<(u64, Change)>,
-}
-
-impl Roster {
-    fn new(version: u64) -> Self {
-        Self {
-            members: BTreeMap::new(),
-            floor: version,
-            version,
-            recent: VecDeque::new(),
-        }
-    }
-
-    fn record(&mut self, version: u64, change: Change) {
-        if self.recent.len() == RECENT
-            && let Some((v, _)) = self.recent.pop_front()
-        {
-            self.floor = v;
-        }
-        self.version = version;
-        self.recent.push_back((version, change));
-    }
-}
+/// One channel's members on this node.
+type Roster = BTreeMap<ClientId, Entry>;
 
 /// Every channel's members on this node.
 #[derive(Debug)]
 pub struct Registry {
     rosters: HashMap<ChannelName, Roster>,
     max_members: usize,
-    /// The last version handed out, in any channel.
-    version: u64,
 }
 
 impl Registry {
-    /// An empty registry allowing `max_members` per channel. Versions start
-    /// after `first_version`: pass something that grows across restarts
-    /// (the start time in µs), so a version from an earlier run is never
-    /// mistaken for one of this run.
-    pub fn new(max_members: usize, first_version: u64) -> Self {
+    /// An empty registry allowing `max_members` per channel.
+    pub fn new(max_members: usize) -> Self {
         Self {
             rosters: HashMap::new(),
             max_members,
-            version: first_version,
         }
     }
 
@@ -153,19 +104,15 @@ impl Registry {
         info: &Info,
         add: impl FnOnce(&mut Entry),
     ) -> Result<Option<Change>, PresenceError> {
-        let version = self.version;
-        let roster = self
-            .rosters
-            .entry(channel.clone())
-            .or_insert_with(|| Roster::new(version));
-        if let Some(e) = roster.members.get_mut(id) {
+        let roster = self.rosters.entry(channel.clone()).or_default();
+        if let Some(e) = roster.get_mut(id) {
             // The latest info wins; a second tab is no new member.
             e.info = info.clone();
             add(e);
             return Ok(None);
         }
-        if roster.members.len() >= self.max_members {
-            if roster.members.is_empty() {
+        if roster.len() >= self.max_members {
+            if roster.is_empty() {
                 self.rosters.remove(channel);
             }
             return Err(PresenceError::Full(self.max_members));
@@ -176,21 +123,18 @@ impl Registry {
             lease: 0,
         };
         add(&mut e);
-        roster.members.insert(id.clone(), e);
-        let change = Change::Join(Member {
+        roster.insert(id.clone(), e);
+        Ok(Some(Change::Join(Member {
             id: id.clone(),
             info: info.clone(),
-        });
-        self.version += 1;
-        roster.record(self.version, change.clone());
-        Ok(Some(change))
+        })))
     }
 
     /// Removes one holder of `id`; the member leaves if that was the last
     /// and no lease runs past `now`.
     pub fn release(&mut self, channel: &ChannelName, id: &ClientId, now: u64) -> Option<Change> {
         let roster = self.rosters.get_mut(channel)?;
-        let e = roster.members.get_mut(id)?;
+        let e = roster.get_mut(id)?;
         e.holders = e.holders.saturating_sub(1);
         if e.present(now) {
             return None;
@@ -200,19 +144,14 @@ impl Registry {
 
     fn remove(&mut self, channel: &ChannelName, id: &ClientId) -> Option<Change> {
         let roster = self.rosters.get_mut(channel)?;
-        let e = roster.members.remove(id)?;
-        let change = Change::Leave(Member {
-            id: id.clone(),
-            info: e.info,
-        });
-        self.version += 1;
-        roster.record(self.version, change.clone());
-        // An empty roster is dropped: a poller's version then no longer
-        // matches anything and it is sent the (empty) snapshot.
-        if roster.members.is_empty() {
+        let e = roster.remove(id)?;
+        if roster.is_empty() {
             self.rosters.remove(channel);
         }
-        Some(change)
+        Some(Change::Leave(Member {
+            id: id.clone(),
+            info: e.info,
+        }))
     }
 
     /// Ends every lease that ran out by `now` on a member with no holder.
@@ -221,8 +160,7 @@ impl Registry {
             .rosters
             .iter()
             .flat_map(|(ch, r)| {
-                r.members
-                    .iter()
+                r.iter()
                     .filter(|(_, e)| !e.present(now))
                     .map(move |(id, _)| (ch.clone(), id.clone()))
             })
@@ -236,8 +174,7 @@ impl Registry {
     /// The members of `channel`, ordered by id.
     pub fn members(&self, channel: &ChannelName) -> Vec<Member> {
         self.rosters.get(channel).map_or_else(Vec::new, |r| {
-            r.members
-                .iter()
+            r.iter()
                 .map(|(id, e)| Member {
                     id: id.clone(),
                     info: e.info.clone(),
@@ -246,36 +183,12 @@ impl Registry {
         })
     }
 
-    /// The version a poller should ask from next time for `channel`.
-    pub fn version(&self, channel: &ChannelName) -> u64 {
-        self.rosters
-            .get(channel)
-            .map_or(self.version, |r| r.version)
-    }
-
-    /// The changes in `channel` after version `after`, or a snapshot when
-    /// they cannot all be told.
-    pub fn since(&self, channel: &ChannelName, after: u64) -> Since {
-        match self.rosters.get(channel) {
-            Some(r) if (r.floor..=r.version).contains(&after) => Since::Changes(
-                r.recent
-                    .iter()
-                    .filter(|(v, _)| *v > after)
-                    .map(|(_, c)| c.clone())
-                    .collect(),
-            ),
-            // No roster, and nothing happened anywhere since `after`.
-            None if after == self.version => Since::Changes(Vec::new()),
-            _ => Since::Snapshot(self.members(channel)),
-        }
-    }
-
     /// Every member this node holds, for refreshing a shared store.
     pub fn all(&self) -> Vec<(ChannelName, Member)> {
         self.rosters
             .iter()
             .flat_map(|(ch, r)| {
-                r.members.iter().map(move |(id, e)| {
+                r.iter().map(move |(id, e)| {
                     (
                         ch.clone(),
                         Member {
@@ -292,7 +205,7 @@ impl Registry {
     pub fn contains(&self, channel: &ChannelName, id: &ClientId) -> bool {
         self.rosters
             .get(channel)
-            .is_some_and(|r| r.members.contains_key(id))
+            .is_some_and(|r| r.contains_key(id))
     }
 }
 
@@ -309,13 +222,10 @@ mod tests {
     fn info(s: &str) -> Info {
         Info::parse(s, 256).unwrap()
     }
-    fn ids(ms: &[Member]) -> Vec<&str> {
-        ms.iter().map(|m| m.id.as_str()).collect()
-    }
 
     #[test]
     fn holders_of_one_id_are_one_member() {
-        let mut r = Registry::new(10, 0);
+        let mut r = Registry::new(10);
         let (a, ann) = (ch("a"), id("ann"));
         let j = r.hold(&a, &ann, &info(r#"{"tab":1}"#)).unwrap();
         assert_eq!(j.map(|c| c.kind()), Some("join"));
@@ -332,7 +242,7 @@ mod tests {
 
     #[test]
     fn a_lease_lapses_only_when_its_time_has_passed() {
-        let mut r = Registry::new(10, 0);
+        let mut r = Registry::new(10);
         let (a, pat) = (ch("a"), id("pat"));
         assert!(r.lease(&a, &pat, &Info::empty(), 1_000).unwrap().is_some());
         // Polling again pushes the lease on; an earlier one never shortens it.
@@ -352,7 +262,7 @@ mod tests {
 
     #[test]
     fn a_full_channel_refuses_new_members_but_not_known_ones() {
-        let mut r = Registry::new(2, 0);
+        let mut r = Registry::new(2);
         let a = ch("a");
         r.hold(&a, &id("x"), &Info::empty()).unwrap();
         r.hold(&a, &id("y"), &Info::empty()).unwrap();
@@ -368,71 +278,19 @@ mod tests {
                 .is_some()
         );
         // A limit of zero refuses everyone and leaves no empty roster.
-        let mut none = Registry::new(0, 0);
+        let mut none = Registry::new(0);
         assert!(none.hold(&a, &id("x"), &Info::empty()).is_err());
         assert!(none.all().is_empty());
     }
 
     #[test]
-    fn pollers_get_the_changes_since_their_version_or_a_snapshot() {
-        let mut r = Registry::new(10, 1000);
-        let a = ch("a");
-        // Nothing has happened: an up-to-date version gets no changes.
-        let v0 = r.version(&a);
-        assert_eq!(r.since(&a, v0), Since::Changes(vec![]));
-        r.hold(&a, &id("x"), &Info::empty()).unwrap();
-        r.hold(&a, &id("y"), &Info::empty()).unwrap();
-        let v2 = r.version(&a);
-        r.release(&a, &id("x"), 0);
-        let Since::Changes(c) = r.since(&a, v2) else {
-            panic!("expected changes")
-        };
-        assert_eq!(c.len(), 1);
-        assert_eq!((c[0].kind(), c[0].member().id.as_str()), ("leave", "x"));
-        let Since::Changes(c) = r.since(&a, v0) else {
-            panic!("expected changes")
-        };
-        assert_eq!(
-            c.iter().map(Change::kind).collect::<Vec<_>>(),
-            ["join", "join", "leave"]
-        );
-        // A version from an earlier run (smaller than this run's start) or
-        // from the future gets the snapshot.
-        assert_eq!(r.since(&a, 5), Since::Snapshot(r.members(&a)));
-        assert_eq!(r.since(&a, u64::MAX), Since::Snapshot(r.members(&a)));
-        // Other channels' changes move the shared counter, not this roster's.
-        r.hold(&ch("b"), &id("q"), &Info::empty()).unwrap();
-        assert!(matches!(r.since(&a, r.version(&a)), Since::Changes(c) if c.is_empty()));
-    }
-
-    #[test]
-    fn changes_older_than_the_ring_turn_into_a_snapshot() {
-        let mut r = Registry::new(1000, 0);
-        let a = ch("a");
-        r.hold(&a, &id("keep"), &Info::empty()).unwrap();
-        let v = r.version(&a);
-        for i in 0..RECENT {
-            r.hold(&a, &id(&format!("m{i}")), &Info::empty()).unwrap();
-        }
-        // Exactly RECENT changes after `v`: all still told.
-        assert!(matches!(r.since(&a, v), Since::Changes(c) if c.len() == RECENT));
-        r.hold(&a, &id("one-more"), &Info::empty()).unwrap();
-        let Since::Snapshot(all) = r.since(&a, v) else {
-            panic!("expected a snapshot")
-        };
-        assert_eq!(all.len(), RECENT + 2);
-        assert_eq!(ids(&all)[0], "keep");
-    }
-
-    #[test]
-    fn an_emptied_channel_sends_pollers_an_empty_snapshot() {
-        let mut r = Registry::new(10, 0);
+    fn an_emptied_channel_is_forgotten() {
+        let mut r = Registry::new(10);
         let a = ch("a");
         r.hold(&a, &id("x"), &Info::empty()).unwrap();
-        let v = r.version(&a);
         r.release(&a, &id("x"), 0);
         r.hold(&ch("b"), &id("y"), &Info::empty()).unwrap();
-        assert_eq!(r.since(&a, v), Since::Snapshot(vec![]));
+        assert!(r.members(&a).is_empty());
         assert_eq!(r.all().len(), 1);
         assert!(r.contains(&ch("b"), &id("y")));
     }
