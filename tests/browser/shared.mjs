@@ -1,7 +1,8 @@
 // Shared mode in real headless Chromium: five tabs of one origin behind one
 // connection, through the SharedWorker, and again with SharedWorker taken
 // away (a leader tab elected with Web Locks, relaying over
-// BroadcastChannel), where the leader tab is closed mid-workload.
+// BroadcastChannel), where the leader tab is closed mid-workload — while a
+// follower tab publishes through it.
 
 import { startServer, stopServer, waitState } from './lib/harness.mjs';
 
@@ -91,19 +92,31 @@ async function scenario(browser, tally, { name, noWorker }) {
       return `roles ${roles.join(',')}; over ${rung}`;
     });
     if (!noWorker) return;
-    await tally.check(`${name}: the leader tab closes mid-workload; another takes over, every tab still gets every message once`, async () => {
+    await tally.check(`${name}: the leader tab closes mid-workload; another takes over, every tab still gets every message once, and a follower's publishes in flight are made once`, async () => {
       const roles = await Promise.all(tabs.map((t) => t.page.evaluate(() => window.shared.ladder.role)));
       const li = roles.indexOf('leader');
       tally.expect(li >= 0 && roles.filter((r) => r === 'leader').length === 1, `roles ${roles}`);
-      for (let i = 41; i <= 60; i++) await publish(server.http, i);
+      // A follower publishes through the leader as it closes: those in
+      // flight are sent again to the next leader with their keys.
+      const fi = (li + 1) % TABS;
+      for (let i = 41; i <= 50; i++) await publish(server.http, i);
+      await tabs[fi].page.evaluate((channel) => {
+        window.shared.pubs = Promise.allSettled(Array.from({ length: 10 }, (_, k) => window.shared.ladder.publish(channel, `tab-${k}`)));
+      }, CHANNEL);
       await tabs[li].page.close();
       const rest = tabs.filter((_, i) => i !== li);
-      for (let i = 61; i <= 100; i++) await publish(server.http, i);
+      for (let i = 51; i <= 90; i++) await publish(server.http, i);
       await allGot(rest, 100, `${name} after the takeover`);
+      const pubs = await tabs[fi].page.evaluate(async () => (await window.shared.pubs).map((r) => r.status));
+      tally.expect(pubs.every((st) => st === 'fulfilled'), `the follower's publishes: ${pubs}`);
+      const page = await (await fetch(`${server.http}/api/channels/${CHANNEL}/messages?since=0&limit=1000`)).json();
+      const fromTab = page.messages.map((m) => m.data).filter((d) => String(d).startsWith('tab-')).sort();
+      tally.expect(page.messages.length === 100 && fromTab.length === 10 && new Set(fromTab).size === 10,
+        `${page.messages.length} messages, the follower's ${JSON.stringify(fromTab)}`);
       const after = await Promise.all(rest.map((t) => t.page.evaluate(() => window.shared.ladder.role)));
       tally.expect(after.filter((r) => r === 'leader').length === 1, `roles after ${after}`);
       await connectionsBecome(server.http, 1);
-      return `tab ${li + 1} closed; roles now ${after.join(',')}`;
+      return `tab ${li + 1} closed while tab ${fi + 1} published; roles now ${after.join(',')}`;
     });
   } finally {
     await context.close().catch(() => {});

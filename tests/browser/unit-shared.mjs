@@ -66,14 +66,18 @@ class Locks {
 
 /** One channel log and the connections (host Ladders) open to it. */
 class FakeServer {
-  constructor() { this.log = new Map(); this.open = 0; this.opened = 0; this.live = new Set(); }
-  publish(channel, data) {
+  constructor() { this.log = new Map(); this.open = 0; this.opened = 0; this.live = new Set(); this.keys = new Map(); this.stall = false; }
+  /** Appends, unless `key` was seen: then the first append's answer (the server's idempotency). */
+  publish(channel, data, key) {
+    if (key && this.keys.has(`${channel} ${key}`)) return this.keys.get(`${channel} ${key}`);
     const list = this.log.get(channel) || [];
     const msg = { channel, offset: list.length + 1, data, ts: 0 };
     list.push(msg);
     this.log.set(channel, list);
     for (const s of this.live) if (s.channel === channel) s.push(msg);
-    return { channel, epoch: 'e1', offset: msg.offset };
+    const ack = { channel, epoch: 'e1', offset: msg.offset };
+    if (key) this.keys.set(`${channel} ${key}`, ack);
+    return ack;
   }
   ladderClass() {
     const server = this;
@@ -107,7 +111,12 @@ class FakeServer {
         for (const m of log.slice(since)) sub.push(m);
         return sub;
       }
-      async publish(channel, data) { return server.publish(channel, data); }
+      /** With `server.stall`, the publish is made but its answer never comes (a lost ack). */
+      async publish(channel, data, opts = {}) {
+        const ack = server.publish(channel, data, opts.idempotencyKey);
+        if (server.stall) await new Promise(() => {});
+        return ack;
+      }
       close() {
         if (this.state === 'closed') return;
         this.state = 'closed';
@@ -232,5 +241,33 @@ export async function runSharedUnit(tally) {
     sub.unsubscribe();
     await settle();
     tally.expect(w.server.live.size === 0, `${w.server.live.size} server subscriptions left`);
+  });
+
+  await tally.check('unit: shared (leader tab): publishes in flight when the leader dies are made once, through the next', async () => {
+    const w = world();
+    for (let i = 0; i < 3; i++) { const t = w.open(); follow(t, 'room'); t.connect(); }
+    await settle();
+    const old = w.tabs.find((t) => t.role === 'leader');
+    const [a, b] = w.tabs.filter((t) => t !== old);
+    // One publish reaches the server but its answer is lost with the
+    // leader; another is still on its way to the leader when it dies.
+    w.server.stall = true;
+    const made = a.publish('room', 'made');
+    let settled = 0;
+    made.then(() => settled++, () => settled++);
+    await settle();
+    w.server.stall = false;
+    tally.expect(settled === 0 && w.server.log.get('room').length === 1, 'the first publish is made, unanswered');
+    const unsent = b.publish('room', 'unsent');
+    w.crash(old);
+    const acks = await Promise.race([Promise.all([made, unsent]), settle(200).then(() => null)]);
+    await settle();
+    tally.expect(acks !== null, 'both publishes answered after the takeover');
+    const log = w.server.log.get('room').map((m) => m.data);
+    tally.expect(JSON.stringify(log) === '["made","unsent"]', `the log holds each once: ${JSON.stringify(log)}`);
+    tally.expect(acks?.[0].offset === 1 && acks?.[1].offset === 2, `acks ${JSON.stringify(acks)}`);
+    for (const t of [a, b]) tally.expect(exactly(t.got, 2), `${t.tabId} got ${JSON.stringify(t.got)}`);
+    tally.expect(a._pending.size === 0 && b._pending.size === 0, 'nothing left pending');
+    return `${old.tabId} -> ${[a, b].find((t) => t.role === 'leader')?.tabId}`;
   });
 }

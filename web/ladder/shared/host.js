@@ -126,9 +126,10 @@ export class SharedHost {
     }
   }
 
-  async _pub(tab, { id, channel, data }) {
+  async _pub(tab, { id, channel, data, key }) {
     try {
-      const value = await this.ladder.publish(channel, data);
+      // The tab's key: a resend to a new leader is the same publish.
+      const value = await this.ladder.publish(channel, data, key ? { idempotencyKey: key } : {});
       tab.send({ t: 'pubres', id, ok: true, value });
     } catch (err) {
       tab.send({ t: 'pubres', id, ok: false, error: String(err?.message || err) });

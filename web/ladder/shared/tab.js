@@ -10,7 +10,7 @@
 // further back) and the application still sees each one once, in order.
 
 import { Subscription } from '../subscription.js';
-import { Emitter, realClock } from '../util.js';
+import { Emitter, newIdempotencyKey, realClock } from '../util.js';
 import { Election } from './leader.js';
 import { SharedHost } from './host.js';
 
@@ -113,10 +113,17 @@ export class SharedLadder extends Emitter {
     if (this._closed) return;
     this._send({ t: 'hello', options: this.hostOptions });
     for (const sub of this._subs.values()) this._send(subOp(sub));
-    // Publishes in flight to a host that is gone cannot be known to have
-    // happened: they fail rather than risk being made twice.
+    // A publish in flight to a leader that is gone may or may not have
+    // reached the server: it is sent again to the new one with the same
+    // idempotency key, so the server appends it once either way (and
+    // answers a repeat with the first one's offset).
     if (this.role !== 'worker') {
-      for (const [id, p] of this._pending) if (p.sentTo !== this.election?.leaderId) { this._pending.delete(id); p.reject(new Error('the leader tab changed before the publish was acknowledged')); }
+      for (const [id, p] of this._pending) {
+        if (p.sentTo === this.election?.leaderId) continue;
+        p.sentTo = this.election?.leaderId ?? null;
+        p.resent++;
+        this._send(pubOp(id, p));
+      }
     }
   }
 
@@ -165,13 +172,19 @@ export class SharedLadder extends Emitter {
     this._send?.({ t: 'unsub', channel: sub.channel });
   }
 
-  /** Publishes through the shared connection. */
-  publish(channel, data) {
+  /**
+   * Publishes through the shared connection, with an idempotency key
+   * (`opts.idempotencyKey`, else a random one) that every attempt carries:
+   * the host's retries, and this tab's resend when the leader changes.
+   */
+  publish(channel, data, opts = {}) {
     if (!this._send) return Promise.reject(new Error('not connected: call connect() first'));
     const id = `${this.tabId}:${this._nextId++}`;
+    const key = opts.idempotencyKey ?? newIdempotencyKey();
     return new Promise((resolve, reject) => {
-      this._pending.set(id, { resolve, reject, sentTo: this.election?.leaderId ?? null });
-      this._send({ t: 'pub', id, channel, data });
+      const p = { resolve, reject, channel, data, key, sentTo: this.election?.leaderId ?? null, resent: 0 };
+      this._pending.set(id, p);
+      this._send(pubOp(id, p));
     });
   }
 
@@ -185,6 +198,10 @@ export class SharedLadder extends Emitter {
     this.state = 'closed';
     this.emit('state', { state: 'closed', role: this.role });
   }
+}
+
+function pubOp(id, p) {
+  return { t: 'pub', id, channel: p.channel, data: p.data, key: p.key };
 }
 
 function subOp(sub) {
