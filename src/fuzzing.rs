@@ -17,7 +17,7 @@ pub use crate::transport::sse::parse_last_event_id;
 pub use crate::transport::webtransport::{LineBuf, datagram_reply};
 
 /// The lean HTTP/1.1 path's most bytes of a request head
-/// ([`crate::http::lean`]).
+/// (`crate::http::lean`).
 pub const LEAN_PEEK_BYTES: usize = crate::http::lean::PEEK_BYTES;
 
 /// A request head the lean HTTP/1.1 path would serve itself.

@@ -18,7 +18,7 @@ use crate::config::Config;
 /// Starts the lab's relays in front of `http` and `h3` (and a second
 /// node's, for round-robin, when configured). `None` without `--lab`, or
 /// without a QUIC endpoint to stand in front of.
-pub async fn start(
+pub(crate) async fn start(
     cfg: &Config,
     http: SocketAddr,
     h3: Option<SocketAddr>,
@@ -39,7 +39,7 @@ pub async fn start(
 
 /// `/api/info`'s `lab` member: the server's own origin (`direct`), the
 /// conditions with their URLs, and those not offered here with the reason.
-pub fn info(lab: &Lab, http: SocketAddr) -> serde_json::Value {
+pub(crate) fn info(lab: &Lab, http: SocketAddr) -> serde_json::Value {
     serde_json::json!({
         "direct": format!("http://{}", reachable(http)),
         "conditions": lab.conditions,
@@ -48,7 +48,7 @@ pub fn info(lab: &Lab, http: SocketAddr) -> serde_json::Value {
 }
 
 /// The page origins the lab's relays serve it under.
-pub fn origins(lab: &Lab) -> impl Iterator<Item = &str> {
+pub(crate) fn origins(lab: &Lab) -> impl Iterator<Item = &str> {
     lab.conditions.iter().map(|c| c.http.as_str())
 }
 

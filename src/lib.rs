@@ -21,16 +21,16 @@
 //! 1. [`server`]: the composition root, [`server::Server::bind`] then
 //!    [`server::Server::run`]. It makes the shared state and the fan-out
 //!    registry and hands them to the listeners.
-//! 2. Listeners: [`http`], the plain HTTP/1.1 listener (with its lean
+//! 2. Listeners: `http`, the plain HTTP/1.1 listener (with its lean
 //!    path), the TLS listener for HTTP/1.1 + HTTP/2 and HTTP/3 for the
-//!    router; [`quic`], the WebTransport endpoint, its twin.
+//!    router; `quic`, the WebTransport endpoint, its twin.
 //! 3. [`transport`]: one adapter per rung, translating framing to hub calls,
 //!    with what they share: request extractors, the socket meter, the
 //!    channels' fan-outs.
 //! 4. Shared state: [`context`], [`stats`], [`limits`], [`auth`],
 //!    [`config`], [`tls`], which makes and loads the certificate,
-//!    [`socket`], the reference-counted TCP socket the meter and the
-//!    fan-out share, and [`lab`], the network lab beside the server.
+//!    `socket`, the reference-counted TCP socket the meter and the
+//!    fan-out share, and `lab`, the network lab beside the server.
 //! 5. [`hub`]: the pub/sub core. A pure ring buffer per channel
 //!    ([`hub::ChannelLog`]) plus the async handle [`hub::Hub`], over a log
 //!    backend ([`hub::backend`]): memory, an embedded durable file, or Redis.
@@ -49,17 +49,17 @@ pub mod config;
 pub mod context;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod http;
+pub(crate) mod http;
 pub mod hub;
-pub mod lab;
+pub(crate) mod lab;
 #[cfg(test)]
 mod layering;
 pub mod limits;
 pub mod name;
 pub mod protocol;
-pub mod quic;
+pub(crate) mod quic;
 pub mod server;
-pub mod socket;
+pub(crate) mod socket;
 pub mod stats;
 pub mod tls;
 pub mod transport;

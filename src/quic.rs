@@ -49,7 +49,7 @@ use crate::transport::session::Credentials;
 use crate::transport::webtransport::{CLOSE_SHUTDOWN, CLOSE_SHUTDOWN_REASON};
 
 /// The one path sessions are accepted on.
-pub const WT_PATH: &str = "/wt";
+pub(crate) const WT_PATH: &str = "/wt";
 
 /// Unidirectional streams the client may open at once. Ladder uses none;
 /// a few are allowed so that opening one is a protocol error we can name
@@ -87,7 +87,7 @@ pub enum QuicError {
 }
 
 /// A bound, not yet running QUIC endpoint and the certificate it presents.
-pub struct Listener {
+pub(crate) struct Listener {
     endpoint: Endpoint<Server>,
     addr: SocketAddr,
     /// The certificate in use; replaced on rotation.
@@ -110,7 +110,11 @@ impl std::fmt::Debug for Listener {
 impl Listener {
     /// Binds the UDP socket (port 0 picks a free one) with the limits from
     /// `cfg` and the identity of `tls`. Must run inside a Tokio runtime.
-    pub fn bind(cfg: &Config, tls: TlsMaterial, source: CertSource) -> Result<Self, QuicError> {
+    pub(crate) fn bind(
+        cfg: &Config,
+        tls: TlsMaterial,
+        source: CertSource,
+    ) -> Result<Self, QuicError> {
         let bind_err = |source| QuicError::Bind {
             addr: cfg.h3,
             source,
@@ -130,25 +134,25 @@ impl Listener {
 
     /// Rotations replace the certificate of `certs` too (the TLS
     /// listeners'), so one check keeps every listener's certificate fresh.
-    pub fn with_cert_store(mut self, certs: CertStore) -> Self {
+    pub(crate) fn with_cert_store(mut self, certs: CertStore) -> Self {
         self.certs = Some(certs);
         self
     }
 
     /// The bound UDP address (the real port when 0 was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// What browsers should use now: the session URL and the hash to pin.
-    pub fn info(&self) -> WebTransportInfo {
+    pub(crate) fn info(&self) -> WebTransportInfo {
         info_for(self.addr, &self.tls)
     }
 
     /// Accepts sessions until `ctx.shutdown` fires, then closes every
     /// session with [`CLOSE_SHUTDOWN`] and waits (bounded) for peers to
     /// acknowledge.
-    pub async fn run(mut self, ctx: Ctx, fanouts: Fanouts) {
+    pub(crate) async fn run(mut self, ctx: Ctx, fanouts: Fanouts) {
         let permits = Arc::new(Semaphore::new(ctx.cfg.wt_max_sessions));
         let mut rotation = tokio::time::interval(ROTATION_CHECK);
         rotation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

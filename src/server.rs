@@ -19,13 +19,17 @@ use wtransport::tls::rustls;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::context::{Ctx, TlsListeners};
-use crate::http::h3::{self, H3Error};
+use crate::http::h3;
 use crate::http::https::Https;
 use crate::hub::{BackendError, Hub, HubConfig, now_ms};
-use crate::quic::{self, QuicError};
+use crate::quic;
 use crate::stats::{Stats, Transport};
 use crate::tls::{ALPN_H2, ALPN_HTTP11, CertSource, CertStore, TlsError, TlsMaterial};
-use crate::transport::fanout::Fanouts;
+use crate::transport::Fanouts;
+
+// The listeners' start-up errors, named by `ServerError`.
+pub use crate::http::h3::H3Error;
+pub use crate::quic::QuicError;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

@@ -21,22 +21,22 @@ use tokio::net::TcpStream;
 
 /// An accepted TCP connection's socket; cloning is shallow.
 #[derive(Debug, Clone)]
-pub struct Socket(Arc<TcpStream>);
+pub(crate) struct Socket(Arc<TcpStream>);
 
 impl Socket {
     /// Takes ownership of `stream`.
-    pub fn new(stream: TcpStream) -> Self {
+    pub(crate) fn new(stream: TcpStream) -> Self {
         Self(Arc::new(stream))
     }
 
     /// The stream, for peeking, readiness and non-blocking writes.
-    pub fn stream(&self) -> &TcpStream {
+    pub(crate) fn stream(&self) -> &TcpStream {
         &self.0
     }
 
     /// Shuts down one or both directions (the descriptor stays open until
     /// the last holder lets go).
-    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+    pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         socket2::SockRef::from(&*self.0).shutdown(how)
     }
 }

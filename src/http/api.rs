@@ -31,11 +31,11 @@ use crate::transport::{polling, presence, sse, websocket};
 /// adapter lends its sockets to. Handlers take either part
 /// (`State<Ctx>`, `State<Fanouts>`).
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// The shared state.
-    pub ctx: Ctx,
+    pub(crate) ctx: Ctx,
     /// The channels' fan-outs.
-    pub fanouts: Fanouts,
+    pub(crate) fanouts: Fanouts,
 }
 
 impl FromRef<AppState> for Ctx {
@@ -53,7 +53,7 @@ impl FromRef<AppState> for Fanouts {
 /// Builds the router for the HTTP listeners from the route table
 /// (`routes::ROUTES`): one `route` per entry, its handler chosen by the
 /// entry's endpoint.
-pub fn router(ctx: Ctx, fanouts: Fanouts) -> Router {
+pub(crate) fn router(ctx: Ctx, fanouts: Fanouts) -> Router {
     let web = ServeDir::new(&ctx.cfg.web_dir).append_index_html_on_directories(true);
     ROUTES
         .iter()

@@ -92,7 +92,7 @@ pub enum H3Error {
 
 /// A bound, not yet running HTTP/3 endpoint.
 #[derive(Debug)]
-pub struct Listener {
+pub(crate) struct Listener {
     endpoint: quinn::Endpoint,
     addr: SocketAddr,
 }
@@ -100,7 +100,7 @@ pub struct Listener {
 impl Listener {
     /// Binds UDP `addr` with the certificate of `certs` (rotations reach
     /// new connections) and the QUIC settings of the WebTransport endpoint.
-    pub fn bind(cfg: &Config, addr: SocketAddr, certs: &CertStore) -> Result<Self, H3Error> {
+    pub(crate) fn bind(cfg: &Config, addr: SocketAddr, certs: &CertStore) -> Result<Self, H3Error> {
         let bind_err = |source| H3Error::Bind { addr, source };
         let tls = certs.server_config(&[ALPN_H3])?;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
@@ -128,13 +128,13 @@ impl Listener {
     }
 
     /// The bound UDP address.
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Accepts connections until shutdown; then every connection sends
     /// GOAWAY and finishes its requests, and the endpoint closes.
-    pub async fn run(self, ctx: Ctx, fanouts: Fanouts) {
+    pub(crate) async fn run(self, ctx: Ctx, fanouts: Fanouts) {
         let router = api::router(ctx.clone(), fanouts);
         let permits = Arc::new(Semaphore::new(ctx.cfg.max_connections));
         let conns = TaskTracker::new();

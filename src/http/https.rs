@@ -54,27 +54,27 @@ use crate::transport::websocket::PerStream;
 
 /// Streams one HTTP/2 connection may have open at once: a page's SSE
 /// panels and polls with room to spare, as hyper's own default.
-pub const MAX_STREAMS: u32 = 200;
+pub(crate) const MAX_STREAMS: u32 = 200;
 /// Largest request header block (uncompressed); a bigger one is refused
 /// with 431 (HTTP/1.1) or a stream reset (HTTP/2).
-pub const MAX_HEADER_BYTES: u32 = 16 * 1024;
+pub(crate) const MAX_HEADER_BYTES: u32 = 16 * 1024;
 /// Streams the client may reset before the server has accepted them;
 /// beyond it the connection ends with GOAWAY `ENHANCE_YOUR_CALM`.
-pub const MAX_PENDING_RESETS: usize = 20;
+pub(crate) const MAX_PENDING_RESETS: usize = 20;
 
 /// What the TLS listener needs besides the shared state.
 #[derive(Clone)]
-pub struct Https {
+pub(crate) struct Https {
     /// The handshake, with the server's certificate and ALPN `h2`,
     /// `http/1.1`.
-    pub acceptor: TlsAcceptor,
+    pub(crate) acceptor: TlsAcceptor,
     /// `h3=":PORT"` when HTTP/3 is served on the same port number.
-    pub alt_svc: Option<HeaderValue>,
+    pub(crate) alt_svc: Option<HeaderValue>,
 }
 
 /// Runs the accept loop until shutdown, then sends every HTTP/2 connection
 /// a GOAWAY and lets every connection finish its current responses.
-pub async fn run(listener: TcpListener, ctx: Ctx, fanouts: Fanouts, https: Https) {
+pub(crate) async fn run(listener: TcpListener, ctx: Ctx, fanouts: Fanouts, https: Https) {
     let router = api::router(ctx.clone(), fanouts);
     let permits = Arc::new(Semaphore::new(ctx.cfg.max_connections));
     let http = Arc::new(builder(&ctx));

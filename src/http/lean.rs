@@ -61,7 +61,7 @@ use crate::transport::meter::{Meter, MeteredIo};
 
 /// Most bytes of a request head this path looks at; longer heads (large
 /// tokens in headers) go to hyper.
-pub const PEEK_BYTES: usize = 4096;
+pub(crate) const PEEK_BYTES: usize = 4096;
 /// Most header lines this path parses; more go to hyper.
 const MAX_HEADERS: usize = 32;
 /// Most bytes of a whole response gathered into one write.
@@ -69,7 +69,7 @@ const COALESCE_BYTES: usize = 16 * 1024;
 
 /// What a connection's next bytes are.
 #[derive(Debug)]
-pub enum Opening {
+pub(crate) enum Opening {
     /// A complete event-stream request.
     EventStream(Head),
     /// A complete short- or long-poll request.
@@ -82,16 +82,16 @@ pub enum Opening {
 
 /// A request head peeked at on the socket.
 #[derive(Debug)]
-pub struct Head {
+pub(crate) struct Head {
     /// The request, without a body (boxed: it is large and short-lived).
-    pub request: Box<Request>,
+    pub(crate) request: Box<Request>,
     /// Bytes of the head still unread on the socket.
-    pub len: usize,
+    pub(crate) len: usize,
 }
 
 /// Looks at a connection's next bytes without consuming them, waiting at
 /// most `header_timeout` for the first of them.
-pub async fn sniff(stream: &TcpStream, header_timeout: Duration) -> Opening {
+pub(crate) async fn sniff(stream: &TcpStream, header_timeout: Duration) -> Opening {
     let peek = async {
         // The buffer only once there is something to read: an idle
         // kept-alive connection waits here without it.
@@ -171,7 +171,7 @@ pub(crate) fn parse_head(bytes: &[u8]) -> Option<(Lean, Request, usize)> {
 /// loop's state then stays in the connection's task for its whole life.
 /// `answer` consumes the head, runs the router and writes the response
 /// head; `pump` streams the body.
-pub async fn pump(mut io: MeteredIo<Socket>, mut body: Body) {
+pub(crate) async fn pump(mut io: MeteredIo<Socket>, mut body: Body) {
     loop {
         let frame = tokio::select! {
             frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => frame,
@@ -191,7 +191,7 @@ pub async fn pump(mut io: MeteredIo<Socket>, mut body: Body) {
 /// Consumes the request head, runs the router and writes the response head
 /// with whatever the body has ready; the stream and the body to [`pump`]
 /// next are returned unless the client is gone.
-pub async fn answer(
+pub(crate) async fn answer(
     mut io: MeteredIo<Socket>,
     head: Head,
     peer: SocketAddr,
@@ -221,7 +221,7 @@ pub async fn answer(
 /// the bytes already read of it; `None` once the connection is closed: by
 /// the client, by a request or response asking for it, by a next request
 /// not starting within the header timeout, or by shutdown.
-pub async fn polls(
+pub(crate) async fn polls(
     mut io: MeteredIo<Socket>,
     first: Head,
     peer: SocketAddr,
@@ -318,7 +318,7 @@ async fn wait_answer(
 /// A connection handed from this path to hyper, with the bytes this path
 /// read but did not serve, which hyper reads first.
 #[derive(Debug)]
-pub struct Rewind {
+pub(crate) struct Rewind {
     /// Boxed: usually there are none, and an upgraded WebSocket keeps this
     /// wrapper for its whole life.
     unread: Option<Box<Bytes>>,
@@ -327,13 +327,13 @@ pub struct Rewind {
 
 impl Rewind {
     /// `io`, whose next bytes are `unread` and then the socket's.
-    pub fn new(io: MeteredIo<Socket>, unread: Bytes) -> Self {
+    pub(crate) fn new(io: MeteredIo<Socket>, unread: Bytes) -> Self {
         let unread = (!unread.is_empty()).then(|| Box::new(unread));
         Self { unread, io }
     }
 
     /// The meter the connection counts into.
-    pub fn meter(&self) -> &Arc<Meter> {
+    pub(crate) fn meter(&self) -> &Arc<Meter> {
         self.io.meter()
     }
 }

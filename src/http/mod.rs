@@ -6,12 +6,12 @@
 //! `axum::serve` exposes none of them. A connection that opens with an
 //! event stream or a poll is served by [`lean`] instead of hyper.
 
-pub mod api;
-pub mod h3;
-pub mod https;
-pub mod lean;
+pub(crate) mod api;
+pub(crate) mod h3;
+pub(crate) mod https;
+pub(crate) mod lean;
 pub(crate) mod routes;
-pub mod stream;
+pub(crate) mod stream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -39,7 +39,7 @@ use crate::transport::meter::{Meter, MeteredIo};
 
 /// Runs the accept loop until shutdown, then lets every connection finish
 /// its current response.
-pub async fn run(listener: TcpListener, ctx: Ctx, fanouts: Fanouts) {
+pub(crate) async fn run(listener: TcpListener, ctx: Ctx, fanouts: Fanouts) {
     let router = api::router(ctx.clone(), fanouts);
     let permits = Arc::new(Semaphore::new(ctx.cfg.max_connections));
     let mut builder = Http1::new();

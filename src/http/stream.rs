@@ -21,11 +21,11 @@ use crate::stats::TransportStats;
 /// Bytes a DATA frame adds to its payload: 9 in HTTP/2 (RFC 9113, section
 /// 4.1); HTTP/3's variable-length header is 2-3 for typical chunks, so the
 /// same figure is used for both.
-pub const DATA_FRAME_OVERHEAD: u64 = 9;
+pub(crate) const DATA_FRAME_OVERHEAD: u64 = 9;
 
 /// Uncompressed size of a header block: names, values, and 2 bytes per
 /// field for the separators (as HTTP/1.1 would write them).
-pub fn header_bytes(headers: &HeaderMap) -> u64 {
+pub(crate) fn header_bytes(headers: &HeaderMap) -> u64 {
     headers
         .iter()
         .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
@@ -41,7 +41,7 @@ enum Direction {
 
 /// A body whose data frames are added to a transport's byte counters.
 #[derive(Debug)]
-pub struct Counted<B> {
+pub(crate) struct Counted<B> {
     inner: B,
     counters: TransportStats,
     direction: Direction,
@@ -49,7 +49,7 @@ pub struct Counted<B> {
 
 impl<B> Counted<B> {
     /// A request body: its bytes are the transport's `bytes_in`.
-    pub fn incoming(inner: B, counters: TransportStats) -> Self {
+    pub(crate) fn incoming(inner: B, counters: TransportStats) -> Self {
         Self {
             inner,
             counters,
@@ -58,7 +58,7 @@ impl<B> Counted<B> {
     }
 
     /// A response body: its bytes are the transport's `bytes_out`.
-    pub fn outgoing(inner: B, counters: TransportStats) -> Self {
+    pub(crate) fn outgoing(inner: B, counters: TransportStats) -> Self {
         Self {
             inner,
             counters,

@@ -33,7 +33,7 @@ use crate::stats::Transport;
 /// is not even UTF-8 after percent-decoding is a `bad_channel` too (not
 /// axum's plain-text 400).
 #[derive(Debug, Clone)]
-pub struct ChannelParam(pub ChannelName);
+pub(crate) struct ChannelParam(pub ChannelName);
 
 impl<S: Send + Sync> FromRequestParts<S> for ChannelParam {
     type Rejection = ProtocolError;
@@ -49,7 +49,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ChannelParam {
 /// What the request's token (`Authorization` header or `token` query
 /// parameter) allows; everything when auth is off.
 #[derive(Debug, Clone)]
-pub struct Granted(pub Grant);
+pub(crate) struct Granted(pub Grant);
 
 impl<S> FromRequestParts<S> for Granted
 where
@@ -72,7 +72,7 @@ where
 /// The client's address, put on each request by the listener that accepted
 /// its connection.
 #[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
+pub(crate) struct Peer(pub SocketAddr);
 
 impl<S: Send + Sync> OptionalFromRequestParts<S> for Peer {
     type Rejection = std::convert::Infallible;
@@ -86,7 +86,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Peer {
 }
 
 /// Refuses a request for a transport switched off with `--disable`.
-pub fn ensure_enabled(ctx: &Ctx, t: Transport) -> Result<(), ProtocolError> {
+pub(crate) fn ensure_enabled(ctx: &Ctx, t: Transport) -> Result<(), ProtocolError> {
     if ctx.cfg.enabled(t) {
         Ok(())
     } else {
@@ -98,7 +98,7 @@ pub fn ensure_enabled(ctx: &Ctx, t: Transport) -> Result<(), ProtocolError> {
 }
 
 /// A JSON response from pre-encoded bytes.
-pub fn json_bytes(status: StatusCode, body: impl Into<Bytes>) -> Response {
+pub(crate) fn json_bytes(status: StatusCode, body: impl Into<Bytes>) -> Response {
     (
         status,
         [

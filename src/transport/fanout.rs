@@ -52,7 +52,7 @@ type FanoutMap = HashMap<(ChannelName, usize), Arc<ChannelFanout>>;
 
 /// The fan-out of one channel.
 #[derive(Debug)]
-pub struct ChannelFanout {
+pub(crate) struct ChannelFanout {
     /// The channel; the memberships' and lent slots' names are clones of
     /// this one, so the outlets' name comparisons are pointer comparisons.
     name: ChannelName,
@@ -64,7 +64,7 @@ pub struct ChannelFanout {
 
 /// What joins a fan-out.
 #[derive(Debug, Clone)]
-pub enum Member {
+pub(crate) enum Member {
     /// A WebSocket's socket.
     Socket(Arc<Outlet>),
     /// A WebTransport stream.
@@ -99,7 +99,7 @@ struct Snapshot {
 /// A socket's or stream's place in one channel's fan-out; leaving is
 /// dropping it.
 #[derive(Debug)]
-pub struct Membership {
+pub(crate) struct Membership {
     fanouts: Fanouts,
     channel: ChannelName,
     shard: usize,
@@ -109,12 +109,12 @@ pub struct Membership {
 
 impl Membership {
     /// The channel.
-    pub fn channel(&self) -> &ChannelName {
+    pub(crate) fn channel(&self) -> &ChannelName {
         &self.channel
     }
 
     /// The fan-out.
-    pub fn fanout(&self) -> &ChannelFanout {
+    pub(crate) fn fanout(&self) -> &ChannelFanout {
         &self.fan
     }
 }
@@ -141,7 +141,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Fanouts {
     /// Adds `member` to `channel`'s fan-out, starting the fan-out if it is
     /// the first.
-    pub fn join(&self, ctx: &Ctx, channel: &ChannelName, member: Member) -> Membership {
+    pub(crate) fn join(&self, ctx: &Ctx, channel: &ChannelName, member: Member) -> Membership {
         let shards = tokio::runtime::Handle::try_current()
             .map_or(1, |h| h.metrics().num_workers())
             .max(1);
@@ -212,7 +212,7 @@ impl ChannelFanout {
     /// Whether a subscription that has everything up to `cursor` may be lent
     /// to this fan-out. Call with the outlet's lock held (see the module
     /// docs).
-    pub fn accepts(&self, cursor: u64) -> bool {
+    pub(crate) fn accepts(&self, cursor: u64) -> bool {
         let pos = self.pos.load(Ordering::SeqCst);
         pos != NOT_READY && cursor >= pos
     }
@@ -325,7 +325,7 @@ async fn relay(
 /// Consecutive messages of one channel, each framed as a WebSocket text
 /// frame, back to back.
 #[derive(Debug, Default)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// The offset before the first frame.
     prev: u64,
     bytes: BytesMut,
@@ -372,28 +372,28 @@ impl Batch {
     }
 
     /// The offset before the first frame.
-    pub fn prev(&self) -> u64 {
+    pub(crate) fn prev(&self) -> u64 {
         self.prev
     }
 
     /// The offset of the last frame.
-    pub fn last(&self) -> u64 {
+    pub(crate) fn last(&self) -> u64 {
         self.index.last().map_or(self.prev, |&(o, _)| o)
     }
 
     /// The lines of the messages after offset `cursor`.
-    pub fn lines_after(&self, cursor: u64) -> &[Bytes] {
+    pub(crate) fn lines_after(&self, cursor: u64) -> &[Bytes] {
         let i = self.index.partition_point(|&(o, _)| o <= cursor);
         &self.lines[i.min(self.lines.len())..]
     }
 
     /// Every frame of the batch, back to back.
-    pub fn frames(&self) -> &[u8] {
+    pub(crate) fn frames(&self) -> &[u8] {
         &self.bytes
     }
 
     /// The frames after offset `cursor` and how many there are.
-    pub fn after(&self, cursor: u64) -> (&[u8], usize) {
+    pub(crate) fn after(&self, cursor: u64) -> (&[u8], usize) {
         let i = self.index.partition_point(|&(o, _)| o <= cursor);
         match self.index.get(i) {
             Some(&(_, start)) => (&self.bytes[start..], self.index.len() - i),

@@ -15,25 +15,25 @@ use crate::protocol::DeliveryMode;
 
 /// A lent subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Slot {
+pub(crate) struct Slot {
     /// Its channel.
-    pub channel: ChannelName,
+    pub(crate) channel: ChannelName,
     /// The last offset written.
-    pub cursor: u64,
+    pub(crate) cursor: u64,
     /// How its messages travel (datagrams only over WebTransport).
-    pub mode: DeliveryMode,
+    pub(crate) mode: DeliveryMode,
 }
 
 /// Which subscriptions an outlet is lent for, kept under the outlet's lock.
 #[derive(Debug, Default)]
-pub struct Lease {
+pub(crate) struct Lease {
     lent: bool,
     slots: Vec<Slot>,
 }
 
 /// What a fan-out owes a lent outlet for one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Due {
+pub(crate) enum Due {
     /// Not lent for the channel, or it has the whole batch already.
     Nothing,
     /// It lacks messages from before the batch, which the fan-out never
@@ -49,15 +49,10 @@ pub enum Due {
 }
 
 impl Lease {
-    /// Whether the outlet is lent.
-    pub fn is_lent(&self) -> bool {
-        self.lent
-    }
-
     /// Lends for the candidates whose fan-out accepts them, if `may` (the
     /// outlet can take direct writes); returns the channels lent for.
     /// Called under the outlet's lock: see the fan-out module's docs.
-    pub fn grant<'a>(
+    pub(crate) fn grant<'a>(
         &mut self,
         may: bool,
         candidates: impl Iterator<Item = (Slot, &'a ChannelFanout)>,
@@ -77,25 +72,25 @@ impl Lease {
     }
 
     /// Ends the lease; returns whether it was lent.
-    pub fn end(&mut self) -> bool {
+    pub(crate) fn end(&mut self) -> bool {
         std::mem::replace(&mut self.lent, false)
     }
 
     /// Ends the lease and passes each slot, with what was written, to
     /// `each`.
-    pub fn reclaim(&mut self, each: impl FnMut(&Slot)) {
+    pub(crate) fn reclaim(&mut self, each: impl FnMut(&Slot)) {
         self.lent = false;
         self.slots.iter().for_each(each);
         self.slots.clear();
     }
 
     /// Whether it is lent for `channel`.
-    pub fn covers(&self, channel: &ChannelName) -> bool {
+    pub(crate) fn covers(&self, channel: &ChannelName) -> bool {
         self.lent && self.slots.iter().any(|s| &s.channel == channel)
     }
 
     /// What `channel`'s subscription lacks from `batch`.
-    pub fn due(&self, channel: &ChannelName, batch: &Batch) -> Due {
+    pub(crate) fn due(&self, channel: &ChannelName, batch: &Batch) -> Due {
         if !self.lent {
             return Due::Nothing;
         }
@@ -113,18 +108,18 @@ impl Lease {
     }
 
     /// How slot `slot`'s messages travel.
-    pub fn mode(&self, slot: usize) -> DeliveryMode {
+    pub(crate) fn mode(&self, slot: usize) -> DeliveryMode {
         self.slots[slot].mode
     }
 
     /// Slot `slot` now has all of `batch`.
-    pub fn wrote(&mut self, slot: usize, batch: &Batch) {
+    pub(crate) fn wrote(&mut self, slot: usize, batch: &Batch) {
         self.slots[slot].cursor = batch.last();
     }
 }
 
 /// An outlet a task can lend (a WebSocket's socket, a WebTransport stream).
-pub trait Lendable {
+pub(crate) trait Lendable {
     /// Runs [`Lease::grant`] under the outlet's lock, with whether the
     /// outlet can take direct writes now.
     fn lend<'a>(
@@ -138,7 +133,7 @@ pub trait Lendable {
 
 /// The task side of lending: the fan-outs joined and whether it is lent.
 #[derive(Debug)]
-pub struct Lender {
+pub(crate) struct Lender {
     fanouts: Fanouts,
     lent: bool,
     joined: Vec<Membership>,
@@ -146,7 +141,7 @@ pub struct Lender {
 
 impl Lender {
     /// Lends to the fan-outs in `fanouts`.
-    pub fn new(fanouts: Fanouts) -> Self {
+    pub(crate) fn new(fanouts: Fanouts) -> Self {
         Self {
             fanouts,
             lent: false,
@@ -155,30 +150,30 @@ impl Lender {
     }
 
     /// Whether it is (as far as the task knows) lent.
-    pub fn is_lent(&self) -> bool {
+    pub(crate) fn is_lent(&self) -> bool {
         self.lent
     }
 
     /// Whether it ever joined a fan-out (only then can a direct write have
     /// left something over).
-    pub fn has_joined(&self) -> bool {
+    pub(crate) fn has_joined(&self) -> bool {
         !self.joined.is_empty()
     }
 
     /// Leaves the fan-outs of channels no longer subscribed.
-    pub fn leave_unsubscribed(&mut self, session: &mut OpSession) {
+    pub(crate) fn leave_unsubscribed(&mut self, session: &mut OpSession) {
         self.joined
             .retain(|m| session.stream_mut(m.channel()).is_some());
     }
 
     /// Leaves every fan-out.
-    pub fn leave_all(&mut self) {
+    pub(crate) fn leave_all(&mut self) {
         self.joined.clear();
     }
 
     /// Whether `session` could be lent: it has subscriptions, and every one
     /// is caught up.
-    pub fn caught_up(session: &mut OpSession) -> bool {
+    pub(crate) fn caught_up(session: &mut OpSession) -> bool {
         session.has_subscriptions()
             && session
                 .streams_mut()
@@ -187,7 +182,7 @@ impl Lender {
 
     /// Joins the fan-out of every subscribed channel and lends `outlet` for
     /// the subscriptions their fan-outs accept, pausing those.
-    pub fn lend(
+    pub(crate) fn lend(
         &mut self,
         ctx: &Ctx,
         session: &mut OpSession,
@@ -226,7 +221,7 @@ impl Lender {
 
     /// Ends the lease, if any; each lent subscription reads on from what the
     /// fan-out wrote.
-    pub fn reclaim(&mut self, session: &mut OpSession, outlet: &impl Lendable) {
+    pub(crate) fn reclaim(&mut self, session: &mut OpSession, outlet: &impl Lendable) {
         if !std::mem::replace(&mut self.lent, false) {
             return;
         }

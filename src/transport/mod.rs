@@ -2,28 +2,34 @@
 //! framing onto [`crate::hub::Hub`] calls and the encodings of
 //! [`crate::protocol`], and keeps no history or encoding of its own.
 //!
-//! - [`polling`]: short and long polling (a long poll is a poll that waits);
-//! - [`sse`]: Server-Sent Events;
-//! - [`websocket`]: WebSocket, speaking the JSON ops of [`session`];
-//! - [`webtransport`]: WebTransport streams and datagrams, same ops;
-//! - [`extract`]: what the HTTP rungs' handlers share (axum extractors);
-//! - [`meter`]: the socket under every HTTP connection: byte counts, the
+//! - `polling`: short and long polling (a long poll is a poll that waits);
+//! - `sse`: Server-Sent Events;
+//! - `websocket`: WebSocket, speaking the JSON ops of `session`;
+//! - `webtransport`: WebTransport streams and datagrams, same ops;
+//! - `extract`: what the HTTP rungs' handlers share (axum extractors);
+//! - `meter`: the socket under every HTTP connection: byte counts, the
 //!   send timeout, and handing a lent socket back;
-//! - [`presence`]: who a subscriber joins a channel's presence as, and
+//! - `presence`: who a subscriber joins a channel's presence as, and
 //!   presence events on each rung's wire;
-//! - [`fanout`]: per-channel tasks that write new messages straight to the
+//! - `fanout`: per-channel tasks that write new messages straight to the
 //!   WebSockets and WebTransport streams lent to them.
 
-pub mod extract;
-pub mod fanout;
-pub mod lease;
-pub mod meter;
-pub mod polling;
-pub mod presence;
-pub mod session;
-pub mod sse;
-pub mod websocket;
-pub mod webtransport;
+pub(crate) mod extract;
+pub(crate) mod fanout;
+pub(crate) mod lease;
+pub(crate) mod meter;
+pub(crate) mod polling;
+pub(crate) mod presence;
+pub(crate) mod session;
+pub(crate) mod sse;
+pub(crate) mod websocket;
+pub(crate) mod webtransport;
+
+// What the crate's users need of the adapters: the fan-out registry the
+// server hands out (`server::Server::fanouts`), and the WebTransport close
+// codes of the protocol.
+pub use fanout::Fanouts;
+pub use webtransport::{CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN, CLOSE_SHUTDOWN_REASON};
 
 use crate::hub::Position;
 use crate::protocol::{ErrorCode, ProtocolError};
@@ -58,7 +64,7 @@ pub fn parse_position(since: Option<&str>, epoch: Option<&str>) -> Result<Positi
 
 /// Sleeps until `deadline`, or forever when there is none (a token that
 /// never expires).
-pub async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+pub(crate) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,

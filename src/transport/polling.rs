@@ -31,13 +31,13 @@ use crate::transport::presence as wire;
 /// The longest wait the contract allows, in seconds.
 pub const MAX_WAIT_SECS: f64 = 60.0;
 /// Messages per response when `limit` is absent.
-pub const DEFAULT_LIMIT: usize = 100;
+pub(crate) const DEFAULT_LIMIT: usize = 100;
 /// The largest `limit` accepted.
 pub const MAX_LIMIT: usize = 1000;
 
 /// Query parameters of a poll.
 #[derive(Debug, Deserialize)]
-pub struct PollQuery {
+pub(crate) struct PollQuery {
     since: Option<String>,
     epoch: Option<String>,
     limit: Option<String>,
@@ -62,7 +62,7 @@ fn bad(msg: String) -> ProtocolError {
     ProtocolError::new(ErrorCode::BadRequest, msg)
 }
 
-/// Parses the `limit` query parameter (default [`DEFAULT_LIMIT`]).
+/// Parses the `limit` query parameter (default `DEFAULT_LIMIT`).
 pub fn parse_limit(s: Option<&str>) -> Result<usize, ProtocolError> {
     let Some(s) = s else { return Ok(DEFAULT_LIMIT) };
     match s.parse::<usize>() {
@@ -89,7 +89,7 @@ pub fn parse_wait(s: &str) -> Result<Duration, ProtocolError> {
 /// the future (which a long poll holds for its whole wait) keeps only what
 /// the read needs, not the extractors, which an `async fn` would store
 /// twice.
-pub fn get(
+pub(crate) fn get(
     State(ctx): State<Ctx>,
     channel: Result<ChannelParam, ProtocolError>,
     granted: Result<Granted, ProtocolError>,

@@ -25,7 +25,7 @@ use crate::protocol::{self, ErrorCode, ProtocolError};
 /// token's `sub` (a `client` given as well must equal it); with auth off,
 /// the `client` it chose. Bad ids and `info` are refused here, before the
 /// subscription is made.
-pub fn identity(
+pub(crate) fn identity(
     ctx: &Ctx,
     grant: &Grant,
     client: Option<&str>,
@@ -70,7 +70,7 @@ pub fn identity(
 }
 
 /// A presence event as a WebSocket frame / WebTransport line.
-pub fn op_frame(channel: &ChannelName, event: &PresenceEvent) -> Bytes {
+pub(crate) fn op_frame(channel: &ChannelName, event: &PresenceEvent) -> Bytes {
     match event {
         PresenceEvent::Snapshot(members) => {
             protocol::presence_frame(channel, &members_json(members))
@@ -84,7 +84,7 @@ pub fn op_frame(channel: &ChannelName, event: &PresenceEvent) -> Bytes {
 /// A presence event as a Server-Sent Event: `presence`, `join` or
 /// `leave`, with no `id:` line, so `Last-Event-ID` keeps pointing at the
 /// last message.
-pub fn sse_event(event: &PresenceEvent) -> Bytes {
+pub(crate) fn sse_event(event: &PresenceEvent) -> Bytes {
     Bytes::from(match event {
         PresenceEvent::Snapshot(members) => format!(
             "event: presence\ndata: {{\"members\":{}}}\n\n",
@@ -97,7 +97,7 @@ pub fn sse_event(event: &PresenceEvent) -> Bytes {
 }
 
 /// A refused join as an SSE event: the stream still delivers messages.
-pub fn sse_error(e: &ProtocolError) -> Bytes {
+pub(crate) fn sse_error(e: &ProtocolError) -> Bytes {
     Bytes::from(format!(
         "event: presence_error\ndata: {}\n\n",
         error_json(e)
@@ -105,14 +105,14 @@ pub fn sse_error(e: &ProtocolError) -> Bytes {
 }
 
 /// `{"code","message"}`.
-pub fn error_json(e: &ProtocolError) -> String {
+pub(crate) fn error_json(e: &ProtocolError) -> String {
     serde_json::json!({ "code": e.code.as_str(), "message": e.message }).to_string()
 }
 
 /// The first member list a watcher gets: every node's with Redis (which
 /// may overlap the events that follow; clients apply joins and leaves as
 /// set operations), else exactly the list the events continue from.
-pub async fn first_snapshot(
+pub(crate) async fn first_snapshot(
     ctx: &Ctx,
     local: Vec<Member>,
     channel: &ChannelName,
@@ -126,7 +126,7 @@ pub async fn first_snapshot(
 }
 
 /// `GET /api/channels/{channel}/presence`: `{"channel","members":[…]}`.
-pub async fn get(
+pub(crate) async fn get(
     State(ctx): State<Ctx>,
     channel: Result<ChannelParam, ProtocolError>,
     granted: Result<Granted, ProtocolError>,

@@ -28,7 +28,7 @@ use crate::stats::Transport;
 /// deliveries are then made by someone else (see
 /// [`crate::transport::websocket`]'s direct writes), and it neither reads nor
 /// asks to be woken until resumed.
-pub struct SubStream {
+pub(crate) struct SubStream {
     sub: Subscription,
     mode: DeliveryMode,
     paused: bool,
@@ -49,17 +49,17 @@ impl SubStream {
     }
 
     /// The subscription itself.
-    pub fn subscription(&self) -> &Subscription {
+    pub(crate) fn subscription(&self) -> &Subscription {
         &self.sub
     }
 
     /// How its messages are delivered.
-    pub fn mode(&self) -> DeliveryMode {
+    pub(crate) fn mode(&self) -> DeliveryMode {
         self.mode
     }
 
     /// Stops reading and being woken until [`Self::resume`].
-    pub fn pause(&mut self) {
+    pub(crate) fn pause(&mut self) {
         if !self.paused {
             self.paused = true;
             self.wait.set(self.sub.changed_owned());
@@ -68,13 +68,13 @@ impl SubStream {
 
     /// Reads again, after the messages up to `delivered` that were written
     /// while paused.
-    pub fn resume(&mut self, delivered: u64) {
+    pub(crate) fn resume(&mut self, delivered: u64) {
         self.sub.advance_to(delivered);
         self.paused = false;
     }
 
     /// Whether it is paused.
-    pub fn is_paused(&self) -> bool {
+    pub(crate) fn is_paused(&self) -> bool {
         self.paused
     }
 }
@@ -101,15 +101,15 @@ impl Stream for SubStream {
 /// One per connection (a WebSocket, a WebTransport session); cloning shares
 /// the budget, so a session's streams draw from one rate.
 #[derive(Debug, Clone)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     /// What the connection's token allows.
-    pub grant: Grant,
+    pub(crate) grant: Grant,
     publish_limiter: Option<Arc<governor::DefaultDirectRateLimiter>>,
 }
 
 impl Credentials {
     /// Credentials for a new connection holding `grant`.
-    pub fn new(ctx: &Ctx, grant: Grant) -> Self {
+    pub(crate) fn new(ctx: &Ctx, grant: Grant) -> Self {
         Self {
             grant,
             publish_limiter: crate::limits::connection_publish_limiter(ctx.cfg.publish_rate)
@@ -118,7 +118,7 @@ impl Credentials {
     }
 
     /// When the grant runs out, as a timer deadline (`None` = never).
-    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+    pub(crate) fn deadline(&self) -> Option<tokio::time::Instant> {
         self.grant
             .remaining()
             .map(|left| tokio::time::Instant::now() + left)
@@ -139,7 +139,7 @@ impl Credentials {
 }
 
 /// The error sent when a connection's token runs out.
-pub fn token_expired() -> ProtocolError {
+pub(crate) fn token_expired() -> ProtocolError {
     ProtocolError::new(
         ErrorCode::Unauthorized,
         "token expired; reconnect with a new token",
@@ -147,7 +147,7 @@ pub fn token_expired() -> ProtocolError {
 }
 
 /// One conversation's state: its subscriptions.
-pub struct OpSession {
+pub(crate) struct OpSession {
     ctx: Ctx,
     transport: Transport,
     creds: Credentials,
@@ -180,7 +180,7 @@ impl std::fmt::Debug for OpSession {
 
 impl OpSession {
     /// A session with no subscriptions yet, acting with `creds`.
-    pub fn new(ctx: Ctx, transport: Transport, creds: Credentials) -> Self {
+    pub(crate) fn new(ctx: Ctx, transport: Transport, creds: Credentials) -> Self {
         Self {
             ctx,
             transport,
@@ -192,12 +192,12 @@ impl OpSession {
 
     /// Whether any subscription is active (when not, [`Self::next_event`]
     /// would never return).
-    pub fn has_subscriptions(&self) -> bool {
+    pub(crate) fn has_subscriptions(&self) -> bool {
         !self.subs.is_empty()
     }
 
     /// Runs one op and returns the reply frame (JSON, no framing).
-    pub async fn handle(&mut self, text: &str) -> Bytes {
+    pub(crate) async fn handle(&mut self, text: &str) -> Bytes {
         // Anything far beyond the message limit is refused before parsing.
         let max = self.ctx.cfg.max_message_bytes();
         if text.len() > max + 1024 {
@@ -351,18 +351,18 @@ impl OpSession {
     }
 
     /// Drops every subscription (the token that allowed them expired).
-    pub fn unsubscribe_all(&mut self) {
+    pub(crate) fn unsubscribe_all(&mut self) {
         self.subs.clear();
         self.presence = None;
     }
 
     /// Every subscription, by channel.
-    pub fn streams_mut(&mut self) -> impl Iterator<Item = (&ChannelName, &mut SubStream)> {
+    pub(crate) fn streams_mut(&mut self) -> impl Iterator<Item = (&ChannelName, &mut SubStream)> {
         self.subs.iter_mut().map(|(k, v)| (&*k, &mut **v))
     }
 
     /// The subscription to `channel`, if any.
-    pub fn stream_mut(&mut self, channel: &ChannelName) -> Option<&mut SubStream> {
+    pub(crate) fn stream_mut(&mut self, channel: &ChannelName) -> Option<&mut SubStream> {
         self.streams_mut()
             .find(|(name, _)| *name == channel)
             .map(|(_, s)| s)
@@ -370,7 +370,7 @@ impl OpSession {
 
     /// Waits for the next event of any subscription, presence events
     /// included. Cancel-safe.
-    pub async fn next_event(&mut self) -> Option<(ChannelName, DeliveryMode, Event)> {
+    pub(crate) async fn next_event(&mut self) -> Option<(ChannelName, DeliveryMode, Event)> {
         let presence = |ch, ev| Some((ch, DeliveryMode::Stream, Event::Presence(ev)));
         let Some(p) = self.presence.as_deref_mut() else {
             let (ch, (mode, ev)) = self.subs.next().await?;
@@ -393,7 +393,7 @@ impl OpSession {
     }
 
     /// The next event if one is ready now.
-    pub fn try_next_event(&mut self) -> Option<(ChannelName, DeliveryMode, Event)> {
+    pub(crate) fn try_next_event(&mut self) -> Option<(ChannelName, DeliveryMode, Event)> {
         self.next_event().now_or_never().flatten()
     }
 }

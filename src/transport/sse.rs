@@ -25,13 +25,13 @@ use crate::transport::presence as wire;
 use tokio::sync::broadcast;
 
 /// The reconnection delay suggested to browsers, in milliseconds.
-pub const RETRY_MS: u64 = 2000;
+pub(crate) const RETRY_MS: u64 = 2000;
 /// Most bytes coalesced into one chunk when many messages are ready.
 const COALESCE_BYTES: usize = 16 * 1024;
 
 /// Query parameters of an event stream.
 #[derive(Debug, Deserialize)]
-pub struct SseQuery {
+pub(crate) struct SseQuery {
     since: Option<String>,
     epoch: Option<String>,
     /// Presence id (auth off), its `info` (JSON), and `presence=1` to
@@ -46,7 +46,7 @@ pub struct SseQuery {
 }
 
 /// Whether a `presence` query parameter asks for presence events.
-pub fn wants_presence(v: Option<&str>) -> Result<bool, ProtocolError> {
+pub(crate) fn wants_presence(v: Option<&str>) -> Result<bool, ProtocolError> {
     match v {
         None | Some("0" | "false") => Ok(false),
         Some("1" | "true") => Ok(true),
@@ -90,7 +90,7 @@ pub fn parse_last_event_id(id: &str) -> Result<Position, ProtocolError> {
 }
 
 /// `GET /api/channels/{channel}/events`.
-pub async fn get(
+pub(crate) async fn get(
     State(ctx): State<Ctx>,
     channel: Result<ChannelParam, ProtocolError>,
     granted: Result<Granted, ProtocolError>,

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use ladder::config::Config;
 use ladder::context::Ctx;
 use ladder::server::Server;
-use ladder::transport::fanout::Fanouts;
+use ladder::transport::Fanouts;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

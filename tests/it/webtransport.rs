@@ -438,10 +438,7 @@ async fn a_unidirectional_stream_is_a_protocol_error() -> Result<()> {
     within("uni write", uni.write_all(b"hello\n")).await??;
     let closed = within("session close", wt.conn.closed()).await?;
     let (code, reason) = app_close_code(&closed).context(format!("{closed:?}"))?;
-    assert_eq!(
-        code,
-        u64::from(ladder::transport::webtransport::CLOSE_PROTOCOL_ERROR)
-    );
+    assert_eq!(code, u64::from(ladder::transport::CLOSE_PROTOCOL_ERROR));
     assert!(reason.starts_with("protocol error"), "{reason}");
     // Other sessions are unaffected.
     Wt::connect(&s)
@@ -504,14 +501,8 @@ async fn shutdown_closes_sessions_with_the_documented_code() -> Result<()> {
     s.begin_shutdown();
     let closed = within("session close", wt.conn.closed()).await?;
     let (code, reason) = app_close_code(&closed).context(format!("{closed:?}"))?;
-    assert_eq!(
-        code,
-        u64::from(ladder::transport::webtransport::CLOSE_SHUTDOWN)
-    );
-    assert_eq!(
-        reason,
-        ladder::transport::webtransport::CLOSE_SHUTDOWN_REASON
-    );
+    assert_eq!(code, u64::from(ladder::transport::CLOSE_SHUTDOWN));
+    assert_eq!(reason, ladder::transport::CLOSE_SHUTDOWN_REASON);
     s.finished().await
 }
 

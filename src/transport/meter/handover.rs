@@ -18,7 +18,7 @@ use tokio::io::AsyncWrite;
 use crate::socket::Socket;
 
 /// What a stream needs from the direct writer its socket is lent to.
-pub trait Borrower: Debug + Send + Sync {
+pub(crate) trait Borrower: Debug + Send + Sync {
     /// The socket is about to close: no direct write may happen once this
     /// returns.
     fn close(&self);
@@ -33,7 +33,7 @@ pub trait Borrower: Debug + Send + Sync {
 /// connection is open (TCP connections only), and the one borrower it was
 /// lent to, if any.
 #[derive(Debug, Default)]
-pub struct Handover {
+pub(crate) struct Handover {
     socket: Mutex<Option<Socket>>,
     borrower: OnceLock<Arc<dyn Borrower>>,
 }
@@ -50,7 +50,7 @@ impl Handover {
     /// Lends the socket to the borrower `make` builds from a share of it.
     /// `None` when the connection is not a TCP socket, is already closing,
     /// or has already been lent.
-    pub fn lend<B: Borrower + 'static>(
+    pub(crate) fn lend<B: Borrower + 'static>(
         &self,
         make: impl FnOnce(Socket) -> Arc<B>,
     ) -> Option<Arc<B>> {

@@ -18,7 +18,7 @@
 //! its response body is dropped, when a WebSocket frame has been read, and
 //! when the connection closes.
 
-pub mod handover;
+pub(crate) mod handover;
 mod timeout;
 
 use std::io;
@@ -38,7 +38,7 @@ use crate::stats::{Stats, Transport};
 
 /// Per-connection attribution of bytes to a transport.
 #[derive(Debug)]
-pub struct Meter {
+pub(crate) struct Meter {
     stats: Arc<Stats>,
     /// Index into `Transport::ALL` of the current request's transport.
     current: AtomicU8,
@@ -54,7 +54,7 @@ pub struct Meter {
 impl Meter {
     /// A meter for a new connection, attributing to `Api` until a request
     /// says otherwise.
-    pub fn new(stats: Arc<Stats>) -> Self {
+    pub(crate) fn new(stats: Arc<Stats>) -> Self {
         Self {
             stats,
             current: AtomicU8::new(Transport::Api as u8),
@@ -67,13 +67,13 @@ impl Meter {
     /// From now on this connection's bytes are counted per stream by its
     /// HTTP/2 layer, not here; what was counted so far (the TLS handshake)
     /// stays where it went.
-    pub fn count_per_stream(&self) {
+    pub(crate) fn count_per_stream(&self) {
         self.flush_in();
         self.per_stream.store(true, Ordering::Relaxed);
     }
 
     /// The connection's socket, to lend to a direct writer.
-    pub fn handover(&self) -> &Handover {
+    pub(crate) fn handover(&self) -> &Handover {
         &self.handover
     }
 
@@ -83,13 +83,13 @@ impl Meter {
 
     /// A request of transport `t` begins on this connection: its header bytes
     /// (read while pending) and everything written from now on are `t`'s.
-    pub fn begin(&self, t: Transport) {
+    pub(crate) fn begin(&self, t: Transport) {
         self.current.store(t as u8, Ordering::Relaxed);
         self.flush_in();
     }
 
     /// Attributes pending read bytes to the current transport.
-    pub fn flush_in(&self) {
+    pub(crate) fn flush_in(&self) {
         let n = self.pending_in.swap(0, Ordering::Relaxed);
         if n > 0 {
             self.stats.of(self.current()).bytes_in.inc_by(n);
@@ -114,7 +114,7 @@ impl Meter {
 /// A stream whose traffic is counted by a [`Meter`], and whose writes fail
 /// once they have been blocked for the send timeout.
 #[derive(Debug)]
-pub struct MeteredIo<S> {
+pub(crate) struct MeteredIo<S> {
     inner: S,
     meter: Arc<Meter>,
     send_timeout: SendTimeout,
@@ -122,7 +122,7 @@ pub struct MeteredIo<S> {
 
 impl<S> MeteredIo<S> {
     /// Wraps `inner`, counting into `meter`.
-    pub fn new(inner: S, meter: Arc<Meter>) -> Self {
+    pub(crate) fn new(inner: S, meter: Arc<Meter>) -> Self {
         Self {
             inner,
             meter,
@@ -131,14 +131,14 @@ impl<S> MeteredIo<S> {
     }
 
     /// The meter this stream counts into.
-    pub fn meter(&self) -> &Arc<Meter> {
+    pub(crate) fn meter(&self) -> &Arc<Meter> {
         &self.meter
     }
 
     /// Fails writes that stay blocked for `limit`: a client that stops
     /// reading (an SSE subscriber, a big response) is cut off and counted
     /// as lagged instead of holding its connection forever.
-    pub fn with_send_timeout(mut self, limit: Duration) -> Self {
+    pub(crate) fn with_send_timeout(mut self, limit: Duration) -> Self {
         self.send_timeout = SendTimeout::new(limit);
         self
     }
@@ -167,7 +167,7 @@ impl<S> MeteredIo<S> {
 impl MeteredIo<Socket> {
     /// Wraps an accepted TCP connection, counting into a new meter; its
     /// socket can be lent to direct writers ([`Meter::handover`]).
-    pub fn tcp(stream: TcpStream, stats: Arc<Stats>) -> Self {
+    pub(crate) fn tcp(stream: TcpStream, stats: Arc<Stats>) -> Self {
         let socket = Socket::new(stream);
         let mut meter = Meter::new(stats);
         meter.handover = Handover::open(socket.clone());
@@ -176,13 +176,13 @@ impl MeteredIo<Socket> {
 
     /// The socket, for peeking at or waiting for what the client sends
     /// next without reading (and so counting) it.
-    pub fn get_ref(&self) -> &TcpStream {
+    pub(crate) fn get_ref(&self) -> &TcpStream {
         self.inner.stream()
     }
 
     /// Waits until the client closes its side (`true`) or sends something,
     /// which stays unread (`false`).
-    pub async fn hangup(&self) -> bool {
+    pub(crate) async fn hangup(&self) -> bool {
         let mut byte = [0u8; 1];
         matches!(self.get_ref().peek(&mut byte).await, Ok(0) | Err(_))
     }
@@ -190,7 +190,7 @@ impl MeteredIo<Socket> {
     /// Waits for input from a client that has nothing more to say (an
     /// event stream's), counts it and discards it: `Ok(0)` when the client
     /// has closed its side, else how many bytes were discarded.
-    pub async fn input(&self) -> io::Result<usize> {
+    pub(crate) async fn input(&self) -> io::Result<usize> {
         let mut buf = [0u8; 64];
         loop {
             self.get_ref().readable().await?;

@@ -16,10 +16,10 @@ use crate::stats::TransportStats;
 /// Set as a request extension by a listener whose connection is counted
 /// per stream: a WebSocket opened by that request counts its own frames.
 #[derive(Debug, Clone, Copy)]
-pub struct PerStream {
+pub(crate) struct PerStream {
     /// Bytes the connection's framing adds around each chunk of the stream
     /// (9 for an HTTP/2 DATA frame header).
-    pub data_frame_overhead: u64,
+    pub(crate) data_frame_overhead: u64,
 }
 
 /// Adds a WebSocket's frames to its transport's byte counters.

@@ -13,7 +13,7 @@
 //! the socket back.
 
 mod frames;
-pub mod outlet;
+pub(crate) mod outlet;
 #[cfg(feature = "uring")]
 #[allow(unsafe_code)]
 pub(crate) mod uring;
@@ -35,7 +35,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::debug;
 
 use self::frames::FrameMeter;
-pub use self::frames::PerStream;
+pub(crate) use self::frames::PerStream;
 use self::outlet::Outlet;
 use super::extract::{Granted, ensure_enabled};
 use super::fanout::{Fanouts, Member};
@@ -49,14 +49,14 @@ use crate::protocol::{self, DeliveryMode, ErrorCode, ProtocolError};
 use crate::stats::{ConnGuard, Transport};
 
 /// Close code sent after `{"op":"lagged"}`.
-pub const CLOSE_LAGGED: u16 = 4000;
+pub(crate) const CLOSE_LAGGED: u16 = 4000;
 /// Close code sent when the token that opened the socket expires.
-pub const CLOSE_EXPIRED: u16 = 4001;
+pub(crate) const CLOSE_EXPIRED: u16 = 4001;
 /// Most frames coalesced into one flush.
 const COALESCE_FRAMES: usize = 64;
 
 /// `GET /api/ws`: checks the origin and upgrades.
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     State(ctx): State<Ctx>,
     State(fanouts): State<Fanouts>,
     meter: Option<Extension<Arc<Meter>>>,

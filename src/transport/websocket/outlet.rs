@@ -33,7 +33,7 @@ use crate::transport::meter::handover::Borrower;
 
 /// One connection's lendable socket.
 #[derive(Debug)]
-pub struct Outlet {
+pub(crate) struct Outlet {
     state: Mutex<State>,
     /// Tells the socket's task the lease ended.
     returned: Notify,
@@ -43,7 +43,7 @@ pub struct Outlet {
 
 /// The lease, under the outlet's lock.
 #[derive(Debug, Default)]
-pub struct State {
+pub(crate) struct State {
     /// The outlet's share of the socket, until the connection closes
     /// ([`Outlet::close`]); lent only while it is here.
     socket: Option<Socket>,
@@ -83,7 +83,7 @@ impl Outlet {
     /// Completes when a lease ended without the task asking (a direct write
     /// could not finish, or the WebSocket layer wrote on its own). May
     /// complete once spuriously.
-    pub async fn returned(&self) {
+    pub(crate) async fn returned(&self) {
         self.returned.notified().await;
     }
 

@@ -86,7 +86,7 @@ use crate::protocol::{self, ClientOp, DeliveryMode, ErrorCode, ProtocolError};
 use crate::stats::{ByteSource, Transport, TransportStats};
 
 mod lines;
-pub mod outlet;
+pub(crate) mod outlet;
 
 pub use lines::LineBuf;
 
@@ -97,9 +97,9 @@ pub const CLOSE_SHUTDOWN_REASON: &str = "server shutting down";
 /// Session close code when the client breaks the session protocol.
 pub const CLOSE_PROTOCOL_ERROR: u32 = 1;
 /// Stream code: the receive side was stopped after an oversized line.
-pub const STREAM_TOO_LARGE: u32 = 1;
+pub(crate) const STREAM_TOO_LARGE: u32 = 1;
 /// Stream code: the send side was reset because the client stopped reading.
-pub const STREAM_TOO_SLOW: u32 = 2;
+pub(crate) const STREAM_TOO_SLOW: u32 = 2;
 
 /// Most events coalesced into one write.
 const COALESCE_EVENTS: usize = 64;
@@ -114,7 +114,7 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one accepted session until the client leaves, breaks the
 /// protocol, or the server shuts down.
-pub async fn run_session(ctx: Ctx, fanouts: Fanouts, conn: Connection, creds: Credentials) {
+pub(crate) async fn run_session(ctx: Ctx, fanouts: Fanouts, conn: Connection, creds: Credentials) {
     let guard = ctx.stats.open(Transport::WebTransport);
     let stats = guard.stats().clone();
     stats.requests.inc();
@@ -340,7 +340,7 @@ impl StreamTask {
                 self.finish().await;
             }
             Flow::Reset(code) => {
-                if let Some(mut send) = self.outlet.into_send() {
+                if let Some(mut send) = self.outlet.take_send() {
                     let _ = send.reset(VarInt::from_u32(code));
                 }
             }
@@ -450,7 +450,7 @@ impl StreamTask {
     }
 
     async fn finish(&mut self) {
-        if let Some(mut send) = self.outlet.into_send() {
+        if let Some(mut send) = self.outlet.take_send() {
             let _ = tokio::time::timeout(FINISH_TIMEOUT, send.finish()).await;
         }
     }

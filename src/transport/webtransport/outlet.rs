@@ -34,7 +34,7 @@ use crate::transport::lease::{Due, Lease, Lendable, Slot};
 
 /// One stream's lendable send half.
 #[derive(Debug)]
-pub struct StreamOutlet {
+pub(crate) struct StreamOutlet {
     state: Mutex<State>,
     /// The stream's session, for datagram delivery.
     conn: Connection,
@@ -55,7 +55,7 @@ struct State {
 
 impl StreamOutlet {
     /// Holds `send` of a stream of `conn`; counts deliveries into `stats`.
-    pub fn new(conn: Connection, send: SendStream, stats: TransportStats) -> Self {
+    pub(crate) fn new(conn: Connection, send: SendStream, stats: TransportStats) -> Self {
         Self {
             conn,
             state: Mutex::new(State {
@@ -76,17 +76,17 @@ impl StreamOutlet {
 
     /// Completes when a lease ended without the task asking. May complete
     /// once spuriously.
-    pub async fn returned(&self) {
+    pub(crate) async fn returned(&self) {
         self.returned.notified().await;
     }
 
     /// Whether part of a batch still waits to be written.
-    pub fn has_leftover(&self) -> bool {
+    pub(crate) fn has_leftover(&self) -> bool {
         !self.lock().leftover.is_empty()
     }
 
     /// Takes the send half back for good (to finish or reset the stream).
-    pub fn into_send(&self) -> Option<SendStream> {
+    pub(crate) fn take_send(&self) -> Option<SendStream> {
         let mut st = self.lock();
         st.lease.end();
         st.send.take()
@@ -107,7 +107,7 @@ impl StreamOutlet {
 
     /// Sends `frame` (a message without its newline) as a datagram if it
     /// fits now; false means it must go on the stream instead.
-    pub fn send_datagram(&self, frame: &[u8]) -> bool {
+    pub(crate) fn send_datagram(&self, frame: &[u8]) -> bool {
         // The size changes with path MTU discovery: checked per send.
         if self
             .conn
@@ -189,7 +189,7 @@ impl StreamOutlet {
 
     /// Writes `out` (after any leftover), ending any lease first. Locks per
     /// poll, so a fan-out never writes between two of these lines' bytes.
-    pub async fn write_all(&self, out: &mut [Bytes]) -> Result<(), WriteError> {
+    pub(crate) async fn write_all(&self, out: &mut [Bytes]) -> Result<(), WriteError> {
         let mut done = 0;
         std::future::poll_fn(|cx| {
             let mut guard = self.lock();
