@@ -14,6 +14,7 @@ import { drawSpark } from './spark.js';
 import { LanesDemo, lanesMode } from './lanes.js';
 import { ProtocolWatch, describeVersion } from './protocol.js';
 import { setupRealities } from './realities.js';
+import { PresenceView } from './presence-view.js';
 
 const PANELS = [
   { id: 'wt', title: 'WebTransport · streams', rung: 'webtransport', delivery: 'stream',
@@ -67,20 +68,23 @@ const state = {
   // The "through each network" table's rows, by condition (realities.js).
   networks: { state: 'idle', rows: {} },
   // Who is in PRESENCE_CHANNEL, as the Automatic panel is told, and every
-  // join and leave it heard.
-  presence: { members: [], log: [] },
+  // join and leave it heard; `channels` the same for every channel with a
+  // list on the page (presence-view.js).
+  presence: { members: [], log: [], channels: {} },
   errors: [],
 };
 
 /**
- * The channel the panels join as presence members. Only panels whose rung
- * holds a connection that carries ops (WebTransport, WebSocket) and the
- * Automatic panel join: on SSE and polling a second channel would be a
- * second stream or request loop, and would skew the figures the page
- * measures.
+ * The always-on channel the panels join as presence members. Only panels
+ * whose rung holds a connection that carries ops (WebTransport, WebSocket)
+ * and the Automatic panel join: on SSE and polling a second channel would be
+ * a second stream or request loop, and would skew the figures the page
+ * measures. Every panel joins the workload's channel (Panel.subscribe).
  */
 const PRESENCE_CHANNEL = 'ladder.presence';
 const PRESENCE_PANELS = new Set(['wt', 'wtdg', 'ws', 'auto']);
+/** The presence card's lists, one per channel in use; set in main(). */
+let presenceView = null;
 window.ladderState = state;
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -110,13 +114,9 @@ class Panel {
     if (PRESENCE_PANELS.has(cfg.id)) {
       const watch = cfg.id === 'auto';
       this.presenceSub = this.ladder.subscribe(PRESENCE_CHANNEL, {
-        presence: { client: cfg.id, info: { title: cfg.title }, events: watch },
-        onPresence: watch ? (members, change) => {
-          state.presence.members = members;
-          if (change.member) state.presence.log.push({ type: change.type, id: change.member.id });
-          if (state.presence.log.length > 200) state.presence.log.shift();
-          renderPresence();
-        } : undefined,
+        presence: { client: cfg.id, info: this.presenceInfo, events: watch },
+        onPresence: watch ? presenceView?.track(PRESENCE_CHANNEL,
+          'Always on: the WebTransport and WebSocket panels and the Automatic one.') : undefined,
       }, () => {});
     }
     this.s = {
@@ -155,9 +155,14 @@ class Panel {
 
   get statsKey() { return this.ladder.transport || this.cfg.rung; }
   get delivery() { return this.cfg.delivery || 'stream'; }
+  /** What the panel's presence member carries: its title and rung. */
+  get presenceInfo() { return { title: this.cfg.title, rung: this.cfg.rung || 'automatic' }; }
   get usable() { return this.s.state !== 'unavailable' && this.s.state !== 'closed'; }
 
   resetRun(channel, expected) {
+    // The Automatic panel watches the workload channel's presence: once it
+    // moves on, nobody uses the old channel and its list goes.
+    if (this.cfg.id === 'auto' && this.s.channel && this.s.channel !== channel) presenceView?.untrack(this.s.channel);
     this.sub?.unsubscribe();
     this.sub = null;
     this.seen = new Set();
@@ -171,8 +176,19 @@ class Panel {
     });
   }
 
+  /**
+   * Every panel joins the workload channel's presence on the subscription
+   * that reads the workload (no extra stream or request loop on any rung);
+   * the Automatic panel also watches the joins and leaves.
+   */
   subscribe(channel) {
-    this.sub = this.ladder.subscribe(channel, { since: 0, delivery: this.delivery }, (msg) => this.onMessage(msg));
+    const watch = this.cfg.id === 'auto';
+    this.sub = this.ladder.subscribe(channel, {
+      since: 0,
+      delivery: this.delivery,
+      presence: { client: this.cfg.id, info: this.presenceInfo, events: watch },
+      onPresence: watch ? presenceView?.track(channel, 'The running workload\'s channel: every panel, on its own rung.') : undefined,
+    }, (msg) => this.onMessage(msg));
     return this.sub.ready;
   }
 
@@ -476,18 +492,6 @@ function cell(tag, text, scope) {
 
 // ---- start-up ---------------------------------------------------------------
 
-/** The presence card: who is in PRESENCE_CHANNEL now. */
-function renderPresence() {
-  const list = $('#presence-list');
-  if (!list) return;
-  list.replaceChildren(...state.presence.members.map((m) => {
-    const li = document.createElement('li');
-    li.textContent = m.info?.title ? `${m.info.title} (${m.id})` : m.id;
-    return li;
-  }));
-  $('#presence-count').textContent = `${state.presence.members.length} in ${PRESENCE_CHANNEL}`;
-}
-
 async function loadInfo() {
   for (let attempt = 0; ; attempt++) {
     try {
@@ -520,6 +524,7 @@ async function main() {
   const pollInput = $('#poll-interval');
   const pollMs = () => clampInt(pollInput.value, 50, 10000, 1000);
   const grid = $('#panel-grid');
+  presenceView = new PresenceView($('#presence-channels'), state.presence);
   panels = PANELS.map((cfg) => new Panel(cfg, grid, { pollIntervalMs: pollMs(), ...netOpts }));
 
   const autoOpts = { ...netOpts };

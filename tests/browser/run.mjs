@@ -73,6 +73,31 @@ async function scenarioMain(browser) {
       return ids.map((id) => `${id} p50=${st.panels[id].p50}ms`).join(', ');
     });
 
+    await tally.check('main: the workload channel\'s presence list shows every panel and follows a drop (leave, then join again)', async () => {
+      const channel = (await ladderState(page)).run.channel;
+      const want = [...ids].sort();
+      await waitState(page, 'the run channel\'s list to hold one member per panel', ([ch, want]) => {
+        const c = window.ladderState.presence.channels[ch];
+        return c && JSON.stringify(c.members.map((m) => m.id).sort()) === JSON.stringify(want);
+      }, [channel, want], 20000);
+      const shown = await page.locator(`.presence-channel[data-channel="${channel}"] li`).count();
+      tally.expect(shown === ids.length, `${shown} list items for ${ids.length} panels`);
+      const dropped = ['ws', 'sse'];
+      await page.evaluate((d) => { for (const p of window.ladderApp.panels()) if (d.includes(p.cfg.id)) p.drop(); }, dropped);
+      await waitState(page, `${dropped.join(' and ')} to leave the run channel and join it again`, ([ch, d, want]) => {
+        const c = window.ladderState.presence.channels[ch];
+        const back = d.every((id) => {
+          const log = c.log.filter((e) => e.id === id);
+          const left = log.findIndex((e) => e.type === 'leave');
+          return left >= 0 && log.slice(left + 1).some((e) => e.type === 'join');
+        });
+        return back && JSON.stringify(c.members.map((m) => m.id).sort()) === JSON.stringify(want);
+      }, [channel, dropped, want], 30000);
+      const after = await page.locator(`.presence-channel[data-channel="${channel}"] li`).count();
+      tally.expect(after === ids.length, `${after} list items after the reconnects`);
+      return `${ids.length} members in ${channel}; ${dropped.join(', ')} left and came back`;
+    });
+
     await tally.check('main: measured figures appear (latency, requests, bytes per message)', async () => {
       const st = await ladderState(page);
       const bad = [];
