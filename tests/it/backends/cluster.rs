@@ -142,6 +142,16 @@ impl Cluster {
         self.masters.iter().map(|m| m.port)
     }
 
+    /// Kills (SIGKILL) the node at `port`, as a crash would.
+    pub(super) async fn kill(&mut self, port: u16) -> Result<()> {
+        for r in self.masters.iter_mut().chain(&mut self.replicas) {
+            if r.port == port {
+                r.stop().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every node's port, replicas included.
     pub(super) fn all_ports(&self) -> Vec<u16> {
         self.masters

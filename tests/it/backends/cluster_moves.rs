@@ -197,7 +197,7 @@ impl Cluster {
     /// Waits until `n` connections subscribe each of `names`' sharded
     /// fan-out, summed over every node: the new master or (as Redis
     /// allows) a replica of it.
-    async fn subscribed(&self, names: &[String], n: u64) -> Result<()> {
+    pub(super) async fn subscribed(&self, names: &[String], n: u64) -> Result<()> {
         within("the fan-out subscribed in its shard", async {
             for c in names {
                 loop {
@@ -224,7 +224,7 @@ impl Cluster {
     /// The ports of the master serving `slot` and of a replica of it, once
     /// every node knows that replica and it has its master's data and
     /// follows its writes.
-    async fn replicated(&self, slot: u16) -> Result<(u16, u16)> {
+    pub(super) async fn replicated(&self, slot: u16) -> Result<(u16, u16)> {
         within_for(Duration::from_secs(30), "a replica in sync", async {
             loop {
                 let mut seen = Vec::new();
@@ -249,7 +249,7 @@ impl Cluster {
 
     /// Waits until every node but `gone` says `slot` is served by the master
     /// at `port`.
-    async fn served_by(&self, slot: u16, port: u16, gone: Option<u16>) -> Result<()> {
+    pub(super) async fn served_by(&self, slot: u16, port: u16, gone: Option<u16>) -> Result<()> {
         within_for(Duration::from_secs(30), "the replica promoted", async {
             for p in self.all_ports() {
                 if Some(p) == gone {
@@ -267,7 +267,7 @@ impl Cluster {
 
 /// One channel per master, and a second on the first master's slots (the
 /// one failed over).
-async fn failover_channels(cluster: &Cluster, prefix: &str) -> Result<Vec<String>> {
+pub(super) async fn failover_channels(cluster: &Cluster, prefix: &str) -> Result<Vec<String>> {
     let third = SLOTS / 3;
     cluster
         .channels(

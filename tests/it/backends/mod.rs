@@ -8,6 +8,7 @@
 
 mod blackhole;
 mod cluster;
+mod cluster_kill;
 mod cluster_moves;
 mod durable;
 mod expiry;
