@@ -73,7 +73,7 @@ async fn follow(s: &TestServer, c: &str, mut last: watch::Receiver<Option<Ack>>)
     let mut seen = Seen::default();
     let (mut epoch, mut offset) = (String::new(), 0);
     within("every acknowledged message", async {
-        'resume: for _ in 0..100 {
+        'resume: for _ in 0..600 {
             let mut ws = Ws::connect(s).await?;
             let mut op = json!({"op": "subscribe", "channel": c, "since": offset});
             if !epoch.is_empty() {
@@ -110,7 +110,7 @@ async fn follow(s: &TestServer, c: &str, mut last: watch::Receiver<Option<Ack>>)
                 }
             }
         }
-        bail!("resumed 100 times")
+        bail!("resumed 600 times")
     })
     .await??;
     Ok(seen)
