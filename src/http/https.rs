@@ -41,7 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
-use tracing::{Instrument, debug, debug_span, warn};
+use tracing::{Instrument, debug, debug_span};
 
 use super::stream::{Counted, DATA_FRAME_OVERHEAD, header_bytes};
 use super::{MeteredBody, api, classify, prepare};
@@ -78,18 +78,7 @@ pub(crate) async fn run(listener: TcpListener, ctx: Ctx, fanouts: Fanouts, https
     let router = api::router(ctx.clone(), fanouts);
     let permits = Arc::new(Semaphore::new(ctx.cfg.max_connections));
     let http = Arc::new(builder(&ctx));
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = ctx.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = super::accept(&listener, &ctx.shutdown).await {
         let _ = stream.set_nodelay(true);
         // Over a limit the connection is closed before the handshake: an
         // answer would cost a handshake, which is what the limit saves.

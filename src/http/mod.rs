@@ -37,6 +37,27 @@ use crate::transport::extract::Peer;
 use crate::transport::fanout::Fanouts;
 use crate::transport::meter::{Meter, MeteredIo};
 
+/// The next accepted connection of either TCP listener, or `None` once
+/// shutdown begins. A failed accept (EMFILE and friends) backs off briefly
+/// instead of spinning, and is not the caller's concern.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Runs the accept loop until shutdown, then lets every connection finish
 /// its current response.
 pub(crate) async fn run(listener: TcpListener, ctx: Ctx, fanouts: Fanouts) {
@@ -49,19 +70,7 @@ pub(crate) async fn run(listener: TcpListener, ctx: Ctx, fanouts: Fanouts) {
         .max_buf_size(64 * 1024);
     // Shared: every connection's state would otherwise hold a copy.
     let http = Arc::new(builder);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = ctx.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = accept(&listener, &ctx.shutdown).await {
         let _ = stream.set_nodelay(true);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             ctx.tasks.spawn(refuse(stream, ctx.clone(), Refusal::Full));

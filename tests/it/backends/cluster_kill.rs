@@ -19,11 +19,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::watch;
 
 use super::cluster::{Cluster, node};
-use super::cluster_moves::{failover_channels, published};
+use super::cluster_moves::{failover_channels, publish_acked, published};
 use crate::helpers::*;
 
 /// One acknowledged publish: `(epoch, offset, data)`.
@@ -32,28 +32,9 @@ type Ack = (String, u64, u64);
 /// Publishes `data` with an idempotency key, retrying (same key) on 503 or
 /// a failed request; returns the acknowledgement.
 async fn publish(s: &TestServer, c: &str, data: u64) -> Result<Ack> {
-    within("a publish acknowledged", async {
-        loop {
-            let sent = s
-                .http
-                .post(format!("{}/api/channels/{c}/messages", s.base))
-                .header("Idempotency-Key", format!("{c}-{data}"))
-                .json(&json!(data))
-                .send()
-                .await;
-            if let Ok(resp) = sent {
-                let status = resp.status().as_u16();
-                let body: Value = resp.json().await.unwrap_or_default();
-                if status == 201 {
-                    let epoch = body["epoch"].as_str().context("epoch")?.to_owned();
-                    return Ok((epoch, body["offset"].as_u64().context("offset")?, data));
-                }
-                ensure!(status == 503, "{status}: {body}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await?
+    let body = publish_acked(s, c, &format!("{c}-{data}"), data).await?;
+    let epoch = body["epoch"].as_str().context("epoch")?.to_owned();
+    Ok((epoch, body["offset"].as_u64().context("offset")?, data))
 }
 
 /// What one subscriber saw: messages as `(epoch, offset, data)`, and the

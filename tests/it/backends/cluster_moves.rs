@@ -17,8 +17,8 @@ use crate::helpers::*;
 use ladder_testkit::within_for;
 
 /// Publishes `data` with an idempotency key, retrying (same key) while the
-/// node answers 503 or the request fails; returns the acknowledged offset.
-async fn publish_once(s: &TestServer, c: &str, key: &str, data: u64) -> Result<u64> {
+/// node answers 503 or the request fails; returns the acknowledgement's body.
+pub(super) async fn publish_acked(s: &TestServer, c: &str, key: &str, data: u64) -> Result<Value> {
     within("a publish acknowledged", async {
         loop {
             let sent = s
@@ -32,7 +32,7 @@ async fn publish_once(s: &TestServer, c: &str, key: &str, data: u64) -> Result<u
                 let status = resp.status().as_u16();
                 let body: Value = resp.json().await.unwrap_or_default();
                 if status == 201 {
-                    return body["offset"].as_u64().context("offset");
+                    return Ok(body);
                 }
                 ensure!(status == 503, "{status}: {body}");
             }
@@ -40,6 +40,12 @@ async fn publish_once(s: &TestServer, c: &str, key: &str, data: u64) -> Result<u
         }
     })
     .await?
+}
+
+/// [`publish_acked`], returning the acknowledged offset.
+async fn publish_once(s: &TestServer, c: &str, key: &str, data: u64) -> Result<u64> {
+    let body = publish_acked(s, c, key, data).await?;
+    body["offset"].as_u64().context("offset")
 }
 
 /// Publishes rounds to every channel of `names` (round `r` carries `r`,
