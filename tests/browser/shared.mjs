@@ -130,12 +130,19 @@ export async function runShared(browser, tally) {
   await scenario(browser, tally, { name: 'shared (leader tab, no SharedWorker)', noWorker: true });
 }
 
-/** Presence from web/ladder.js on every rung: each joins, a watcher follows joins and a leave. */
+/** The lease a poller holds between polls in the presence scenario (`--presence-lapse`, seconds). */
+const PRESENCE_LAPSE_S = 2;
+
+/**
+ * Presence from web/ladder.js on every rung: each joins, a watcher follows
+ * joins and leaves: an event stream's at once when it closes, the pollers'
+ * once they stop polling and their lease (`--presence-lapse`) runs out.
+ */
 export async function runPresence(browser, tally) {
-  const server = await startServer();
+  const server = await startServer(['--presence-lapse', String(PRESENCE_LAPSE_S)]);
   const context = await browser.newContext();
   try {
-    await tally.check('presence: ladder.js joins on every rung; a WebSocket watcher sees each join and a leave', async () => {
+    await tally.check('presence: ladder.js joins on every rung; a WebSocket watcher sees each join, a closed stream leave, and pollers that stop polling leave after the lapse', async () => {
       const page = await context.newPage();
       const errors = [];
       page.on('pageerror', (e) => errors.push(e.message));
@@ -150,6 +157,10 @@ export async function runPresence(browser, tally) {
           window.rungs[rung] = { ladder, sub };
           ladder.connect();
         }
+        window.changes = [];
+        window.rungs.websocket.ladder.on('presence', ({ change }) => {
+          if (change.member) window.changes.push(`${change.type}:${change.member.id}`);
+        });
       });
       const all = ['longpoll', 'poll', 'sse', 'websocket', 'webtransport'];
       const members = async () => (await (await fetch(`${server.http}/api/channels/who/presence`)).json()).members.map((m) => m.id).sort();
@@ -168,7 +179,18 @@ export async function runPresence(browser, tally) {
       await page.evaluate(() => window.rungs.sse.ladder.close());
       await waitState(page, 'the watcher to see sse leave', () => !window.rungs.websocket.sub.members.has('sse'), null, 20000);
       await until(all.filter((r) => r !== 'sse'), 'sse left');
+      // The pollers stop polling: nothing holds them but their lease, so
+      // they leave once it runs out (bounded wait; no timing asserted).
+      await page.evaluate(() => { window.rungs.poll.ladder.close(); window.rungs.longpoll.ladder.close(); });
+      await waitState(page, 'the watcher to see both pollers leave', () => ['poll', 'longpoll']
+        .every((r) => !window.rungs.websocket.sub.members.has(r)), null, 20000 + 3000 * PRESENCE_LAPSE_S);
+      await until(['websocket', 'webtransport'], 'the pollers lapsed');
+      const changes = await page.evaluate(() => window.changes);
+      for (const r of ['sse', 'poll', 'longpoll']) {
+        tally.expect(changes.filter((c) => c === `leave:${r}`).length === 1, `${r}: changes ${changes.join()}`);
+      }
       tally.expect(errors.length === 0, errors.join('; '));
+      return `left: ${changes.filter((c) => c.startsWith('leave:')).join(', ')}`;
     });
   } finally {
     await context.close().catch(() => {});
@@ -189,13 +211,37 @@ export async function runPagePresence(browser, tally) {
         (want) => JSON.stringify(window.ladderState.presence.members.map((m) => m.id).sort()) === JSON.stringify(want), ids, 30000);
       const shown = await page.locator('#presence-list li').count();
       tally.expect(shown === ids.length, `${shown} list items`);
-      await page.evaluate(() => window.ladderApp.panels().find((p) => p.cfg.id === 'ws').drop());
-      await waitState(page, 'ws to leave and join again', () => {
-        const log = window.ladderState.presence.log.filter((c) => c.id === 'ws');
-        const left = log.findIndex((c) => c.type === 'leave');
-        return left >= 0 && log.slice(left + 1).some((c) => c.type === 'join');
-      }, null, 30000);
-      return (await page.locator('#presence-count').textContent()) || '';
+      // The WebSocket panel's reconnect is held back until its leave is
+      // seen: it starts by fetching /api/info, and the server counts one id
+      // on two connections as one member, so a reconnect that overtook the
+      // old connection's end would show no leave.
+      let release;
+      const held = new Promise((r) => { release = r; });
+      const info = (url) => url.pathname === '/api/info';
+      let heldBack = 0;
+      await page.route(info, async (route) => { heldBack++; await held; await route.continue(); });
+      const wsLog = () => window.ladderState.presence.log.filter((c) => c.id === 'ws').map((c) => c.type);
+      const before = (await page.evaluate(wsLog)).length;
+      try {
+        await page.evaluate(() => window.ladderApp.panels().find((p) => p.cfg.id === 'ws').drop());
+        await waitState(page, 'ws to leave', (n) => {
+          const log = window.ladderState.presence.log.filter((c) => c.id === 'ws');
+          return log.slice(n).some((c) => c.type === 'leave');
+        }, before, 30000);
+        release();
+        await waitState(page, 'ws to join again', (n) => {
+          const log = window.ladderState.presence.log.filter((c) => c.id === 'ws').slice(n);
+          const left = log.findIndex((c) => c.type === 'leave');
+          return left >= 0 && log.slice(left + 1).some((c) => c.type === 'join');
+        }, before, 30000);
+      } finally {
+        release();
+        await page.unroute(info);
+      }
+      const log = (await page.evaluate(wsLog)).slice(before);
+      tally.expect(heldBack >= 1, 'the reconnect was never held back');
+      tally.expect(log.join() === 'leave,join', `ws's changes after the drop: ${log.join()}`);
+      return `${(await page.locator('#presence-count').textContent()) || ''}; ${heldBack} /api/info held back`;
     });
   } finally {
     await context.close().catch(() => {});

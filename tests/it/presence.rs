@@ -129,12 +129,31 @@ async fn every_rung_joins_and_leaves_on_unsubscribe_and_disconnect() -> Result<(
 async fn pollers_stay_while_they_poll_and_lapse_when_they_stop() -> Result<()> {
     let s = TestServer::spawn_with(|c| c.presence_lapse = 1).await?;
     let ch = "polled";
+    // A watcher, to see the poller's join and, after the lapse, its leave.
+    let mut ws = Ws::connect(&s).await?;
+    ws.send(json!({"op":"subscribe","channel":ch,"presence":true}))
+        .await?;
+    assert_eq!(ws.recv().await?["op"], "subscribed");
+    assert_eq!(
+        ids(&next_presence(&mut ws).await?["members"]),
+        Vec::<String>::new()
+    );
     let q = format!("/api/channels/{ch}/messages?client=pat&info=%7B%22a%22%3A1%7D");
     let (status, _) = s.get_json(&q).await?;
     assert_eq!(status, 200);
     let (_, body) = s.get_json(&format!("/api/channels/{ch}/presence")).await?;
     assert_eq!(body["members"], json!([{"id":"pat","info":{"a":1}}]));
-    // Silence: the lease runs out and the sweep lets pat go.
+    let pat = json!({"id":"pat","info":{"a":1}});
+    assert_eq!(
+        next_presence(&mut ws).await?,
+        json!({"op":"join","channel":ch,"member":pat})
+    );
+    // Silence: the lease runs out and the sweep lets pat go, told to the
+    // watcher as a leave (each recv is bounded; no timing is asserted).
+    assert_eq!(
+        next_presence(&mut ws).await?,
+        json!({"op":"leave","channel":ch,"member":pat})
+    );
     become_(&s, ch, &[]).await?;
     s.shutdown().await
 }
