@@ -351,7 +351,17 @@ async fn lent_sockets_get_every_message_in_order_while_ops_come_and_go() -> Resu
 
 #[tokio::test]
 async fn a_lent_socket_whose_reader_stalls_is_handed_back_and_loses_nothing() -> Result<()> {
-    let s = TestServer::spawn().await?;
+    // The reader stays silent for as long as the 400 publishes below take,
+    // which on a loaded machine can be longer than the server gives a
+    // silent client by default (a 30 s send timeout; no pong for two
+    // heartbeats): either cut-off would drop the socket and fail the test
+    // on the clock alone. Both are pushed past any time the test can take,
+    // so the test decides when the reader resumes.
+    let s = TestServer::spawn_with(|c| {
+        c.send_timeout = 3600;
+        c.heartbeat = 0;
+    })
+    .await?;
     let mut ws = Ws::connect(&s).await?;
     ws.subscribe("stall", None).await?;
     let warm = until_lent(&s, &mut ws, "stall", 100).await?;
