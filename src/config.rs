@@ -240,7 +240,9 @@ pub struct Config {
     /// Run the network lab beside the server: relays that each stand for
     /// one real network (UDP blocked, a proxy without upgrades or with
     /// buffering, a NAT timeout, a network switch, a lossy link), listed
-    /// in `/api/info` and offered by the page's Network choice.
+    /// in `/api/info` and offered by the page's Network choice. Inside
+    /// `ladder-lab netns -- …`, --http and --h3 given a loopback address
+    /// bind every address instead, so lossy-link's wire reaches them.
     #[arg(long, env = "LADDER_LAB")]
     pub lab: bool,
 

@@ -6,6 +6,12 @@
 //! Nothing here is on a request's path: the relays are separate sockets,
 //! and the server only lists them (`/api/info`), trusts their origins for
 //! WebSocket and WebTransport, and pulls the network-switch lever.
+//!
+//! One thing reaches the listeners: `lossy-link`'s relays reach this
+//! server across the lab's wire ([`ladder_lab::wire`]), whose packets
+//! arrive addressed to the wire's own address, not to loopback. So inside
+//! the lab's namespace ([`listen_addr`]) a listener asked to bind loopback
+//! binds every address instead; that namespace has no other network.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -35,6 +41,21 @@ pub(crate) async fn start(
     lab.nat_timeout = Duration::from_secs_f64(cfg.lab_nat_timeout);
     lab.loss_percent = cfg.lab_loss;
     Lab::start(&lab, shutdown).await.map(Some)
+}
+
+/// Where a listener asked to bind `addr` binds: with `--lab` inside a
+/// namespace `ladder-lab netns` made (the only place `lossy-link` runs), a
+/// loopback address becomes every address of the same family, on the same
+/// port, so the wire's packets reach it. Anything else is left as asked.
+pub(crate) fn listen_addr(cfg: &Config, addr: SocketAddr) -> SocketAddr {
+    if !(cfg.lab && ladder_lab::netns::inside() && addr.ip().is_loopback()) {
+        return addr;
+    }
+    let any: IpAddr = match addr.ip() {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    SocketAddr::new(any, addr.port())
 }
 
 /// `/api/info`'s `lab` member: the server's own origin (`direct`), the

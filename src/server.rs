@@ -105,7 +105,15 @@ struct Secure {
 
 impl Server {
     /// Binds the listeners and prepares the certificate.
-    pub async fn bind(cfg: Config) -> Result<Self, ServerError> {
+    pub async fn bind(mut cfg: Config) -> Result<Self, ServerError> {
+        let (http, h3) = (
+            crate::lab::listen_addr(&cfg, cfg.http),
+            crate::lab::listen_addr(&cfg, cfg.h3),
+        );
+        if (http, h3) != (cfg.http, cfg.h3) {
+            info!(%http, %h3, "inside the lab's namespace: listening on every address, so lossy-link's wire reaches this server");
+            (cfg.http, cfg.h3) = (http, h3);
+        }
         if cfg.ws_fanout == crate::config::WsFanout::Uring && !cfg!(feature = "uring") {
             warn!(
                 "built without the `uring` feature: --ws-fanout uring writes one socket at a time"

@@ -548,7 +548,7 @@ async function main() {
   setupRealities($('#networks-measured'), info, state.networks,
     { staggerMs: params.get('stagger_ms') ? Number(params.get('stagger_ms')) : null });
   lanes = new LanesDemo({
-    card: $('#multi'), state: state.multi, mode: lanesMode(info, network), publish, ladderOptions: netOpts,
+    card: $('#multi'), state: state.multi, mode: lanesMode(info), publish, ladderOptions: netOpts,
     offersWebTransport: info.transports.includes('webtransport'), recordError,
   });
 

@@ -77,6 +77,10 @@ const DEFAULTS = {
   reprobeMs: 30000,
   impls: null,
   remember: true,
+  // Where the WebSocket and WebTransport rungs connect, when not where
+  // /api/info says (`base` + /api/ws, `webtransport.url`): e.g. through a
+  // relay, while /api/info and the HTTP rungs stay on `base`.
+  wsUrl: null,
   wtUrl: null,
   publishTimeoutMs: 10000,
   // Retries of a publish that may not have arrived (same idempotency key).

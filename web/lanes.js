@@ -3,23 +3,24 @@
 //
 // - always, on one WebTransport session, a stream per channel (a lane can be
 //   stalled on purpose: the page stops reading it, the others go on);
-// - when the page runs through the network lab's lossy-link (real kernel
-//   packet loss), also on one WebSocket carrying all four, so the stall one
-//   lost TCP segment puts on every lane shows next to the stall a lost QUIC
-//   packet puts on one. Each lane draws its latency trace and each
-//   connection counts its stalls and co-stalls (./stalls.js, the bench's
+// - when the network lab offers lossy-link (real kernel packet loss and a
+//   delay on the path from its relays to the server, ladder_lab::wire),
+//   also on one WebSocket carrying all four, both connections through
+//   lossy-link's relays wherever the page itself came from, so the stall
+//   one lost TCP segment puts on every lane shows next to the stall a lost
+//   QUIC packet puts on one. Publishing goes straight to the server, as in
+//   the bench. Each lane draws its latency trace and each connection
+//   counts its stalls and co-stalls (./stalls.js, the bench's
 //   definitions).
 //
-// Without the lab the card is the WebTransport demo it always was. With the
-// lab but another network it says how to get the comparison, and where the
-// lab cannot drop packets it says why it is not offered: it never compares
-// over a link that is silently clean.
+// Without the lab the card is the WebTransport demo it always was. Where
+// the lab cannot drop packets it says why the comparison is not offered:
+// it never compares over a link that is silently clean.
 
 import { Ladder } from './ladder.js';
 import { fmtMs, percentile } from './figures.js';
 import { drawSpark } from './spark.js';
 import { stallOf, summarise, STALL_INTERVALS } from './stalls.js';
-import { networkUrl } from './network.js';
 
 export const LANES = ['a', 'b', 'c', 'd'];
 /** Latencies drawn per lane (the newest). */
@@ -42,18 +43,22 @@ const GROUPS = {
 };
 
 /**
- * What the card can show for the page's network: `compare` (through
- * lossy-link), and otherwise a `note` (and `href`) saying how or why not.
+ * What the card can show: `compare` with the `route` (Ladder options) to
+ * lossy-link's relays, and otherwise a `note` saying why not.
  */
-export function lanesMode(info, network) {
-  if (network?.name.split('+').includes('lossy-link')) return { compare: true, note: '' };
+export function lanesMode(info) {
   const lab = info.lab;
-  if (!lab) return { compare: false, note: '' };
-  const lossy = lab.conditions.find((c) => c.name === 'lossy-link');
+  const lossy = lab?.conditions.find((c) => c.name === 'lossy-link');
   if (lossy) {
-    return { compare: false, href: networkUrl(lab, lossy),
-      note: 'Open this page through the lab\'s lossy-link to run these lanes next to one WebSocket under real packet loss.' };
+    // The WebSocket and WebTransport handshakes need no CORS, so the
+    // relays' URLs work from any page; /api/info stays on the page's own
+    // origin (the relay's is another one, and the server sends no CORS
+    // headers).
+    const ws = new URL('/api/ws', lossy.http);
+    ws.protocol = ws.protocol === 'https:' ? 'wss:' : 'ws:';
+    return { compare: true, note: '', description: lossy.description, route: { wsUrl: ws.toString(), wtUrl: lossy.webtransport } };
   }
+  if (!lab) return { compare: false, note: '' };
   const why = lab.unavailable.find((u) => u.name === 'lossy-link');
   return { compare: false, note: `No comparison with a WebSocket under packet loss here: ${why ? why.reason : 'the lab offers no lossy-link'}.` };
 }
@@ -63,7 +68,8 @@ export class LanesDemo {
    * `card` holds #multi-start, #multi-stop, #multi-status, #multi-note and
    * #multi-lanes; `state` is window.ladderState.multi, kept as plain data;
    * `publish(channel, data)` is the page's publisher; `ladderOptions`
-   * route the clients through the page's network.
+   * route the clients through the page's network, and in comparison
+   * `mode.route` through lossy-link instead.
    */
   constructor({ card, state, mode, publish, ladderOptions, offersWebTransport, recordError }) {
     Object.assign(this, { card, state, mode, publish, ladderOptions, recordError });
@@ -74,19 +80,10 @@ export class LanesDemo {
     const note = this.$('#multi-note');
     note.hidden = !mode.note && !mode.compare;
     note.textContent = mode.compare
-      ? `Compared through this page's lossy link: four channels at ${COMPARE.rate} messages/s each, on one WebTransport session and on one WebSocket. `
+      ? `Compared through the lab's lossy-link${mode.description ? ` (${mode.description})` : ''}: four channels at ${COMPARE.rate} messages/s each, on one WebTransport session and on one WebSocket, both through lossy-link's relays; publishing goes straight to the server. `
         + `A stall is an arrival more than ${STALL_INTERVALS} publish intervals (${STALL_INTERVALS * 1000 / COMPARE.rate} ms) after the previous one on its lane; `
-        + 'its co-stall is how many lanes of the same connection were held up at that moment. One lost TCP segment holds every lane behind it; a lost QUIC packet only its own stream. '
-        + 'Read the co-stall, not the count of stalls: the lab\'s TCP relay ends the TCP connection, so a lost segment is resent over the relay\'s short loopback hop before the delay, '
-        + 'while a lost QUIC packet is noticed and resent across the whole delayed path. This link therefore favours the WebSocket\'s number of stalls; '
-        + 'the bench (BENCHMARKS.md §6) puts the delay on the packet path, where both recover over the same round trip.'
+        + 'its co-stall is how many lanes of the same connection were held up at that moment. One lost TCP segment holds every lane behind it; a lost QUIC packet only its own stream.'
       : mode.note;
-    if (mode.href) {
-      const a = document.createElement('a');
-      a.href = mode.href;
-      a.textContent = ' Open it through lossy-link.';
-      note.append(a);
-    }
     Object.assign(state, { state: 'idle', compare: mode.compare, lanes: {}, groups: {} });
     if (!offersWebTransport) {
       this.$('#multi-start').disabled = true;
@@ -147,7 +144,7 @@ export class LanesDemo {
     root.append(el);
     const g = { name, el, ladder: null, subs: {}, laneEls: {}, seen: {}, trace: {}, stalls: [] };
     run.groups[name] = g;
-    const ladder = new Ladder({ force: name, remember: false, ...this.ladderOptions });
+    const ladder = new Ladder({ force: name, remember: false, ...this.ladderOptions, ...(this.mode.compare ? this.mode.route : {}) });
     try {
       await ladder.connect();
     } catch (err) {

@@ -1,8 +1,8 @@
 //! Head-of-line run under 5 % real packet loss on 4 channels, in CI.
 //!
 //! The test re-runs itself inside `unshare -Urn` (a user and network
-//! namespace: no root needed), where the bench's wire drops packets in the
-//! kernel and delays them 20 ms each way. Ladder runs in-process, the three
+//! namespace: no root needed), where the lab's wire (`ladder_lab::wire`)
+//! drops packets in the kernel and delays them 20 ms each way. Ladder runs in-process, the three
 //! subscribers (one WebSocket, a WebTransport stream per channel,
 //! WebTransport datagrams) receive across the wire. It asserts delivery and
 //! accounting, never speed:
@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use ladder::config::Config;
 use ladder::server::Server;
-use ladder_bench::hol::wire::{FAR, Wire};
 use ladder_bench::hol::{self, Endpoints, Spec};
 use ladder_lab::netns;
+use ladder_lab::wire::{FAR, Wire};
 use tokio_util::sync::CancellationToken;
 
 const NAME: &str = "five_percent_loss_on_four_channels_delivers_and_accounts";

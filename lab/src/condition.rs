@@ -5,6 +5,12 @@
 //! A condition is one impairment or several joined by `+`
 //! (`udp-blocked+no-upgrade`), the way real networks stack a firewall
 //! behind a proxy.
+//!
+//! `lossy-link`'s relays do not delay or drop anything themselves: they
+//! forward to the server across the [`wire`], so the relay-to-server TCP
+//! connection and QUIC flow carry the delay and the kernel's loss end to
+//! end, and both protocols recover a loss over the delayed round trip. The
+//! client's hop to the relay stays clean loopback.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -15,9 +21,10 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::link::{NetworkSwitch, RelayStats};
-use crate::netns::{self, Loss, NetnsError};
+use crate::netns;
 use crate::tcp::{TcpImpair, TcpRelay};
 use crate::udp::{UdpImpair, UdpRelay};
+use crate::wire::{self, Wire, WireCounters};
 
 /// One impairment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -142,7 +149,7 @@ pub struct LabConfig {
     pub nat_timeout: Duration,
     /// `buffering-proxy`: bytes held before a body is let through.
     pub buffer_bytes: usize,
-    /// `lossy-link`: delay added each way.
+    /// `lossy-link`: the wire's delay each way.
     pub delay: Duration,
     /// `lossy-link`: packets dropped, percent.
     pub loss_percent: f64,
@@ -220,6 +227,8 @@ pub struct Lab {
     /// The conditions that could not run, with the reason.
     pub unavailable: Vec<Unavailable>,
     switch: NetworkSwitch,
+    /// `lossy-link`'s path to the server, while a lossy condition runs.
+    wire: Option<Wire>,
 }
 
 /// Why a lab could not start.
@@ -241,8 +250,9 @@ pub enum LabError {
 impl Lab {
     /// Starts a TCP and a UDP relay per condition. Conditions that cannot
     /// run here are listed in [`Lab::unavailable`], never run half-way:
-    /// `lossy-link` without the privilege to drop packets, `round-robin`
-    /// with fewer than two nodes.
+    /// `lossy-link` without the privilege to make its wire, or with a
+    /// server the wire cannot reach; `round-robin` with fewer than two
+    /// nodes.
     pub async fn start(cfg: &LabConfig, shutdown: CancellationToken) -> Result<Self, LabError> {
         if cfg.http.is_empty() || cfg.http.len() != cfg.h3.len() {
             return Err(LabError::NoServer);
@@ -252,13 +262,19 @@ impl Lab {
             conditions: Vec::new(),
             unavailable: Vec::new(),
             switch: switch.clone(),
+            wire: None,
         };
         let lossy_refused = if cfg.conditions.iter().any(|c| c.has(Impairment::LossyLink)) {
-            netns::check_privilege().err().map(|e| lossy_reason(&e))
+            match lossy_wire(cfg).await {
+                Ok(w) => {
+                    lab.wire = Some(w);
+                    None
+                }
+                Err(reason) => Some(format!("lossy-link is not offered: {reason}")),
+            }
         } else {
             None
         };
-        let mut lossy_ports = Vec::new();
         for cond in &cfg.conditions {
             let name = cond.to_string();
             if let (true, Some(reason)) = (cond.has(Impairment::LossyLink), &lossy_refused) {
@@ -278,11 +294,7 @@ impl Lab {
                 continue;
             }
             let (tcp_impair, udp_impair) = impairs(cond, cfg);
-            let (http, h3) = if cond.has(Impairment::RoundRobin) {
-                (cfg.http.clone(), cfg.h3.clone())
-            } else {
-                (vec![cfg.http[0]], vec![cfg.h3[0]])
-            };
+            let (http, h3) = targets(cond, cfg);
             let bind_err = |source| LabError::Bind {
                 condition: name.clone(),
                 source,
@@ -294,9 +306,6 @@ impl Lab {
             let udp = UdpRelay::bind(listen, h3, udp_impair, switch.clone(), shutdown.clone())
                 .await
                 .map_err(bind_err)?;
-            if cond.has(Impairment::LossyLink) {
-                lossy_ports.extend([tcp.local_addr().port(), udp.local_addr().port()]);
-            }
             lab.conditions.push(RunningCondition {
                 http: format!("http://{}", tcp.local_addr()),
                 webtransport: format!("https://{}/wt", udp.local_addr()),
@@ -306,28 +315,13 @@ impl Lab {
                 udp,
             });
         }
-        if !lossy_ports.is_empty() {
-            let loss = Loss {
-                percent: cfg.loss_percent,
-                ports: lossy_ports,
-            };
-            if let Err(e) = loss.apply() {
-                // The privilege check passed but the rules did not go in:
-                // take the lossy conditions back rather than run them clean.
-                let reason = lossy_reason(&e);
-                let (lossy, clean): (Vec<_>, Vec<_>) = lab
-                    .conditions
-                    .into_iter()
-                    .partition(|c| c.name.split('+').any(|p| p == Impairment::LossyLink.name()));
-                lab.conditions = clean;
-                lab.unavailable
-                    .extend(lossy.into_iter().map(|c| Unavailable {
-                        name: c.name,
-                        reason: reason.clone(),
-                    }));
-            }
-        }
         Ok(lab)
+    }
+
+    /// What crossed `lossy-link`'s wire since it started (packets and the
+    /// kernel's drops, per protocol); `None` when no lossy condition runs.
+    pub fn wire_counters(&self) -> Option<Result<WireCounters, wire::WireError>> {
+        self.wire.as_ref().map(Wire::counters)
     }
 
     /// Pulls the network-switch lever (every condition's relays share it).
@@ -346,20 +340,42 @@ impl Lab {
     }
 }
 
-fn lossy_reason(e: &NetnsError) -> String {
-    format!("lossy-link is not offered: {e}")
+/// Starts `lossy-link`'s wire with the configured delay and loss, once it
+/// reaches every server a lossy condition forwards to. The error says why
+/// not, for the unavailable list.
+async fn lossy_wire(cfg: &LabConfig) -> Result<Wire, String> {
+    netns::check_privilege().map_err(|e| e.to_string())?;
+    let mut servers: Vec<SocketAddr> = (cfg.conditions.iter())
+        .filter(|c| c.has(Impairment::LossyLink))
+        .flat_map(|c| targets(c, cfg).0)
+        .collect();
+    servers.sort_unstable();
+    servers.dedup();
+    Wire::reaching(cfg.delay, cfg.loss_percent, &servers)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The servers `cond`'s relays forward to (HTTP, QUIC): every node for
+/// round-robin, else the first; across the wire for `lossy-link`.
+fn targets(cond: &Condition, cfg: &LabConfig) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+    let n = if cond.has(Impairment::RoundRobin) {
+        cfg.http.len()
+    } else {
+        1
+    };
+    let lossy = cond.has(Impairment::LossyLink);
+    let route = |a: &SocketAddr| if lossy { wire::across(a.port()) } else { *a };
+    (
+        cfg.http[..n].iter().map(route).collect(),
+        cfg.h3[..n].iter().map(route).collect(),
+    )
 }
 
 fn impairs(cond: &Condition, cfg: &LabConfig) -> (TcpImpair, UdpImpair) {
     let nat = cond.has(Impairment::NatTimeout).then_some(cfg.nat_timeout);
-    let delay = if cond.has(Impairment::LossyLink) {
-        cfg.delay
-    } else {
-        Duration::ZERO
-    };
     let tcp = TcpImpair {
         idle_timeout: nat,
-        delay,
         refuse_upgrade: cond.has(Impairment::NoUpgrade),
         buffer_bytes: cond
             .has(Impairment::BufferingProxy)
@@ -368,7 +384,6 @@ fn impairs(cond: &Condition, cfg: &LabConfig) -> (TcpImpair, UdpImpair) {
     let udp = UdpImpair {
         blocked: cond.has(Impairment::UdpBlocked),
         idle_timeout: nat,
-        delay,
     };
     (tcp, udp)
 }
@@ -394,7 +409,7 @@ fn describe(cond: &Condition, cfg: &LabConfig) -> String {
                 "on command, TCP is cut and UDP moves to a new source port".to_owned()
             }
             Impairment::LossyLink => format!(
-                "{} ms added each way, {} % of packets dropped by the kernel",
+                "{} ms each way and {} % of packets dropped by the kernel, on the path from the relays to the server (TCP and QUIC recover over the whole delayed round trip)",
                 cfg.delay.as_millis(),
                 cfg.loss_percent
             ),

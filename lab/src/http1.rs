@@ -97,8 +97,8 @@ where
         client_w.flush().await?;
         if resp.status == 101 {
             // Switched protocols: from here on both ways are plain bytes.
-            let up = pipe(client_r, up_w, std::time::Duration::ZERO, activity);
-            let down = pipe(up_r, client_w, std::time::Duration::ZERO, activity);
+            let up = pipe(client_r, up_w, activity);
+            let down = pipe(up_r, client_w, activity);
             return tokio::try_join!(up, down).map(|_| ());
         }
         let mut out = match policy.buffer_bytes {

@@ -11,14 +11,14 @@
 //!
 //! - [`condition`]: the named conditions and [`Lab`], which runs a TCP and
 //!   a UDP relay per condition in front of a server.
-//! - [`tcp`]: the TCP relay (idle reset, network-switch cut, delay) and,
-//!   through `http1`, the HTTP/1.1 proxy for `no-upgrade` and
-//!   `buffering-proxy`.
+//! - [`tcp`]: the TCP relay (idle reset, network-switch cut) and, through
+//!   `http1`, the HTTP/1.1 proxy for `no-upgrade` and `buffering-proxy`.
 //! - [`udp`]: the UDP relay (blocking, NAT mappings that idle out or
-//!   rebind to a new port, delay).
-//! - [`netns`]: real kernel packet loss with nftables inside a user and
-//!   network namespace, for `lossy-link` (and anything else that needs
-//!   loss, such as the head-of-line blocking bench).
+//!   rebind to a new port).
+//! - [`wire`]: the path with a delay each way and real kernel packet loss
+//!   that `lossy-link`'s relays (and the head-of-line blocking bench)
+//!   reach the server across: a TUN device that reflects packets.
+//! - [`netns`]: the user and network namespace the wire needs.
 //! - [`link`]: what relays share: the network-switch lever and counters.
 
 pub mod condition;
@@ -27,6 +27,7 @@ pub mod link;
 pub mod netns;
 pub mod tcp;
 pub mod udp;
+pub mod wire;
 
 pub use condition::{Condition, Impairment, Lab, LabConfig, LabError, RunningCondition};
 pub use link::{NetworkSwitch, RelayStats};

@@ -109,8 +109,7 @@ pub struct RelayStats {
     pub switched: AtomicU64,
     /// Requests refused for asking to upgrade the connection.
     pub refused_upgrades: AtomicU64,
-    /// Datagrams dropped: all of them when UDP is blocked, and those that
-    /// found a full delay queue.
+    /// Datagrams dropped because UDP is blocked.
     pub dropped_datagrams: AtomicU64,
     /// Flows opened per target, in target order (round-robin's spread).
     pub per_target: Mutex<Vec<u64>>,

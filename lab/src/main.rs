@@ -29,7 +29,8 @@ enum Cmd {
     /// networks, Ctrl-C to stop.
     Run(RunArgs),
     /// Run a command in a new user and network namespace with its loopback
-    /// up, where `lossy-link` may drop packets (no root needed).
+    /// up, where `lossy-link` may make its wire and drop packets (no root
+    /// needed).
     Netns {
         /// The command and its arguments.
         #[arg(trailing_var_arg = true, required = true)]
@@ -58,10 +59,12 @@ struct RunArgs {
     /// buffering-proxy: KiB held before a body is let through.
     #[arg(long, default_value_t = 32)]
     buffer_kib: usize,
-    /// lossy-link: milliseconds added each way.
+    /// lossy-link: the wire's delay each way, milliseconds.
     #[arg(long, default_value_t = 40)]
     delay_ms: u64,
-    /// lossy-link: percent of packets dropped.
+    /// lossy-link: percent of packets the kernel drops on the wire. The
+    /// server must listen on every address (0.0.0.0) for the wire to
+    /// reach it; the lab checks and says so.
     #[arg(long, default_value_t = 2.0)]
     loss: f64,
 }

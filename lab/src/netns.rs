@@ -1,31 +1,35 @@
-//! Real packet loss for the `lossy-link` condition: kernel drops by an
-//! nftables rule, which TCP must recover by retransmitting (a user-space
-//! relay cannot make TCP retransmit, so it never fakes loss).
+//! The namespace real packet loss needs: the [`wire`](crate::wire) of the
+//! `lossy-link` condition (and of the head-of-line bench) drops packets by
+//! an nftables rule, which TCP must recover by retransmitting (a user-space
+//! relay cannot make TCP retransmit, so the lab never fakes loss).
 //!
-//! Changing the firewall needs `CAP_NET_ADMIN`. A user and network
-//! namespace (`unshare -Urn`) grants it without root, over a loopback of
-//! its own. So a lossy run puts everything that talks across the lossy
-//! ports (server, relays, clients, browser) in one namespace:
+//! Making a network device and changing the firewall need `CAP_NET_ADMIN`.
+//! A user and network namespace (`unshare -Urn`) grants it without root,
+//! over a network stack of its own. So a lossy run puts everything that
+//! talks across the wire (server, relays, clients, browser) in one
+//! namespace:
 //!
 //! - [`in_namespace`] wraps a command so it runs in a fresh namespace with
 //!   its loopback up;
-//! - inside it, [`Loss::apply`] drops packets to and from the given ports;
 //! - [`check_privilege`] says, without changing anything, whether this
-//!   process may do that, and why not.
+//!   process may change its network there, and why not;
+//! - [`rerun_test_inside`] runs a test again inside one.
 //!
-//! The lab applies loss only inside a namespace [`in_namespace`] made
-//! (it marks it with [`NAMESPACE_ENV`]): run as root on a host, nft would
-//! otherwise change the machine's own firewall, and a table left behind
-//! would drop packets of whatever later uses those ports.
+//! The lab changes the network only inside a namespace [`in_namespace`]
+//! made (it marks it with [`NAMESPACE_ENV`]): run as root on a host, nft
+//! and ip would otherwise change the machine's own firewall and
+//! interfaces.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-/// Why loss cannot be applied.
+/// Why the network cannot be changed here.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    /// `nft` or `unshare` could not be started.
-    #[error("cannot run `{program}`: {source} (install nftables and util-linux)")]
+    /// `nft`, `ip` or `unshare` could not be started.
+    #[error(
+        "cannot run `{program}`: {source} (install iproute2, nftables and util-linux: scripts/setup)"
+    )]
     Spawn {
         /// The program that did not start.
         program: &'static str,
@@ -45,80 +49,13 @@ pub enum NetnsError {
         "dropping real packets needs CAP_NET_ADMIN in a network namespace of its own, so this machine's firewall is never touched: start inside `ladder-lab netns -- …` (unshare -Urn, no root needed; it sets {NAMESPACE_ENV}=1)"
     )]
     NotInNamespace,
-    /// Nothing to apply the loss to, or a share outside 0–100 %.
+    /// A share of loss outside 0–100 %.
     #[error("bad loss rule: {0}")]
     Bad(String),
 }
 
-/// Random packet loss on some local ports, both directions.
-#[derive(Debug, Clone)]
-pub struct Loss {
-    /// Share of packets dropped, in percent (0–100, fractions allowed).
-    pub percent: f64,
-    /// Ports whose packets (to them and from them, TCP and UDP) may drop.
-    pub ports: Vec<u16>,
-}
-
 /// Set to `1` in the environment of a command [`in_namespace`] starts.
 pub const NAMESPACE_ENV: &str = "LADDER_LAB_NETNS";
-
-/// The nftables table this module owns; removed and recreated on apply.
-const TABLE: &str = "ladder_lab";
-
-impl Loss {
-    /// The nftables ruleset that drops `percent` of the packets to or from
-    /// `ports`. Loss is decided per packet on input, where every packet
-    /// arrives once, even on loopback: the sender believes it sent the
-    /// packet and finds out only as over a real link (duplicate ACKs, a
-    /// timeout). A drop on output would instead fail the send locally,
-    /// which TCP notices at once and which is not loss on a link.
-    pub fn ruleset(&self) -> Result<String, NetnsError> {
-        if self.ports.is_empty() {
-            return Err(NetnsError::Bad("no ports".into()));
-        }
-        if !(0.0..=100.0).contains(&self.percent) {
-            return Err(NetnsError::Bad(format!(
-                "{} % is not a share",
-                self.percent
-            )));
-        }
-        // Per hundred thousand, so 0.5 % and the like are exact enough.
-        let per_100k = (self.percent * 1000.0).round() as u32;
-        let ports = self
-            .ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        Ok(format!(
-            "table inet {TABLE} {{\n  chain lossy {{\n    type filter hook input priority 0; policy accept;\n    \
-             meta l4proto {{ tcp, udp }} th dport {{ {ports} }} numgen random mod 100000 < {per_100k} counter drop\n    \
-             meta l4proto {{ tcp, udp }} th sport {{ {ports} }} numgen random mod 100000 < {per_100k} counter drop\n  }}\n}}\n"
-        ))
-    }
-
-    /// Installs the rules in this process's network namespace (replacing
-    /// any earlier ones of this module). Needs `CAP_NET_ADMIN` there: run
-    /// inside [`in_namespace`].
-    pub fn apply(&self) -> Result<(), NetnsError> {
-        let rules = self.ruleset()?;
-        // Deleting first makes apply repeatable; a missing table is fine.
-        let _ = nft(&format!("delete table inet {TABLE}\n"));
-        nft(&rules)
-    }
-}
-
-/// Removes the rules [`Loss::apply`] installed, if any.
-pub fn clear() -> Result<(), NetnsError> {
-    let listed = nft_args(&["list", "tables"])?;
-    if listed
-        .lines()
-        .any(|l| l.trim() == format!("table inet {TABLE}"))
-    {
-        nft(&format!("delete table inet {TABLE}\n"))?;
-    }
-    Ok(())
-}
 
 /// Whether this process runs in a namespace [`in_namespace`] made and may
 /// change its firewall. The error says why not.
@@ -126,7 +63,7 @@ pub fn check_privilege() -> Result<(), NetnsError> {
     if !inside() {
         return Err(NetnsError::NotInNamespace);
     }
-    nft_args(&["list", "tables"]).map(|_| ())
+    run("nft", &["list", "tables"]).map(|_| ())
 }
 
 /// Whether this process runs inside a namespace [`in_namespace`] made.
@@ -163,7 +100,8 @@ pub fn rerun_test_inside(name: &str) -> Result<String, String> {
 /// link (1500) and no segmentation offload, so a megabyte is hundreds of
 /// packets on the wire, each of which may be lost, rather than a few
 /// 64 KiB ones. Everything inside shares that
-/// loopback and nothing else; [`Loss::apply`] works there.
+/// loopback and nothing else; [`Wire::start`](crate::wire::Wire::start)
+/// works there.
 pub fn in_namespace(program: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("unshare");
     cmd.args([
@@ -199,7 +137,8 @@ pub fn namespaces_available() -> Result<(), NetnsError> {
     }
 }
 
-fn nft(script: &str) -> Result<(), NetnsError> {
+/// Loads an nftables script (`nft -f -`) in this process's namespace.
+pub(crate) fn nft(script: &str) -> Result<(), NetnsError> {
     let spawn = |source| NetnsError::Spawn {
         program: "nft",
         source,
@@ -225,20 +164,18 @@ fn nft(script: &str) -> Result<(), NetnsError> {
     }
 }
 
-fn nft_args(args: &[&str]) -> Result<String, NetnsError> {
-    let out = Command::new("nft")
+/// Runs `program args…` and returns what it printed, or its refusal.
+pub(crate) fn run(program: &'static str, args: &[&str]) -> Result<String, NetnsError> {
+    let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| NetnsError::Spawn {
-            program: "nft",
-            source,
-        })?;
+        .map_err(|source| NetnsError::Spawn { program, source })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(NetnsError::Refused {
-            program: "nft",
+            program,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         })
     }

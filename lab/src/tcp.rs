@@ -2,9 +2,11 @@
 //! a target, impaired as its [`TcpImpair`] says. Entry point:
 //! [`TcpRelay::bind`].
 //!
-//! A plain relay copies bytes (with an optional delay each way). With
-//! `refuse_upgrade` or `buffer_bytes` it becomes an HTTP/1.1 proxy
-//! (`http1`) that reads every request and response head.
+//! A plain relay copies bytes. With `refuse_upgrade` or `buffer_bytes` it
+//! becomes an HTTP/1.1 proxy (`http1`) that reads every request and
+//! response head. It never delays or drops bytes: a relay that ends TCP
+//! cannot impair it faithfully, so `lossy-link` puts its delay and loss
+//! on the [`wire`](crate::wire) behind the relay instead.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,17 +16,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::http1::{self, HttpPolicy};
 use crate::link::{Activity, NetworkSwitch, RelayStats, RoundRobin};
-
-/// Chunks in flight on one direction of a delayed connection. A full queue
-/// stops the reader, so TCP's own flow control pushes back on the sender.
-const DELAY_QUEUE: usize = 256;
 
 /// How a TCP relay impairs what goes through it.
 #[derive(Debug, Clone, Default)]
@@ -32,8 +28,6 @@ pub struct TcpImpair {
     /// A connection silent this long in both directions is forgotten, as a
     /// NAT forgets a mapping: both ends get a reset (RST).
     pub idle_timeout: Option<Duration>,
-    /// Added to every byte's trip, in each direction (plain relays only).
-    pub delay: Duration,
     /// Answer `403` to any request that asks to `Upgrade` (a corporate
     /// proxy that does not pass WebSocket).
     pub refuse_upgrade: bool,
@@ -167,9 +161,8 @@ impl Relay {
                         http1::proxy(cr, cw, ur, uw, policy, &activity, &self.stats).await
                     }
                     None => {
-                        let delay = self.impair.delay;
-                        let up = pipe(cr, uw, delay, &activity);
-                        let down = pipe(ur, cw, delay, &activity);
+                        let up = pipe(cr, uw, &activity);
+                        let down = pipe(ur, cw, &activity);
                         tokio::try_join!(up, down).map(|_| ())
                     }
                 }
@@ -204,52 +197,19 @@ fn reset(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
-/// Copies `from` to `to` until EOF, then closes `to`'s write side, each
-/// chunk `delay` later than it was read.
-pub(crate) async fn pipe<R, W>(
-    mut from: R,
-    mut to: W,
-    delay: Duration,
-    activity: &Activity,
-) -> io::Result<()>
+/// Copies `from` to `to` until EOF, then closes `to`'s write side.
+pub(crate) async fn pipe<R, W>(mut from: R, mut to: W, activity: &Activity) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; 16 * 1024];
-    if delay.is_zero() {
-        loop {
-            let n = from.read(&mut buf).await?;
-            if n == 0 {
-                return to.shutdown().await;
-            }
-            activity.touch();
-            to.write_all(&buf[..n]).await?;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
         }
+        activity.touch();
+        to.write_all(&buf[..n]).await?;
     }
-    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(DELAY_QUEUE);
-    let read = async move {
-        loop {
-            let n = from.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<_, io::Error>(());
-            }
-            activity.touch();
-            if tx
-                .send((Instant::now() + delay, buf[..n].to_vec()))
-                .await
-                .is_err()
-            {
-                return Ok(());
-            }
-        }
-    };
-    let write = async move {
-        while let Some((due, chunk)) = rx.recv().await {
-            tokio::time::sleep_until(due).await;
-            to.write_all(&chunk).await?;
-        }
-        to.shutdown().await
-    };
-    tokio::try_join!(read, write).map(|_| ())
 }

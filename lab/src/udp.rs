@@ -5,7 +5,10 @@
 //! A flow's mapping is forgotten after `idle_timeout` of silence (the next
 //! datagram opens a new one, from a new port, as a NAT would), is moved to
 //! a new port by a network switch, and is never answered at all when UDP
-//! is blocked (no ICMP, no error: the client can only time out).
+//! is blocked (no ICMP, no error: the client can only time out). It never
+//! delays or drops a datagram otherwise: `lossy-link` puts its delay and
+//! loss on the [`wire`](crate::wire) behind the relay, for QUIC and TCP
+//! alike.
 
 use std::collections::HashMap;
 use std::io;
@@ -15,16 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::link::{Activity, NetworkSwitch, RelayStats, RoundRobin};
 
-/// Datagrams waiting out their delay, per direction. When full, the next
-/// one is dropped, as a router's queue drops: QUIC recovers it.
-const DELAY_QUEUE: usize = 4096;
 /// Largest datagram relayed (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_535;
 
@@ -35,8 +33,6 @@ pub struct UdpImpair {
     pub blocked: bool,
     /// A flow silent this long in both directions loses its mapping.
     pub idle_timeout: Option<Duration>,
-    /// Added to every datagram's trip, in each direction.
-    pub delay: Duration,
 }
 
 /// A running UDP relay. It stops when the shutdown token is cancelled.
@@ -58,9 +54,6 @@ struct Mapping {
 
 type Mappings = Arc<Mutex<HashMap<SocketAddr, Mapping>>>;
 
-/// A datagram on its way, due at an instant.
-type Delayed = (Instant, Vec<u8>, Arc<UdpSocket>, Option<SocketAddr>);
-
 impl UdpRelay {
     /// Binds `listen` and starts relaying to `targets` (in turn, one per
     /// new flow).
@@ -77,8 +70,6 @@ impl UdpRelay {
         let front = Arc::new(UdpSocket::bind(listen).await?);
         let addr = front.local_addr()?;
         let stats = Arc::new(RelayStats::default());
-        let delayer =
-            (!impair.delay.is_zero()).then(|| spawn_delayer(stats.clone(), shutdown.clone()));
         let relay = Relay {
             front,
             targets: RoundRobin::new(targets),
@@ -86,7 +77,6 @@ impl UdpRelay {
             switch,
             stats: stats.clone(),
             mappings: Arc::default(),
-            delayer,
         };
         tokio::spawn(relay.run(shutdown));
         Ok(Self { addr, stats })
@@ -110,7 +100,6 @@ struct Relay {
     switch: NetworkSwitch,
     stats: Arc<RelayStats>,
     mappings: Mappings,
-    delayer: Option<mpsc::Sender<Delayed>>,
 }
 
 impl Relay {
@@ -141,15 +130,9 @@ impl Relay {
                     continue;
                 }
             };
-            send(
-                &self.delayer,
-                &self.stats,
-                self.impair.delay,
-                buf[..n].to_vec(),
-                upstream,
-                None,
-            )
-            .await;
+            // A failed send is a datagram lost, as on any path: QUIC
+            // recovers it.
+            let _ = upstream.send(&buf[..n]).await;
         }
         for (_, m) in self
             .mappings
@@ -208,9 +191,7 @@ impl Relay {
             self.front.clone(),
             client,
             activity.clone(),
-            self.impair.clone(),
-            self.delayer.clone(),
-            self.stats.clone(),
+            self.impair.idle_timeout,
             stop.clone(),
         ));
         let mapping = Mapping {
@@ -230,22 +211,19 @@ impl Relay {
 /// Carries the target's datagrams back to `client` until the mapping is
 /// stopped or idles out; after that its socket is closed, and what the
 /// target sends to the old port is lost, as behind a NAT.
-#[allow(clippy::too_many_arguments)]
 async fn answers(
     upstream: Arc<UdpSocket>,
     front: Arc<UdpSocket>,
     client: SocketAddr,
     activity: Arc<Activity>,
-    impair: UdpImpair,
-    delayer: Option<mpsc::Sender<Delayed>>,
-    stats: Arc<RelayStats>,
+    idle_timeout: Option<Duration>,
     stop: CancellationToken,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let n = tokio::select! {
             () = stop.cancelled() => return,
-            () = activity.expired(impair.idle_timeout) => return,
+            () = activity.expired(idle_timeout) => return,
             r = upstream.recv(&mut buf) => match r {
                 Ok(n) => n,
                 Err(error) => {
@@ -255,67 +233,6 @@ async fn answers(
             },
         };
         activity.touch();
-        send(
-            &delayer,
-            &stats,
-            impair.delay,
-            buf[..n].to_vec(),
-            front.clone(),
-            Some(client),
-        )
-        .await;
+        let _ = front.send_to(&buf[..n], client).await;
     }
-}
-
-/// Sends now, or hands the datagram to the delay queue.
-async fn send(
-    delayer: &Option<mpsc::Sender<Delayed>>,
-    stats: &RelayStats,
-    delay: Duration,
-    bytes: Vec<u8>,
-    socket: Arc<UdpSocket>,
-    to: Option<SocketAddr>,
-) {
-    match delayer {
-        None => {
-            let _ = match to {
-                Some(to) => socket.send_to(&bytes, to).await,
-                None => socket.send(&bytes).await,
-            };
-        }
-        Some(tx) => {
-            if tx
-                .try_send((Instant::now() + delay, bytes, socket, to))
-                .is_err()
-            {
-                stats.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-/// One task sends every delayed datagram when it is due. All datagrams wait
-/// the same delay, so the queue is already in due order.
-fn spawn_delayer(stats: Arc<RelayStats>, shutdown: CancellationToken) -> mpsc::Sender<Delayed> {
-    let (tx, mut rx) = mpsc::channel::<Delayed>(DELAY_QUEUE);
-    tokio::spawn(async move {
-        loop {
-            let next = tokio::select! {
-                () = shutdown.cancelled() => return,
-                n = rx.recv() => n,
-            };
-            let Some((due, bytes, socket, to)) = next else {
-                return;
-            };
-            tokio::time::sleep_until(due).await;
-            let sent = match to {
-                Some(to) => socket.send_to(&bytes, to).await,
-                None => socket.send(&bytes).await,
-            };
-            if sent.is_err() {
-                stats.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    });
-    tx
 }

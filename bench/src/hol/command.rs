@@ -1,5 +1,5 @@
 //! `ladder-bench hol`: re-runs itself inside a user and network namespace,
-//! starts the [`wire`](super::wire) and one Ladder process listening on
+//! starts the [`wire`](ladder_lab::wire) and one Ladder process listening on
 //! every address, then for each run, channel count and loss level sets the
 //! loss and measures the three variants side by side ([`super::run`]).
 
@@ -12,9 +12,9 @@ use ladder_lab::netns;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-use super::wire::{FAR, Wire};
 use super::{Endpoints, Spec};
 use crate::probe::LADDER_LOAD_FLAGS;
+use ladder_lab::wire::{FAR, Wire};
 
 /// The `hol` command's options.
 #[derive(Debug, Clone, clap::Args)]

@@ -1,6 +1,6 @@
 //! Head-of-line blocking under real packet loss: N channels published at R
 //! messages/s each, received side by side by three subscribers on the same
-//! hub across the same lossy [`wire`]:
+//! hub across the same lossy [`wire`](ladder_lab::wire):
 //!
 //! - all N channels on one WebSocket (one TCP connection);
 //! - one WebTransport session with a stream per channel;
@@ -16,7 +16,6 @@
 pub mod analysis;
 pub mod clients;
 pub mod command;
-pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,7 +27,7 @@ use tokio::sync::watch;
 
 use analysis::{VariantStats, analyse};
 use clients::{Channels, Sink};
-use wire::WireCounters;
+use ladder_lab::wire::WireCounters;
 
 /// Where the three subscribers and the publisher reach the server.
 #[derive(Debug, Clone)]

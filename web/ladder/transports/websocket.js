@@ -8,8 +8,9 @@ export class WebSocketTransport extends Duplex {
   get name() { return 'websocket'; }
 
   open() {
-    const url = new URL('/api/ws', this.ladder.options.base);
-    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    const url = new URL(this.ladder.options.wsUrl || '/api/ws', this.ladder.options.base);
+    if (url.protocol === 'https:') url.protocol = 'wss:';
+    else if (url.protocol === 'http:') url.protocol = 'ws:';
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(url.toString());
       this.ws = ws;

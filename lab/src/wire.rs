@@ -1,45 +1,48 @@
 //! An emulated wire with real kernel packet loss and a fixed delay each
-//! way, for the head-of-line blocking bench and its test. It only works
-//! inside a user and network namespace (`unshare -Urn`), where this process
-//! has `CAP_NET_ADMIN` over a network stack of its own.
+//! way, between two endpoints in one user and network namespace: the path
+//! of the lab's `lossy-link` condition and of the head-of-line blocking
+//! bench. It only works inside a namespace [`netns::in_namespace`] made,
+//! where this process has `CAP_NET_ADMIN` over a network stack of its own.
+//! Entry point: [`Wire::start`].
 //!
 //! # Why a TUN device
 //!
 //! The loss must be the kernel's, so that TCP really retransmits: an
 //! nftables rule drops packets at random (`numgen random`). The delay must
 //! be *between the endpoints*, so that TCP's and QUIC's round-trip times,
-//! and with them their loss recovery, include it. A byte relay in front of
-//! the server would not do: TCP would recover a loss on the relay's
-//! loopback hop in microseconds and the delay would be added after the
-//! recovery, which favours TCP over QUIC (whose datagrams a UDP relay
-//! forwards, delay included, end to end). The kernel's delay queue (netem)
-//! is not available on these machines.
+//! and with them their loss recovery, include it. A byte relay that delays
+//! what it copies would not do: it ends the TCP connection, so TCP would
+//! recover a loss on the relay's loopback hop in microseconds and the delay
+//! would be added after the recovery, which favours TCP over QUIC (whose
+//! datagrams a UDP relay forwards, delay included, end to end). The
+//! kernel's delay queue (netem) is not available on these machines.
 //!
 //! So the wire is a TUN device, `ladder0`, with address [`NEAR`] on a /24.
 //! A client connects to [`FAR`]; the kernel routes the packet into the TUN
 //! device; this module reads it, swaps its source and destination
 //! addresses, holds it for the delay and writes it back. The kernel then
 //! receives a packet from [`FAR`] to [`NEAR`], which the server (listening
-//! on every address) accepts; its answers take the same way back. Swapping
-//! the two addresses leaves every checksum valid (a one's-complement sum
-//! does not depend on the order of its words). Every packet is delayed
-//! once per crossing, so the round trip is twice the delay, and every
-//! packet meets the loss rule once, on input from `ladder0`, both ways.
+//! on every address, or on [`NEAR`]) accepts; its answers take the same
+//! way back. Swapping the two addresses leaves every checksum valid (a
+//! one's-complement sum does not depend on the order of its words). Every
+//! packet is delayed once per crossing, so the round trip is twice the
+//! delay, and every packet meets the loss rule once, on input from
+//! `ladder0`, both ways.
 //!
-//! Loopback (127.0.0.1) does not cross the wire: the bench's publisher
-//! uses it, so publishing is neither delayed nor lossy.
+//! Loopback (127.0.0.1) does not cross the wire: a client that must not be
+//! delayed or lose packets (the bench's publisher, a browser's hop to the
+//! lab's relays) uses it.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ladder_lab::netns;
+use crate::netns::{self, NetnsError};
 
 /// The TUN device's name.
 pub const DEVICE: &str = "ladder0";
@@ -57,25 +60,28 @@ const QUEUE: usize = 16_384;
 /// Why the wire cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    /// Not inside a namespace `ladder_lab::netns::in_namespace` made: the
-    /// machine's own firewall and interfaces are left alone.
-    #[error(
-        "not inside a namespace of its own (run through `unshare -Urn`, see ladder_lab::netns::in_namespace)"
-    )]
-    NotInNamespace,
-    /// A program (`ip`, `nft`) could not be started.
-    #[error("cannot run `{0}`: {1} (install iproute2 and nftables)")]
-    Spawn(&'static str, std::io::Error),
-    /// A program ran and refused; its own words follow.
-    #[error("`{0}` failed: {1}")]
-    Refused(&'static str, String),
-    /// The TUN device could not be opened.
-    #[error("cannot open the TUN device: {0}")]
+    /// Not in a namespace of its own, `ip` or `nft` missing or refusing,
+    /// or a loss share outside 0–100 %: the machine's own firewall and
+    /// interfaces are never touched.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// The TUN device could not be opened (or its threads not started).
+    #[error("cannot open the TUN device {DEVICE}: {0}")]
     Tun(std::io::Error),
-    /// A loss share outside 0–100 %.
-    #[error("{0} % is not a loss share")]
-    BadLoss(f64),
+    /// A server does not answer across the wire.
+    #[error(
+        "the server's port {port} does not answer on the wire's address {NEAR} ({reason}): it must listen on every address (0.0.0.0), as `ladder --lab` does inside `ladder-lab netns`"
+    )]
+    Unreachable {
+        /// The server's port.
+        port: u16,
+        /// What the connection attempt met.
+        reason: String,
+    },
 }
+
+/// How long the wire may take to carry a test connection to a server.
+const PROBE: Duration = Duration::from_secs(10);
 
 /// What crossed the wire since the last [`Wire::set_loss`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -107,16 +113,31 @@ pub struct Wire {
     stop: Arc<AtomicBool>,
 }
 
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wire")
+            .field("device", &DEVICE)
+            .field("delay", &self.delay)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a client reaches, across the wire, a server listening on `port`
+/// on every address (or on [`NEAR`]).
+pub fn across(port: u16) -> std::net::SocketAddr {
+    (FAR, port).into()
+}
+
 impl Wire {
     /// Creates the device, routes [`FAR`] through it and starts the delay
     /// line, with no loss yet.
     pub fn start(delay: Duration) -> Result<Self, WireError> {
         if !netns::inside() {
-            return Err(WireError::NotInNamespace);
+            return Err(NetnsError::NotInNamespace.into());
         }
         let tun = open_tun(DEVICE)?;
-        ip(&["addr", "add", &format!("{NEAR}/24"), "dev", DEVICE])?;
-        ip(&["link", "set", DEVICE, "mtu", "1500", "up"])?;
+        netns::run("ip", &["addr", "add", &format!("{NEAR}/24"), "dev", DEVICE])?;
+        netns::run("ip", &["link", "set", DEVICE, "mtu", "1500", "up"])?;
         let counts = Arc::new(Counts::default());
         let stop = Arc::new(AtomicBool::new(false));
         let tun = Arc::new(tun);
@@ -144,6 +165,33 @@ impl Wire {
         Ok(wire)
     }
 
+    /// Starts the wire ([`start`](Self::start)), checks that a TCP
+    /// connection across it reaches each of `servers` (at [`FAR`], on its
+    /// port: a server listening on loopback only does not answer there),
+    /// then sets the loss to `percent`.
+    pub async fn reaching(
+        delay: Duration,
+        percent: f64,
+        servers: &[std::net::SocketAddr],
+    ) -> Result<Self, WireError> {
+        let wire = Self::start(delay)?;
+        for s in servers {
+            // Before the loss is on, so one refused answer means what it says.
+            let port = s.port();
+            let reason =
+                match tokio::time::timeout(PROBE, tokio::net::TcpStream::connect(across(port)))
+                    .await
+                {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {PROBE:?}"),
+                };
+            return Err(WireError::Unreachable { port, reason });
+        }
+        wire.set_loss(percent)?;
+        Ok(wire)
+    }
+
     /// The delay each way.
     pub fn delay(&self) -> Duration {
         self.delay
@@ -153,7 +201,7 @@ impl Wire {
     /// alike, both ways; resets the counters.
     pub fn set_loss(&self, percent: f64) -> Result<(), WireError> {
         if !(0.0..=100.0).contains(&percent) {
-            return Err(WireError::BadLoss(percent));
+            return Err(NetnsError::Bad(format!("{percent} % is not a loss share")).into());
         }
         // Per hundred thousand, so fractions of a percent are exact enough.
         let per_100k = (percent * 1000.0).round() as u32;
@@ -168,8 +216,8 @@ impl Wire {
             rule("udp")
         );
         // Deleting first makes this repeatable; a missing table is fine.
-        let _ = nft(&format!("delete table inet {TABLE}\n"));
-        nft(&script)?;
+        let _ = netns::nft(&format!("delete table inet {TABLE}\n"));
+        netns::nft(&script)?;
         self.counts.tcp.store(0, Ordering::Relaxed);
         self.counts.udp.store(0, Ordering::Relaxed);
         self.counts.overflow.store(0, Ordering::Relaxed);
@@ -179,18 +227,7 @@ impl Wire {
     /// Packets that crossed and were dropped since the last
     /// [`set_loss`](Self::set_loss).
     pub fn counters(&self) -> Result<WireCounters, WireError> {
-        let out = Command::new("nft")
-            .args(["list", "table", "inet", TABLE])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| WireError::Spawn("nft", e))?;
-        if !out.status.success() {
-            return Err(WireError::Refused(
-                "nft",
-                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            ));
-        }
-        let listing = String::from_utf8_lossy(&out.stdout);
+        let listing = netns::run("nft", &["list", "table", "inet", TABLE])?;
         let dropped = |proto: &str| {
             listing
                 .lines()
@@ -318,46 +355,4 @@ fn open_tun(name: &str) -> Result<File, WireError> {
         libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
     }
     Ok(f)
-}
-
-fn ip(args: &[&str]) -> Result<(), WireError> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| WireError::Spawn("ip", e))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(WireError::Refused(
-            "ip",
-            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        ))
-    }
-}
-
-fn nft(script: &str) -> Result<(), WireError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| WireError::Spawn("nft", e))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| WireError::Spawn("nft", e))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| WireError::Spawn("nft", e))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(WireError::Refused(
-            "nft",
-            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        ))
-    }
 }
