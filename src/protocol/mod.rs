@@ -11,17 +11,20 @@
 //!
 //! - `message`: payloads ([`Data`]) and published [`Message`]s with their
 //!   shared encodings;
-//! - `ops`: client operations ([`ClientOp`]) and the server's reply frames.
+//! - `ops`: client operations ([`ClientOp`]);
+//! - `frames`: the server's reply frames and the HTTP error body.
 
+mod frames;
 mod message;
 mod ops;
 
-pub use message::{Data, Message};
-pub use ops::{
-    ClientOp, DeliveryMode, OpError, PresenceAsk, echo_frame, error_body, error_frame,
-    lagged_frame, presence_change_frame, presence_frame, published_frame, subscribed_frame,
-    subscribed_frame_presence_error, truncated_frame, unsubscribed_frame,
+pub use frames::{
+    echo_frame, error_body, error_frame, lagged_frame, presence_change_frame, presence_frame,
+    presence_tab_frame, published_frame, subscribed_frame, subscribed_frame_presence_error,
+    truncated_frame, unsubscribed_frame,
 };
+pub use message::{Data, Message};
+pub use ops::{ClientOp, DeliveryMode, OpError, PresenceAsk};
 
 use crate::name::{KeyError, NameError};
 

@@ -1,13 +1,11 @@
-//! Client operations and the server's replies: [`ClientOp::parse`] reads
-//! one WebSocket frame or WebTransport line; the `*_frame` functions build
-//! every reply, and [`error_body`] the HTTP error body.
+//! Client operations: [`ClientOp::parse`] reads one WebSocket frame or
+//! WebTransport line (the replies are built in `super::frames`).
 
-use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{Data, ErrorCode, ProtocolError};
-use crate::name::{ChannelName, Epoch, IdempotencyKey};
+use crate::name::{ChannelName, IdempotencyKey};
 
 /// How a WebTransport subscription wants its messages carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -36,6 +34,25 @@ pub enum ClientOp {
         /// Joining the channel's presence, and hearing who else is there.
         presence: PresenceAsk,
     },
+    /// Join a channel's presence as one tab of this conversation's
+    /// identity, until `presence_leave` or the conversation ends.
+    PresenceJoin {
+        /// Which channel.
+        channel: ChannelName,
+        /// `tab`: which of the identity's members this is.
+        tab: String,
+        /// `client`: the id, as in `subscribe` (with auth, the token's `sub`).
+        client: Option<String>,
+        /// `info`: what the member says about itself.
+        info: Option<Box<RawValue>>,
+    },
+    /// Leave what a `presence_join` joined.
+    PresenceLeave {
+        /// Which channel.
+        channel: ChannelName,
+        /// Which tab.
+        tab: String,
+    },
     /// Read who is in a channel.
     Presence {
         /// Which channel.
@@ -63,7 +80,7 @@ pub enum ClientOp {
 }
 
 /// What a `subscribe` asks of the channel's presence.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PresenceAsk {
     /// `client`: the id to join as when auth is off (with auth, the
     /// token's `sub` is the id and this must equal it if given).
@@ -72,6 +89,9 @@ pub struct PresenceAsk {
     pub info: Option<Box<RawValue>>,
     /// `presence: true`: send the member list, then joins and leaves.
     pub events: bool,
+    /// `join: false`: subscribe without joining, even with a token's
+    /// `sub` (its members join by `presence_join`, one per tab).
+    pub join: bool,
 }
 
 /// The loose shape every op is read into before it is checked, so that a
@@ -90,6 +110,8 @@ struct RawOp<'a> {
     client: Option<String>,
     info: Option<Box<RawValue>>,
     presence: Option<bool>,
+    join: Option<bool>,
+    tab: Option<String>,
     #[serde(borrow)]
     idempotency_key: Option<std::borrow::Cow<'a, str>>,
 }
@@ -137,7 +159,22 @@ impl ClientOp {
                     client: raw.client,
                     info: raw.info,
                     events: raw.presence.unwrap_or(false),
+                    join: raw.join.unwrap_or(true),
                 },
+            }),
+            Some("presence_join") => need_channel(raw.channel).and_then(|channel| {
+                Ok(Self::PresenceJoin {
+                    channel,
+                    tab: need_tab(raw.tab)?,
+                    client: raw.client,
+                    info: raw.info,
+                })
+            }),
+            Some("presence_leave") => need_channel(raw.channel).and_then(|channel| {
+                Ok(Self::PresenceLeave {
+                    channel,
+                    tab: need_tab(raw.tab)?,
+                })
             }),
             Some("presence") => need_channel(raw.channel).map(|channel| Self::Presence { channel }),
             Some("unsubscribe") => {
@@ -165,7 +202,7 @@ impl ClientOp {
             Some(other) => Err(ProtocolError::new(
                 ErrorCode::BadRequest,
                 format!(
-                    "unknown op {other:?}; expected subscribe, unsubscribe, publish, presence or echo"
+                    "unknown op {other:?}; expected subscribe, unsubscribe, publish, presence, presence_join, presence_leave or echo"
                 ),
             )),
             None => Err(ProtocolError::new(
@@ -180,181 +217,9 @@ impl ClientOp {
     }
 }
 
-#[derive(Serialize)]
-struct Frame<'a> {
-    op: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    channel: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    epoch: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    offset: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    oldest: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    code: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a RawValue>,
-}
-
-impl<'a> Frame<'a> {
-    fn op(op: &'a str) -> Self {
-        Self {
-            op,
-            id: None,
-            channel: None,
-            epoch: None,
-            offset: None,
-            oldest: None,
-            code: None,
-            message: None,
-            data: None,
-        }
-    }
-
-    fn encode(&self) -> Bytes {
-        // Serialising these plain structs cannot fail.
-        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
-    }
-}
-
-/// `{"op":"subscribed","channel","epoch","offset"}`.
-pub fn subscribed_frame(channel: &ChannelName, epoch: &Epoch, head: u64) -> Bytes {
-    Frame {
-        channel: Some(channel.as_str()),
-        epoch: Some(epoch.as_str()),
-        offset: Some(head),
-        ..Frame::op("subscribed")
-    }
-    .encode()
-}
-
-/// `{"op":"subscribed",…}` with `"presence_error":{"code","message"}`: the
-/// subscription works, joining its presence did not.
-pub fn subscribed_frame_presence_error(
-    channel: &ChannelName,
-    epoch: &Epoch,
-    head: u64,
-    error: &ProtocolError,
-) -> Bytes {
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&subscribed_frame(channel, epoch, head)).unwrap_or_default();
-    v["presence_error"] = serde_json::json!({
-        "code": error.code.as_str(),
-        "message": error.message,
-    });
-    Bytes::from(v.to_string())
-}
-
-/// `{"op":"presence","channel","members":[…]}`; `members` is a JSON array
-/// already encoded.
-pub fn presence_frame(channel: &ChannelName, members: &str) -> Bytes {
-    // Channel names hold no character JSON must escape (see ChannelName).
-    Bytes::from(format!(
-        r#"{{"op":"presence","channel":"{channel}","members":{members}}}"#
-    ))
-}
-
-/// `{"op":"join"|"leave","channel","member":{"id","info"}}`; `member` is
-/// already encoded.
-pub fn presence_change_frame(kind: &str, channel: &ChannelName, member: &str) -> Bytes {
-    Bytes::from(format!(
-        r#"{{"op":"{kind}","channel":"{channel}","member":{member}}}"#
-    ))
-}
-
-/// `{"op":"unsubscribed","channel"}`.
-pub fn unsubscribed_frame(channel: &ChannelName) -> Bytes {
-    Frame {
-        channel: Some(channel.as_str()),
-        ..Frame::op("unsubscribed")
-    }
-    .encode()
-}
-
-/// `{"op":"published","id"?,"channel","epoch","offset"}`.
-pub fn published_frame(
-    id: Option<&RawValue>,
-    channel: &ChannelName,
-    epoch: &Epoch,
-    offset: u64,
-) -> Bytes {
-    Frame {
-        id,
-        channel: Some(channel.as_str()),
-        epoch: Some(epoch.as_str()),
-        offset: Some(offset),
-        ..Frame::op("published")
-    }
-    .encode()
-}
-
-/// `{"op":"echo","data"}`.
-pub fn echo_frame(data: &RawValue) -> Bytes {
-    Frame {
-        data: Some(data),
-        ..Frame::op("echo")
-    }
-    .encode()
-}
-
-/// `{"op":"truncated","channel","oldest","epoch"}`.
-pub fn truncated_frame(channel: &ChannelName, oldest: u64, epoch: &Epoch) -> Bytes {
-    Frame {
-        channel: Some(channel.as_str()),
-        oldest: Some(oldest),
-        epoch: Some(epoch.as_str()),
-        ..Frame::op("truncated")
-    }
-    .encode()
-}
-
-/// `{"op":"lagged","channel","offset"}`: the last offset delivered before the
-/// subscriber was dropped, to resume from with `since`.
-pub fn lagged_frame(channel: &ChannelName, last: u64) -> Bytes {
-    Frame {
-        channel: Some(channel.as_str()),
-        offset: Some(last),
-        code: Some(ErrorCode::Lagged.as_str()),
-        message: Some("subscriber too slow; resubscribe with since = offset"),
-        ..Frame::op("lagged")
-    }
-    .encode()
-}
-
-/// `{"op":"error","code","message","id"?}`.
-pub fn error_frame(error: &ProtocolError, id: Option<&RawValue>) -> Bytes {
-    Frame {
-        id,
-        code: Some(error.code.as_str()),
-        message: Some(&error.message),
-        ..Frame::op("error")
-    }
-    .encode()
-}
-
-/// The HTTP error body `{"error":{"code","message"}}`.
-pub fn error_body(error: &ProtocolError) -> Bytes {
-    #[derive(Serialize)]
-    struct Inner<'a> {
-        code: &'a str,
-        message: &'a str,
-    }
-    #[derive(Serialize)]
-    struct Outer<'a> {
-        error: Inner<'a>,
-    }
-    let body = Outer {
-        error: Inner {
-            code: error.code.as_str(),
-            message: &error.message,
-        },
-    };
-    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+/// The `tab` field a presence op needs (checked further when joining).
+fn need_tab(tab: Option<String>) -> Result<String, ProtocolError> {
+    tab.ok_or_else(|| ProtocolError::new(ErrorCode::BadRequest, "missing field `tab`"))
 }
 
 #[cfg(test)]
@@ -389,5 +254,14 @@ mod tests {
             ErrorCode::BadRequest
         );
         assert_eq!(err(r#"{"channel":"a"}"#).error.code, ErrorCode::BadRequest);
+        assert_eq!(
+            err(r#"{"op":"presence_join","channel":"a","client":"x"}"#)
+                .error
+                .message,
+            "missing field `tab`"
+        );
+        let (op, _) =
+            ClientOp::parse(r#"{"op":"presence_leave","channel":"a","tab":"t"}"#, 100).unwrap();
+        assert!(matches!(op, ClientOp::PresenceLeave { tab, .. } if tab == "t"));
     }
 }

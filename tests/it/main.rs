@@ -20,6 +20,7 @@ mod lean_diff;
 mod polling;
 mod presence;
 mod presence_nodes;
+mod presence_tabs;
 mod shutdown;
 mod soak;
 mod sse;

@@ -1,6 +1,13 @@
 //! Who a presence member is: [`ClientId`] and [`Info`], parsed and bounded
 //! before they reach the registry, and [`PresenceError`], what a join can
 //! be refused with.
+//!
+//! A member may also name a *tab*: one of several joins of one identity on
+//! one connection (the tabs of a browser sharing one connection, each
+//! counted). `(id, tab)` is then the member, so one user's tabs are as many
+//! members, each reported with the user's id and its own `tab`. It is kept
+//! in the [`ClientId`] as `id` + space + `tab` — a space no id or tab may
+//! hold — so the registry, the feed and Redis treat it as any other id.
 
 use std::fmt;
 use std::sync::Arc;
@@ -12,6 +19,29 @@ use crate::protocol::{ErrorCode, ProtocolError};
 /// Longest client id, in bytes. A JWT `sub` is held to the same bound.
 pub const MAX_CLIENT_ID: usize = 128;
 
+/// Longest tab name, in bytes.
+const MAX_TAB: usize = 64;
+
+/// Checks one id or tab name: 1 to `max` printable ASCII characters other
+/// than space, `"` and `\`.
+fn check_name(what: &str, s: &str, max: usize) -> Result<(), PresenceError> {
+    if s.is_empty() || s.len() > max {
+        return Err(PresenceError::BadId(format!(
+            "{what} must be 1 to {max} characters, got {}",
+            s.len()
+        )));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '"' | '\\'))
+    {
+        return Err(PresenceError::BadId(format!(
+            "{what} may hold printable ASCII except `\"` and `\\` (found {c:?})"
+        )));
+    }
+    Ok(())
+}
+
 /// A member's identity in a channel: the JWT `sub` when auth is on, else an
 /// id the client chose. 1 to [`MAX_CLIENT_ID`] printable ASCII characters
 /// other than space, `"` and `\`, so it can be written into JSON and Redis
@@ -22,24 +52,45 @@ pub struct ClientId(Arc<str>);
 impl ClientId {
     /// Parses a client id, refusing anything outside the alphabet above.
     pub fn parse(s: &str) -> Result<Self, PresenceError> {
-        if s.is_empty() || s.len() > MAX_CLIENT_ID {
-            return Err(PresenceError::BadId(format!(
-                "client id must be 1 to {MAX_CLIENT_ID} characters, got {}",
-                s.len()
-            )));
-        }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !c.is_ascii_graphic() || matches!(c, '"' | '\\'))
-        {
-            return Err(PresenceError::BadId(format!(
-                "client id may hold printable ASCII except `\"` and `\\` (found {c:?})"
-            )));
-        }
+        check_name("client id", s, MAX_CLIENT_ID)?;
         Ok(Self(Arc::from(s)))
     }
 
-    /// The id as text.
+    /// This id's member for one tab (see the module docs); the tab name has
+    /// the id's alphabet and at most 64 bytes.
+    pub fn with_tab(&self, tab: &str) -> Result<Self, PresenceError> {
+        Self::check_tab(tab)?;
+        match self.tab() {
+            None => Ok(Self(Arc::from(format!("{} {tab}", self.0)))),
+            Some(_) => Err(PresenceError::BadId("a tab has no tabs".into())),
+        }
+    }
+
+    /// Checks a tab name (see [`Self::with_tab`]).
+    pub fn check_tab(tab: &str) -> Result<(), PresenceError> {
+        check_name("tab", tab, MAX_TAB)
+    }
+
+    /// Parses an id as [`Self::as_str`] wrote it, tab included (read back
+    /// from Redis).
+    pub fn parse_stored(s: &str) -> Result<Self, PresenceError> {
+        match s.split_once(' ') {
+            Some((id, tab)) => Self::parse(id)?.with_tab(tab),
+            None => Self::parse(s),
+        }
+    }
+
+    /// The identity, without the tab.
+    pub fn id(&self) -> &str {
+        self.0.split_once(' ').map_or(&self.0, |(id, _)| id)
+    }
+
+    /// The tab, if this member is one.
+    pub fn tab(&self) -> Option<&str> {
+        self.0.split_once(' ').map(|(_, tab)| tab)
+    }
+
+    /// The id as stored: `id`, or `id tab`.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -121,9 +172,14 @@ pub struct Member {
 }
 
 impl Member {
-    /// `{"id":…,"info":…}`. The id needs no escaping (see [`ClientId`]).
+    /// `{"id":…,"info":…}`, with `"tab":…` after the id for a tab. Neither
+    /// needs escaping (see [`ClientId`]).
     pub fn json(&self) -> String {
-        format!(r#"{{"id":"{}","info":{}}}"#, self.id, self.info.as_str())
+        let (id, info) = (self.id.id(), self.info.as_str());
+        match self.id.tab() {
+            Some(tab) => format!(r#"{{"id":"{id}","tab":"{tab}","info":{info}}}"#),
+            None => format!(r#"{{"id":"{id}","info":{info}}}"#),
+        }
     }
 }
 
@@ -193,6 +249,31 @@ mod tests {
             );
         }
         assert!(ClientId::parse(&"a".repeat(MAX_CLIENT_ID + 1)).is_err());
+    }
+
+    #[test]
+    fn a_tab_is_its_own_member_of_one_identity() {
+        let ann = ClientId::parse("ann").unwrap();
+        let t1 = ann.with_tab("t-1").unwrap();
+        assert_eq!((t1.id(), t1.tab()), ("ann", Some("t-1")));
+        assert_ne!(t1, ann.with_tab("t-2").unwrap());
+        assert_eq!((ann.id(), ann.tab()), ("ann", None));
+        // Stored as `id tab` and read back the same; a space is no id's.
+        assert_eq!(ClientId::parse_stored(t1.as_str()).unwrap(), t1);
+        assert_eq!(ClientId::parse_stored("ann").unwrap(), ann);
+        assert!(ClientId::parse(t1.as_str()).is_err());
+        for bad in ["", "a b", "a\"", &"t".repeat(MAX_TAB + 1)] {
+            assert!(
+                matches!(ann.with_tab(bad), Err(PresenceError::BadId(_))),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(t1.with_tab("x").is_err());
+        let m = Member {
+            id: t1,
+            info: Info::empty(),
+        };
+        assert_eq!(m.json(), r#"{"id":"ann","tab":"t-1","info":{}}"#);
     }
 
     #[test]

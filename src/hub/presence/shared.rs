@@ -55,7 +55,10 @@ impl Presence {
                     continue;
                 }
             };
-            for id in missing.iter().filter_map(|s| ClientId::parse(s).ok()) {
+            for id in missing
+                .iter()
+                .filter_map(|s| ClientId::parse_stored(s).ok())
+            {
                 self.rejoin(store, &ch, id).await;
             }
         }

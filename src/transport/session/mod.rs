@@ -3,9 +3,11 @@
 //! An [`OpSession`] is one conversation: a WebSocket, or one WebTransport
 //! bidirectional stream. It parses ops, runs them against the hub, and
 //! multiplexes its subscriptions. The adapter owns the socket and decides
-//! framing; this module decides meaning.
+//! framing; this module decides meaning; its presence side (joins, tabs,
+//! watching) is in `presence`.
 
-use std::collections::{HashMap, VecDeque};
+mod presence;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -13,15 +15,14 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio_stream::StreamMap;
-use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::auth::Grant;
 use crate::context::Ctx;
-use crate::hub::presence::{Change, Held, members_json};
+use crate::hub::presence::members_json;
 use crate::hub::{ChannelName, Event, Position, PresenceEvent, Subscription};
-use crate::protocol::{self, ClientOp, DeliveryMode, ErrorCode, PresenceAsk, ProtocolError};
+use crate::protocol::{self, ClientOp, DeliveryMode, ErrorCode, ProtocolError};
 use crate::stats::Transport;
 
 /// One subscription as a stream of events. It can be paused: its
@@ -157,16 +158,7 @@ pub(crate) struct OpSession {
     /// Presence: the members this conversation holds (dropping one
     /// leaves), the channels whose joins and leaves it asked for, and the
     /// snapshots waiting to be sent.
-    presence: Option<Box<SessionPresence>>,
-}
-
-/// The presence side of an [`OpSession`]; absent until first used, so
-/// conversations that never use presence carry one pointer for it.
-#[derive(Default)]
-struct SessionPresence {
-    held: HashMap<ChannelName, Held>,
-    watching: StreamMap<ChannelName, BroadcastStream<Change>>,
-    pending: VecDeque<(ChannelName, PresenceEvent)>,
+    presence: Option<Box<presence::SessionPresence>>,
 }
 
 impl std::fmt::Debug for OpSession {
@@ -242,15 +234,7 @@ impl OpSession {
                     ));
                 }
                 self.creds.grant.can_subscribe(&channel)?;
-                let who = super::presence::identity(
-                    &self.ctx,
-                    &self.creds.grant,
-                    presence.client.as_deref(),
-                    presence
-                        .info
-                        .as_deref()
-                        .map(serde_json::value::RawValue::get),
-                )?;
+                let who = self.subscriber_identity(&presence)?;
                 let limit = self.ctx.cfg.max_subscriptions;
                 if self.subs.len() >= limit && !self.subs.contains_key(&channel) {
                     return Err(ProtocolError::new(
@@ -278,6 +262,21 @@ impl OpSession {
                 self.leave_presence(&channel);
                 Ok(protocol::unsubscribed_frame(&channel))
             }
+            ClientOp::PresenceJoin {
+                channel,
+                tab,
+                client,
+                info,
+            } => {
+                let info = info.as_deref().map(serde_json::value::RawValue::get);
+                self.join_tab(&channel, &tab, client.as_deref(), info)
+                    .await?;
+                Ok(protocol::presence_tab_frame(id, &channel, &tab, true))
+            }
+            ClientOp::PresenceLeave { channel, tab } => {
+                self.leave_tab(&channel, &tab)?;
+                Ok(protocol::presence_tab_frame(id, &channel, &tab, false))
+            }
             ClientOp::Presence { channel } => {
                 self.creds.grant.can_read_presence(&channel)?;
                 let members = self.ctx.hub.presence().members(&channel).await?;
@@ -294,59 +293,6 @@ impl OpSession {
                 Ok(protocol::published_frame(id, &channel, &p.epoch, p.offset))
             }
             ClientOp::Echo { data } => Ok(protocol::echo_frame(&data)),
-        }
-    }
-
-    /// Joins `who` to the presence of a just-made subscription and, if it
-    /// asked, starts telling it who is there. The subscription stands
-    /// whatever this returns.
-    async fn join_presence(
-        &mut self,
-        channel: &ChannelName,
-        who: Option<(crate::hub::presence::ClientId, crate::hub::presence::Info)>,
-        ask: &PresenceAsk,
-    ) -> Result<(), ProtocolError> {
-        // A resubscription starts its presence afresh, snapshot included.
-        self.leave_presence(channel);
-        // Both are tried; the first failure is what the client is told.
-        let held = match who {
-            Some((id, info)) => match self.ctx.hub.presence().hold(channel, id, info).await {
-                Ok(held) => {
-                    self.presence
-                        .get_or_insert_with(Default::default)
-                        .held
-                        .insert(channel.clone(), held);
-                    Ok(())
-                }
-                Err(e) => Err(e.into()),
-            },
-            None => Ok(()),
-        };
-        let watched = match ask.events {
-            true => self.watch_presence(channel).await,
-            false => Ok(()),
-        };
-        held.and(watched)
-    }
-
-    /// Starts telling this conversation the members of `channel`, then
-    /// their joins and leaves.
-    async fn watch_presence(&mut self, channel: &ChannelName) -> Result<(), ProtocolError> {
-        self.creds.grant.can_read_presence(channel)?;
-        let (rx, local) = self.ctx.hub.presence().watch_from(channel);
-        let members = super::presence::first_snapshot(&self.ctx, local, channel).await?;
-        let p = self.presence.get_or_insert_with(Default::default);
-        p.watching.insert(channel.clone(), BroadcastStream::new(rx));
-        p.pending
-            .push_back((channel.clone(), PresenceEvent::Snapshot(members)));
-        Ok(())
-    }
-
-    fn leave_presence(&mut self, channel: &ChannelName) {
-        if let Some(p) = &mut self.presence {
-            p.held.remove(channel);
-            p.watching.remove(channel);
-            p.pending.retain(|(c, _)| c != channel);
         }
     }
 

@@ -97,7 +97,7 @@ fn parse(payload: &[u8]) -> Option<(ChannelName, Change)> {
     let mut parts = text.splitn(4, '\n');
     let (kind, channel, id, info) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let member = Member {
-        id: ClientId::parse(id).ok()?,
+        id: ClientId::parse_stored(id).ok()?,
         info: Info::trusted(info),
     };
     let change = match kind {

@@ -209,7 +209,7 @@ impl RedisPresence {
         for pair in flat.chunks_exact(2) {
             // Written by a node after checking; a field that no longer
             // parses is skipped rather than failing the whole list.
-            if let Ok(id) = ClientId::parse(&pair[0]) {
+            if let Ok(id) = ClientId::parse_stored(&pair[0]) {
                 by_id.insert(id, Info::trusted(&pair[1]));
             }
         }
