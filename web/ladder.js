@@ -47,6 +47,7 @@
 //   subscription.js  a subscription: its cursor, stats, pause, delivery
 //   util.js          clock, backoff, errors, emitter
 //   http.js          channel URLs, JSON requests, publish by POST
+//   tab-joins.js     presence members joined one by one (tabs)
 //   transports/      one module per rung, index.js = order + availability
 //   shared/          shared mode, `new Ladder({ shared: true })`: one
 //                    connection for all tabs (SharedWorker, or a leader tab
@@ -58,6 +59,7 @@ import { Subscription } from './ladder/subscription.js';
 import { Emitter, backoffDelay, describe, mayRetry, newIdempotencyKey, realClock, withTimeout } from './ladder/util.js';
 import { httpJson, httpPublish } from './ladder/http.js';
 import { SharedLadder, sharedPath } from './ladder/shared/tab.js';
+import { TabJoins } from './ladder/tab-joins.js';
 
 export { RUNGS, Subscription, backoffDelay, httpPublish };
 export { hexToBytes, sleep } from './ladder/util.js';
@@ -122,6 +124,7 @@ export class Ladder extends Emitter {
     this.stats = { connects: 0, reconnects: 0, drops: 0, upgrades: 0, silent: 0 };
     this.lastDrop = null;
     this._subs = new Map();
+    this._tabJoins = new TabJoins(this);
     this._transport = null;
     this._attempt = 0;
     this._closed = false;
@@ -245,6 +248,8 @@ export class Ladder extends Emitter {
     if (this.lastDrop && !this.lastDrop.resumedAt) this.lastDrop.resumedAt = this.clock.now();
     this._remember(tr.name);
     for (const sub of this._subs.values()) tr.subscribe(sub);
+    // Before the old connection goes, so a switch shows no leave.
+    this._tabJoins.rejoin(tr);
     if (old && old !== tr) old.close();
     this._setState('open');
     this.emit('report', report);
@@ -382,6 +387,18 @@ export class Ladder extends Emitter {
     this._subs.delete(sub.channel);
     this._transport?.unsubscribe(sub.channel);
   }
+
+  /**
+   * Joins `channel`'s presence as tab `tab` of `client` (the token's sub
+   * with auth) on this connection and every later one, until
+   * leavePresence(): several members of one identity on one connection
+   * (shared mode counting tabs; ./ladder/tab-joins.js). Needs WebTransport
+   * or WebSocket; elsewhere, and when the server refuses, a
+   * `presence_error` event `{ channel, tab, error }` says so.
+   */
+  joinPresence(channel, tab, opts) { this._tabJoins.join(channel, tab, opts); }
+
+  leavePresence(channel, tab) { this._tabJoins.leave(channel, tab); }
 
   /**
    * Publishes over the current rung when it can carry it, else POST. A

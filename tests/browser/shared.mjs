@@ -124,10 +124,89 @@ async function scenario(browser, tally, { name, noWorker }) {
   }
 }
 
-/** Both paths of shared mode. */
+/** Both paths of shared mode, then presence counted per user and per tab. */
 export async function runShared(browser, tally) {
   await scenario(browser, tally, { name: 'shared (SharedWorker)', noWorker: false });
   await scenario(browser, tally, { name: 'shared (leader tab, no SharedWorker)', noWorker: true });
+  await sharedPresence(browser, tally);
+}
+
+/** The members `/api/channels/{channel}/presence` lists, as `id` or `id tab`. */
+async function presenceOf(http, channel) {
+  const body = await (await fetch(`${http}/api/channels/${channel}/presence`)).json();
+  return body.members.map((m) => (m.tab ? `${m.id} ${m.tab}` : m.id)).sort();
+}
+
+/** Waits (bounded) until `channel` lists exactly `want`. */
+async function presenceBecomes(http, channel, want, what, timeoutMs = 20000) {
+  const until = Date.now() + timeoutMs;
+  let got;
+  while (Date.now() < until) {
+    got = await presenceOf(http, channel);
+    if (JSON.stringify(got) === JSON.stringify([...want].sort())) return got;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what}: members ${JSON.stringify(got)}, not ${JSON.stringify([...want].sort())}`);
+}
+
+/**
+ * Three tabs in shared mode per `sharedPresence` setting, each run in its
+ * own browser context (its own worker) and against its own server (a
+ * closed context's WebTransport session may linger there until its idle
+ * timeout): one member per user; one per tab, and a closed tab's member
+ * leaves — through the SharedWorker, and on the leader-tab path when the
+ * leader tab itself closes (its connection goes; the next leader joins
+ * the other tabs again, and no member is left behind).
+ */
+async function sharedPresence(browser, tally) {
+  const open = async (server, context, by) => {
+    const page = await context.newPage();
+    await page.goto(`${server.http}/api/info`);
+    const tab = await page.evaluate(async (by) => {
+      const { Ladder } = await import('/ladder.js');
+      const ladder = new Ladder({ shared: true, sharedPresence: by });
+      window.shared = { ladder };
+      window.shared.sub = ladder.subscribe(`by-${by}`, { presence: { client: 'visitor', events: true } }, () => {});
+      ladder.connect();
+      return ladder.tabId;
+    }, by);
+    return { page, tab };
+  };
+  const runs = [['user', false], ['tab', false], ['tab', true]];
+  for (const [by, noWorker] of runs) {
+    const server = await startServer();
+    const context = await browser.newContext();
+    if (noWorker) await context.addInitScript(() => { delete window.SharedWorker; });
+    const path = noWorker ? 'leader tab' : 'SharedWorker';
+    try {
+      await tally.check(`shared presence per ${by} (${path}): three tabs on one connection are ${by === 'user' ? 'one member' : 'three members'}${by === 'tab' ? `; ${noWorker ? 'the leader' : 'a'} tab closes and its member leaves` : ''}`, async () => {
+        const tabs = [];
+        for (let i = 0; i < 3; i++) tabs.push(await open(server, context, by));
+        const channel = `by-${by}`;
+        const want = by === 'user' ? ['visitor'] : tabs.map((t) => `visitor ${t.tab}`);
+        await presenceBecomes(server.http, channel, want, `per ${by}`);
+        await connectionsBecome(server.http, 1);
+        // Every tab is told the same list.
+        for (const t of tabs) {
+          await waitState(t.page, 'the member list in every tab', (n) => window.shared.sub.members.size === n, want.length, 20000);
+        }
+        if (by === 'user') return `members ${want}`;
+        const roles = await Promise.all(tabs.map((t) => t.page.evaluate(() => window.shared.ladder.role)));
+        const gone = noWorker ? roles.indexOf('leader') : 2;
+        tally.expect(gone >= 0, `roles ${roles}`);
+        await tabs[gone].page.close();
+        const rest = want.filter((_, i) => i !== gone);
+        await presenceBecomes(server.http, channel, rest, 'after a tab closed');
+        for (const t of tabs.filter((_, i) => i !== gone)) {
+          await waitState(t.page, 'the closed tab gone from every list', (n) => window.shared.sub.members.size === n, rest.length, 20000);
+        }
+        return `members ${want.length}, then ${rest.length} after tab ${gone + 1} (${roles[gone]}) closed`;
+      });
+    } finally {
+      await context.close().catch(() => {});
+      await stopServer(server);
+    }
+  }
 }
 
 /** The lease a poller holds between polls in the presence scenario (`--presence-lapse`, seconds). */

@@ -7,6 +7,7 @@
 // silent and its lock is released, with no goodbye.
 
 import { SharedLadder, sharedPath } from '../../web/ladder/shared/tab.js';
+import { TabJoins } from '../../web/ladder/tab-joins.js';
 
 /** Lets every queued message and promise run (bounded; no timers). */
 async function settle(rounds = 40) {
@@ -66,7 +67,25 @@ class Locks {
 
 /** One channel log and the connections (host Ladders) open to it. */
 class FakeServer {
-  constructor() { this.log = new Map(); this.open = 0; this.opened = 0; this.live = new Set(); this.keys = new Map(); this.stall = false; }
+  constructor() {
+    this.log = new Map(); this.open = 0; this.opened = 0; this.live = new Set(); this.keys = new Map(); this.stall = false;
+    /** channel -> member key (`id` or `id tab`) -> holders, as the server's registry counts them. */
+    this.presence = new Map();
+    /** What the fake is told about presence per tab: `join|leave channel key`. */
+    this.presenceOps = [];
+  }
+  hold(channel, key) {
+    const m = this.presence.get(channel) || new Map();
+    m.set(key, (m.get(key) || 0) + 1);
+    this.presence.set(channel, m);
+  }
+  release(channel, key) {
+    const m = this.presence.get(channel);
+    if (!m?.has(key)) return;
+    if (m.get(key) > 1) m.set(key, m.get(key) - 1); else m.delete(key);
+  }
+  /** The members of `channel`, sorted. */
+  members(channel) { return [...(this.presence.get(channel)?.keys() || [])].sort(); }
   /** Appends, unless `key` was seen: then the first append's answer (the server's idempotency). */
   publish(channel, data, key) {
     if (key && this.keys.has(`${channel} ${key}`)) return this.keys.get(`${channel} ${key}`);
@@ -82,8 +101,23 @@ class FakeServer {
   ladderClass() {
     const server = this;
     return class FakeLadder {
-      constructor(options) { this.options = options; this.state = 'idle'; this.transport = null; this.handlers = []; this.subs = new Set(); }
+      constructor(options) { this.options = options; this.state = 'idle'; this.transport = null; this.handlers = []; this.subs = new Set(); this.joins = new Map(); }
       on(ev, fn) { if (ev === 'state') this.handlers.push(fn); }
+      /** Held by this connection until leavePresence or close, as on the server. */
+      joinPresence(channel, tab, { client }) {
+        const key = `${client} ${tab}`;
+        if (this.joins.has(`${channel}\n${tab}`)) return;
+        this.joins.set(`${channel}\n${tab}`, { channel, key });
+        server.presenceOps.push(`join ${channel} ${key}`);
+        server.hold(channel, key);
+      }
+      leavePresence(channel, tab) {
+        const j = this.joins.get(`${channel}\n${tab}`);
+        if (!j) return;
+        this.joins.delete(`${channel}\n${tab}`);
+        server.presenceOps.push(`leave ${channel} ${j.key}`);
+        server.release(channel, j.key);
+      }
       async connect() {
         server.open++;
         server.opened++;
@@ -104,8 +138,16 @@ class FakeServer {
             sub.cursor.offset = m.offset;
             onMessage({ ...m });
           }),
-          unsubscribe: () => { server.live.delete(sub); this.subs.delete(sub); },
+          unsubscribe: () => {
+            server.live.delete(sub);
+            this.subs.delete(sub);
+            if (sub.member) server.release(channel, sub.member);
+          },
+          // The subscription joins as its `client`, unless its tabs join.
+          member: opts.presence?.client && !opts.presence.tabs ? opts.presence.client : null,
+          presence: opts.presence || null,
         };
+        if (sub.member) server.hold(channel, sub.member);
         server.live.add(sub);
         this.subs.add(sub);
         for (const m of log.slice(since)) sub.push(m);
@@ -121,7 +163,9 @@ class FakeServer {
         if (this.state === 'closed') return;
         this.state = 'closed';
         server.open--;
-        for (const s of this.subs) server.live.delete(s);
+        for (const s of this.subs) { server.live.delete(s); if (s.member) server.release(s.channel, s.member); }
+        for (const j of this.joins.values()) server.release(j.channel, j.key);
+        this.joins.clear();
       }
     };
   }
@@ -269,5 +313,90 @@ export async function runSharedUnit(tally) {
     for (const t of [a, b]) tally.expect(exactly(t.got, 2), `${t.tabId} got ${JSON.stringify(t.got)}`);
     tally.expect(a._pending.size === 0 && b._pending.size === 0, 'nothing left pending');
     return `${old.tabId} -> ${[a, b].find((t) => t.role === 'leader')?.tabId}`;
+  });
+
+  await tally.check('unit: shared: presence per user (the default): the tabs are one member', async () => {
+    const w = world();
+    for (let i = 0; i < 3; i++) {
+      const t = w.open();
+      follow(t, 'room', { presence: { client: 'ann' } });
+      t.connect();
+    }
+    await settle();
+    tally.expect(JSON.stringify(w.server.members('room')) === '["ann"]', `members ${w.server.members('room')}`);
+    tally.expect(w.server.presenceOps.length === 0, `per-tab joins ${w.server.presenceOps}`);
+    const host = w.tabs.find((t) => t.role === 'leader').election.host;
+    tally.expect(host.channels.get('room').sub.presence?.client === 'ann', 'the subscription joins as the client');
+  });
+
+  await tally.check('unit: shared: presence per tab: each tab a member; a tab going and a leader dying leave no ghost', async () => {
+    const w = world();
+    for (let i = 0; i < 4; i++) {
+      const t = w.open({ sharedPresence: 'tab' });
+      follow(t, 'room', { presence: { client: 'ann', info: { n: i } } });
+      t.connect();
+    }
+    await settle();
+    const want = (tabs) => JSON.stringify(tabs.map((t) => `ann ${t.tabId}`).sort());
+    tally.expect(JSON.stringify(w.server.members('room')) === want(w.tabs), `members ${w.server.members('room')}`);
+    const host = () => w.tabs.find((t) => t.role === 'leader').election.host;
+    // The one subscription joins nobody itself; its tabs join one by one.
+    tally.expect(host().channels.get('room').sub.presence?.tabs === true, 'the subscription is made with tabs: true');
+    // A follower tab closes (its goodbye): its member leaves.
+    const gone = w.tabs.find((t) => t.role === 'follower');
+    gone.close();
+    await settle();
+    let left = w.tabs.filter((t) => t !== gone);
+    tally.expect(JSON.stringify(w.server.members('room')) === want(left), `after a tab closed: ${w.server.members('room')}`);
+    tally.expect(w.server.presenceOps.includes(`leave room ann ${gone.tabId}`), `ops ${w.server.presenceOps}`);
+    // The leader dies without a word: its connection goes with every
+    // member it held, and the next leader joins the remaining tabs.
+    const old = left.find((t) => t.role === 'leader');
+    w.crash(old);
+    await settle();
+    left = left.filter((t) => t !== old);
+    tally.expect(w.server.open === 1 && w.server.opened === 2, `${w.server.open} open, ${w.server.opened} opened`);
+    tally.expect(JSON.stringify(w.server.members('room')) === want(left), `after the leader died: ${w.server.members('room')}`);
+    // Unsubscribing leaves; the channel goes with its last tab.
+    for (const t of left) [...t._subs.values()][0].unsubscribe();
+    await settle();
+    tally.expect(w.server.members('room').length === 0 && w.server.live.size === 0, `left ${w.server.members('room')}`);
+    return `${old.tabId} -> ${left.find((t) => t.role === 'leader')?.tabId}`;
+  });
+
+  await tally.check('unit: shared: sharedPresence takes user or tab, and says so otherwise', () => {
+    let err = null;
+    try { new SharedLadder({ sharedPresence: 'tabs', env: {} }, class {}); } catch (e) { err = e; }
+    tally.expect(err && /must be 'user' or 'tab'/.test(err.message), `error ${err?.message}`);
+  });
+
+  await tally.check('unit: tab joins: sent on the connection, again on the next; a rung without them or a refusal is told per tab', async () => {
+    const events = [];
+    const ladder = { _transport: null, emit: (name, d) => events.push(`${name} ${d.channel} ${d.tab} ${d.error.code}`) };
+    const joins = new TabJoins(ladder);
+    const duplex = (name) => ({
+      name, ops: [],
+      presenceJoin(j) { this.ops.push(`join ${j.channel} ${j.tab} ${j.client}`); return j.tab === 'bad' ? Promise.reject(Object.assign(new Error('no'), { code: 'rate_limited' })) : Promise.resolve({}); },
+      presenceLeave(channel, tab) { this.ops.push(`leave ${channel} ${tab}`); return Promise.resolve({}); },
+    });
+    const ws = duplex('websocket');
+    ladder._transport = ws;
+    joins.join('room', 't1', { client: 'ann' });
+    joins.join('room', 't2', { client: 'ann' });
+    joins.leave('room', 't1');
+    joins.join('room', 'bad', { client: 'ann' });
+    await settle();
+    tally.expect(JSON.stringify(ws.ops) === '["join room t1 ann","join room t2 ann","leave room t1","join room bad ann"]', `ops ${ws.ops}`);
+    tally.expect(JSON.stringify(events) === '["presence_error room bad rate_limited"]', `events ${events}`);
+    // A new connection: the tabs still joined are joined on it.
+    const wt = duplex('webtransport');
+    joins.rejoin(wt);
+    await settle();
+    tally.expect(JSON.stringify(wt.ops) === '["join room t2 ann","join room bad ann"]', `rejoined ${wt.ops}`);
+    // A rung without tabs (SSE, polls): each tab is told.
+    events.length = 0;
+    joins.rejoin({ name: 'sse' });
+    await settle();
+    tally.expect(events.length === 2 && events.every((e) => e.endsWith('unavailable')), `events ${events}`);
   });
 }

@@ -4,6 +4,20 @@
 
 import { Cursor } from './cursor.js';
 
+/**
+ * The key of a member in `sub.members`: its id, or `id tab` for one tab of
+ * an identity counted per tab (a space is in no id or tab).
+ */
+export function memberKey(m) { return m.tab ? `${m.id} ${m.tab}` : m.id; }
+
+/** `sub.members` as the list `[{ id, tab?, info }]`. */
+export function memberList(members) {
+  return [...members].map(([key, info]) => {
+    const sp = key.indexOf(' ');
+    return sp < 0 ? { id: key, info } : { id: key.slice(0, sp), tab: key.slice(sp + 1), info };
+  });
+}
+
 export class Subscription {
   constructor(ladder, channel, opts, onMessage) {
     this.ladder = ladder;
@@ -21,6 +35,9 @@ export class Subscription {
     // Presence (docs/protocol.md): `presence: { client, info, events }`
     // joins as `client` (the token's sub when auth is on) and, with
     // `events`, keeps `members` up to date and calls `onPresence`.
+    // `tabs: true` (shared mode counting tabs) subscribes without joining:
+    // its tabs join one by one (Ladder.joinPresence). `members` is keyed
+    // by memberKey(): the id, or `id tab`.
     this.presence = opts.presence || null;
     this.onPresence = opts.onPresence || null;
     this.members = new Map();
@@ -33,8 +50,11 @@ export class Subscription {
     const p = this.presence;
     if (!p) return {};
     const op = {};
-    if (p.client) op.client = p.client;
-    if (p.info) op.info = p.info;
+    if (p.tabs) op.join = false;
+    else {
+      if (p.client) op.client = p.client;
+      if (p.info) op.info = p.info;
+    }
     if (p.events) op.presence = true;
     return op;
   }
@@ -43,14 +63,15 @@ export class Subscription {
   presenceQuery(poll) {
     const p = this.presence;
     if (!p) return {};
-    const q = { client: p.client || null, info: p.info ? JSON.stringify(p.info) : null };
+    // Tabs are joined on the duplex rungs only; a stream or poll joins nobody.
+    const q = p.tabs ? {} : { client: p.client || null, info: p.info ? JSON.stringify(p.info) : null };
     if (p.events) q.presence = poll ? String(this._presenceVersion) : '1';
     return q;
   }
 
   /** The whole member list (first, after a resume, after falling behind). */
   _presenceList(members, version) {
-    this.members = new Map((members || []).map((m) => [m.id, m.info]));
+    this.members = new Map((members || []).map((m) => [memberKey(m), m.info]));
     if (version !== undefined) this._presenceVersion = version;
     this._presenceChanged({ type: 'list' });
   }
@@ -58,7 +79,7 @@ export class Subscription {
   /** One join or leave, applied as a set operation. */
   _presenceChange(type, member, version) {
     if (!member) return;
-    if (type === 'join') this.members.set(member.id, member.info); else this.members.delete(member.id);
+    if (type === 'join') this.members.set(memberKey(member), member.info); else this.members.delete(memberKey(member));
     if (version !== undefined) this._presenceVersion = version;
     this._presenceChanged({ type, member });
   }
@@ -69,7 +90,7 @@ export class Subscription {
   }
 
   _presenceChanged(change) {
-    const members = [...this.members].map(([id, info]) => ({ id, info }));
+    const members = memberList(this.members);
     try { this.onPresence?.(members, change); } catch (e) { setTimeout(() => { throw e; }); }
     this.ladder.emit('presence', { channel: this.channel, members, change });
   }

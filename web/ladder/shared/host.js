@@ -11,9 +11,18 @@
 // tab resuming on a new leader), the host resubscribes from the lowest
 // position asked: every tab then sees the repeats, and its cursor drops
 // them, so nothing is lost or doubled.
+//
+// Presence (`sharedPresence` in tab.js): counted per user, the channel's
+// one subscription joins with the first tab's `client`, so the tabs are one
+// member. Counted per tab, the subscription joins nobody (`join: false`)
+// and each tab with a `client` joins as its own member, named by its tab
+// id (Ladder.joinPresence), and leaves when it unsubscribes or goes; a new
+// connection (a new leader) joins the remaining tabs again.
+
+import { memberList } from '../subscription.js';
 
 /** Messages between tab and host (`t` is the kind). */
-export const KINDS = ['hello', 'sub', 'unsub', 'pub', 'bye', 'state', 'subscribed', 'msg', 'truncated', 'pubres'];
+export const KINDS = ['hello', 'sub', 'unsub', 'pub', 'bye', 'state', 'subscribed', 'msg', 'truncated', 'pubres', 'presence', 'presence_error'];
 
 export class SharedHost {
   /** `makeLadder(options)` builds the real client from the first tab's options. */
@@ -65,19 +74,28 @@ export class SharedHost {
     if (!this.ladder) {
       this.ladder = this.makeLadder(msg.options || {});
       this.ladder.on('state', (d) => this._all({ t: 'state', state: d.state, transport: this.ladder.transport }));
+      // A tab's own join refused (or impossible on this rung): told to that tab.
+      this.ladder.on('presence_error', ({ channel, tab, error }) => {
+        const ch = this.channels.get(channel);
+        if (!ch) return;
+        if (!tab) this._each(ch, { t: 'presence_error', channel, error });
+        else if (ch.tabs.has(tab)) this.tabs.get(tab)?.send({ t: 'presence_error', channel, error });
+      });
       this.ladder.connect().catch(() => {});
     }
     tab.send({ t: 'state', state: this.ladder.state, transport: this.ladder.transport });
   }
 
-  _sub(tabId, tab, { channel, since, epoch, presence }) {
+  _sub(tabId, tab, { channel, since, epoch, presence, perTab }) {
     tab.channels.add(channel);
     let ch = this.channels.get(channel);
     const from = since === null || since === undefined ? null : Number(since);
     if (!ch) {
-      // The first tab's presence identity is the group's: one connection,
-      // one subscription per channel, so the tabs are one member.
-      ch = { sub: null, tabs: new Set(), since: from, epoch: epoch ?? null, presence: presence || null };
+      // Per user, the first tab's presence identity is the group's: one
+      // subscription per channel, so the tabs are one member. Per tab (the
+      // first tab's choice), the subscription only watches.
+      const own = perTab ? { events: Boolean(presence?.events), tabs: true } : presence || null;
+      ch = { sub: null, tabs: new Set(), joined: new Set(), since: from, epoch: epoch ?? null, presence: own };
       this.channels.set(channel, ch);
       this._open(channel, ch, from, epoch);
     } else if (from !== null && (ch.sub.cursor.offset === null || from < ch.sub.cursor.offset
@@ -88,13 +106,17 @@ export class SharedHost {
     }
     if (presence?.events && !ch.presence?.events) {
       // A tab wants the member list the subscription was not asking for.
-      ch.presence = { ...(ch.presence || {}), ...presence, events: true };
+      ch.presence = ch.presence?.tabs ? { ...ch.presence, events: true } : { ...(ch.presence || {}), ...presence, events: true };
       ch.sub.unsubscribe();
       this._open(channel, ch, ch.sub.cursor.offset, ch.sub.cursor.epoch);
     } else if (ch.presence?.events && ch.sub.members.size) {
-      tab.send({ t: 'presence', channel, members: [...ch.sub.members].map(([id, info]) => ({ id, info })) });
+      tab.send({ t: 'presence', channel, members: memberList(ch.sub.members) });
     }
     ch.tabs.add(tabId);
+    if (ch.presence?.tabs && presence?.client) {
+      ch.joined.add(tabId);
+      this.ladder.joinPresence(channel, tabId, { client: presence.client, info: presence.info });
+    }
     ch.sub.ready.then(({ epoch: e, head }) => {
       if (!ch.tabs.has(tabId)) return;
       tab.send({ t: 'subscribed', channel, epoch: e ?? ch.sub.cursor.epoch, head: head ?? ch.sub.cursor.offset });
@@ -120,6 +142,7 @@ export class SharedHost {
     const ch = this.channels.get(channel);
     if (!ch) return;
     ch.tabs.delete(tabId);
+    if (ch.joined.delete(tabId)) this.ladder?.leavePresence(channel, tabId);
     if (ch.tabs.size === 0) {
       ch.sub.unsubscribe();
       this.channels.delete(channel);

@@ -37,7 +37,11 @@ export class SharedLadder extends Emitter {
    * `Ladder` is the unshared client class (passed in, so this module does
    * not import the entry point that imports it). Shared-only options:
    * `sharedPath` ('worker' | 'leader', default: worker where available),
-   * `sharedName` (the group; default per origin of `base`), and for tests
+   * `sharedName` (the group; default per origin of `base`),
+   * `sharedPresence` ('user', the default: the tabs of the group are one
+   * presence member; 'tab': each tab subscribing with a presence `client`
+   * is a member of its own, that id with this tab's `tabId` as its `tab`;
+   * the group's first tab on a channel decides for it), and for tests
    * `env` (an object with SharedWorker / BroadcastChannel / navigator.locks).
    */
   constructor(options, Ladder) {
@@ -46,6 +50,9 @@ export class SharedLadder extends Emitter {
     this.Ladder = Ladder;
     this.env = options.env || globalThis;
     this.clock = options.clock || realClock;
+    const by = options.sharedPresence ?? 'user';
+    if (by !== 'user' && by !== 'tab') throw new Error(`sharedPresence must be 'user' or 'tab', not ${JSON.stringify(by)}`);
+    this.presenceBy = by;
     this.tabId = options.tabId || randomId();
     this.path = sharedPath(this.env, options.sharedPath || null);
     const base = options.base || this.env.location?.origin || 'http://127.0.0.1:8080';
@@ -112,7 +119,7 @@ export class SharedLadder extends Emitter {
   _resync() {
     if (this._closed) return;
     this._send({ t: 'hello', options: this.hostOptions });
-    for (const sub of this._subs.values()) this._send(subOp(sub));
+    for (const sub of this._subs.values()) this._send(subOp(sub, this.presenceBy));
     // A publish in flight to a leader that is gone may or may not have
     // reached the server: it is sent again to the new one with the same
     // idempotency key, so the server appends it once either way (and
@@ -145,6 +152,7 @@ export class SharedLadder extends Emitter {
       case 'msg': this._subs.get(msg.channel)?._deliver(msg.msg, msg.epoch); break;
       case 'truncated': this._subs.get(msg.channel)?._truncated(msg.oldest, msg.epoch); break;
       case 'presence': this._subs.get(msg.channel)?._presenceList(msg.members); break;
+      case 'presence_error': this._subs.get(msg.channel)?._presenceRefused(msg.error); break;
       case 'pubres': {
         const p = this._pending.get(msg.id);
         if (!p) break;
@@ -162,7 +170,7 @@ export class SharedLadder extends Emitter {
     if (this._subs.has(channel)) throw new Error(`already subscribed to ${channel}`);
     const sub = new Subscription(this, channel, opts, onMessage);
     this._subs.set(channel, sub);
-    this._send?.(subOp(sub));
+    this._send?.(subOp(sub, this.presenceBy));
     return sub;
   }
 
@@ -204,6 +212,6 @@ function pubOp(id, p) {
   return { t: 'pub', id, channel: p.channel, data: p.data, key: p.key };
 }
 
-function subOp(sub) {
-  return { t: 'sub', channel: sub.channel, since: sub.cursor.offset, epoch: sub.cursor.epoch, presence: sub.presence };
+function subOp(sub, presenceBy) {
+  return { t: 'sub', channel: sub.channel, since: sub.cursor.offset, epoch: sub.cursor.epoch, presence: sub.presence, perTab: presenceBy === 'tab' };
 }

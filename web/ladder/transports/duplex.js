@@ -14,7 +14,7 @@ export function dispatchOp(ladder, tr, op) {
     case 'presence': ladder._sub(op.channel)?._presenceList(op.members); break;
     case 'join': case 'leave': ladder._sub(op.channel)?._presenceChange(op.op, op.member); break;
     case 'truncated': ladder._truncated(op.channel, op.oldest, op.epoch); break;
-    case 'published': tr._settle(op.id, null, op); break;
+    case 'published': case 'presence_joined': case 'presence_left': tr._settle(op.id, null, op); break;
     case 'echo': tr._settle(op.id ?? op.data?.id, null, op); break;
     case 'lagged': ladder._lagged(op.channel); break;
     case 'unsubscribed': break;
@@ -64,6 +64,15 @@ export class Duplex {
     const r = await this._request(op);
     return { channel: r.channel, epoch: r.epoch, offset: r.offset };
   }
+  /** Joins a channel's presence as one tab (`presence_join`); rejects with the server's refusal. */
+  presenceJoin({ channel, tab, client, info }) {
+    const op = { op: 'presence_join', channel, tab };
+    if (client) op.client = client;
+    if (info) op.info = info;
+    return this._request(op);
+  }
+  /** Ends what presenceJoin joined. */
+  presenceLeave(channel, tab) { return this._request({ op: 'presence_leave', channel, tab }); }
   _failAll(reason) {
     for (const id of [...this._pending.keys()]) this._settle(id, new Error(reason));
   }
