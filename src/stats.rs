@@ -141,6 +141,49 @@ pub struct Stats {
     per: [TransportStats; Transport::ALL.len()],
     /// Byte counts kept elsewhere, read in when the counters are read.
     sampled: Sampled,
+    /// The HTTP connections' numbers (`Ladder-Connection` on poll answers).
+    pub connections: ConnectionNumbers,
+}
+
+/// Numbers the HTTP connections (plain and TLS listeners) in the order
+/// they are accepted. A poll answer says which connection carried it and
+/// how many had been accepted by then, so a polling client can tell that
+/// its request went out on a connection opened since its previous answer:
+/// the one it had was replaced, though no request failed (a browser
+/// resends a cut GET on a new connection without telling the page).
+#[derive(Debug)]
+pub struct ConnectionNumbers {
+    /// Tells this process's numbers from another node's (random per start).
+    server: u32,
+    accepted: AtomicU64,
+}
+
+impl ConnectionNumbers {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS per process: enough to tell
+        // nodes apart, without a dependency for it.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id().into());
+        Self {
+            server: h.finish() as u32,
+            accepted: AtomicU64::new(0),
+        }
+    }
+
+    /// Numbers a connection just accepted: 1, 2, 3, …
+    pub fn next(&self) -> u64 {
+        self.accepted.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// `Ladder-Connection`'s value for an answer on connection `number`.
+    pub fn header(&self, number: u64) -> String {
+        format!(
+            "server={:08x}; number={number}; accepted={}",
+            self.server,
+            self.accepted.load(Ordering::Relaxed)
+        )
+    }
 }
 
 impl Default for Stats {
@@ -204,6 +247,7 @@ impl Stats {
             registry,
             per,
             sampled: Sampled::default(),
+            connections: ConnectionNumbers::new(),
         }
     }
 

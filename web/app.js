@@ -27,6 +27,10 @@ const PANELS = [
   { id: 'poll', title: 'Short polling', rung: 'poll', sub: 'A GET on a timer, whether or not anything happened.' },
 ];
 
+/** What a polling rung's reconnect is (web/ladder/transports/poll.js). */
+const POLL_RECONNECT = 'The browser opens a new connection by itself (and resends a cut GET); every GET carries since=. '
+  + 'Counted as a reconnect: a poll answered on a connection opened since the previous answer';
+
 // The static rows of the comparison table, in our own words.
 const FACTS = {
   webtransport: {
@@ -47,11 +51,11 @@ const FACTS = {
   },
   longpoll: {
     direction: 'Client asks; server answers when it has news',
-    reconnect: 'Nothing to reconnect: every GET carries since=',
+    reconnect: POLL_RECONNECT,
   },
   poll: {
     direction: 'Client asks on a timer',
-    reconnect: 'Nothing to reconnect: every GET carries since=',
+    reconnect: POLL_RECONNECT,
   },
 };
 
@@ -134,6 +138,10 @@ class Panel {
       this.s.state = ev.state;
       this.s.transport = this.ladder.transport;
       this.s.reason = ev.reason || '';
+      this.render();
+    });
+    this.ladder.on('replaced', () => {
+      this.s.reconnects = this.ladder.stats.reconnects;
       this.render();
     });
     this.ladder.on('open', () => {

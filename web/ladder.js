@@ -33,6 +33,14 @@
 // echo goes unanswered is dropped but not remembered: over UDP a server
 // that died looks the same.)
 //
+// Reconnects (`stats.reconnects`): a rung that fails is given up and the
+// client reconnects. A polling rung holds no connection of its own and
+// rarely fails: when the browser's connection is cut it resends the GET on
+// a new one by itself. So a polling rung's reconnect is a poll answered on
+// a connection the server accepted after the rung's previous answer (the
+// `Ladder-Connection` header): its connection was replaced underneath
+// (`stats.replaced` counts those alone).
+//
 // /api/info is fetched on every (re)connect, so a rotated development
 // certificate (WebTransport `serverCertificateHashes`) is picked up without
 // reloading the page.
@@ -102,7 +110,7 @@ const DEFAULTS = {
   clock: realClock,
 };
 
-/** The client. Events: state, open, report, reconnect, upgrade, truncated, gap, lagged, error. */
+/** The client. Events: state, open, report, reconnect, replaced, upgrade, truncated, gap, lagged, error. */
 export class Ladder extends Emitter {
   constructor(options = {}) {
     super();
@@ -121,7 +129,7 @@ export class Ladder extends Emitter {
     this.transport = null;
     this.info = null;
     this.report = null;
-    this.stats = { connects: 0, reconnects: 0, drops: 0, upgrades: 0, silent: 0 };
+    this.stats = { connects: 0, reconnects: 0, replaced: 0, drops: 0, upgrades: 0, silent: 0 };
     this.lastDrop = null;
     this._subs = new Map();
     this._tabJoins = new TabJoins(this);
@@ -344,6 +352,18 @@ export class Ladder extends Emitter {
       }
       this._scheduleReprobe(offered, current);
     });
+  }
+
+  /**
+   * Called by a polling rung whose poll was answered on a new connection
+   * (./ladder/transports/poll.js): no request failed, but the connection
+   * was replaced underneath, which is a polling rung's reconnect.
+   */
+  _connectionReplaced(tr) {
+    if (tr !== this._transport || this._closed) return;
+    this.stats.reconnects++;
+    this.stats.replaced++;
+    this.emit('replaced', { transport: tr.name });
   }
 
   /** Called by a transport when its connection is gone. */

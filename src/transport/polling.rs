@@ -9,11 +9,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::{BufMut, BytesMut};
 use serde::Deserialize;
@@ -26,10 +28,14 @@ use crate::hub::{ChannelName, Page, Position};
 use crate::limits::PerIpGuard;
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::stats::Transport;
+use crate::transport::meter::Meter;
 use crate::transport::presence as wire;
 
 /// The longest wait the contract allows, in seconds.
 pub const MAX_WAIT_SECS: f64 = 60.0;
+/// The answer's header naming the connection that carried it (see
+/// [`crate::stats::ConnectionNumbers`]).
+const CONNECTION: HeaderName = HeaderName::from_static("ladder-connection");
 /// Messages per response when `limit` is absent.
 pub(crate) const DEFAULT_LIMIT: usize = 100;
 /// The largest `limit` accepted.
@@ -94,9 +100,12 @@ pub(crate) fn get(
     channel: Result<ChannelParam, ProtocolError>,
     granted: Result<Granted, ProtocolError>,
     peer: Option<Peer>,
+    meter: Option<Extension<Arc<Meter>>>,
     query: Result<Query<PollQuery>, QueryRejection>,
 ) -> impl Future<Output = Result<Response, ProtocolError>> {
     let poll = check(&ctx, channel, granted, peer, query);
+    // HTTP/1.1 and HTTP/2 connections are numbered; HTTP/3 ones are not.
+    let connection = meter.map(|Extension(m)| m.number());
     async move {
         let Poll {
             channel,
@@ -148,10 +157,13 @@ pub(crate) fn get(
             Some(p) => Box::pin(tail(&ctx, &channel, *p, refused)).await,
             None => String::new(),
         };
-        Ok(json_bytes(
-            StatusCode::OK,
-            encode_page(&channel, &page, &tail),
-        ))
+        let mut answer = json_bytes(StatusCode::OK, encode_page(&channel, &page, &tail));
+        if let Some(n) = connection
+            && let Ok(v) = HeaderValue::from_str(&ctx.stats.connections.header(n))
+        {
+            answer.headers_mut().insert(CONNECTION, v);
+        }
+        Ok(answer)
     }
 }
 
@@ -392,6 +404,7 @@ mod tests {
             State(ctx),
             Ok(ChannelParam(ChannelName::parse("a").unwrap())),
             Ok(Granted(crate::auth::Grant::all())),
+            None,
             None,
             Ok(Query(q)),
         );

@@ -6,6 +6,7 @@
 
 import { Ladder, backoffDelay, hexToBytes } from '../../web/ladder.js';
 import { Cursor } from '../../web/ladder/cursor.js';
+import { ConnectionWatch } from '../../web/ladder/transports/poll.js';
 import { INFO, ManualClock, fakeFetch, fakeRung, memoryStorage } from './lib/clock.mjs';
 import { runRaceUnit } from './unit-race.mjs';
 import { runSharedUnit } from './unit-shared.mjs';
@@ -33,6 +34,22 @@ function ladderWith(plans, extra = {}) {
 }
 
 export async function runUnit(tally) {
+  await tally.check('unit: a poll loop counts an answer on a connection opened since its previous answer, not the pool\'s older ones', () => {
+    const w = new ConnectionWatch();
+    const at = (server, number, accepted) => w.answered(`server=${server}; number=${number}; accepted=${accepted}`);
+    const seen = [
+      at('a1', 3, 4), // the first answer: nothing to compare with
+      at('a1', 3, 6), // the same connection
+      at('a1', 2, 7), // an older connection from the browser's pool
+      at('a1', 8, 9), // opened after the previous answer (accepted 7): replaced
+      at('a1', 8, 9),
+      at('b2', 1, 5), // another node behind a load balancer: first word from it
+      at('b2', 1, 5),
+      at('a1', 10, 12), // back on the first node, on one newer than its last answer there (9)
+    ];
+    tally.expect(JSON.stringify(seen) === JSON.stringify([false, false, false, true, false, true, false, true]), `counted ${JSON.stringify(seen)}`);
+    tally.expect(w.answered(null) === false && w.answered('junk') === false, 'an answer without the header (HTTP/3) counts nothing');
+  });
   await tally.check('unit: backoff is full jitter, exponential, capped', () => {
     for (let a = 0; a < 12; a++) {
       const hi = backoffDelay(a, 500, 8000, () => 0.999999);

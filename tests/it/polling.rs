@@ -212,3 +212,70 @@ async fn polls_and_other_requests_share_a_kept_alive_connection() -> Result<()> 
     assert!(text.contains(r#""offset":4"#), "{text}");
     s.shutdown().await
 }
+
+/// `Ladder-Connection` (docs/protocol.md): polls on one kept-alive
+/// connection name the same connection; a poll on a connection opened
+/// after an answer names one numbered above that answer's `accepted`,
+/// which is how a polling client tells that its connection was replaced.
+#[tokio::test]
+async fn a_poll_answer_names_the_connection_that_carried_it() -> Result<()> {
+    let s = TestServer::spawn().await?;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut a = within("a connection", TcpStream::connect(&addr)).await??;
+    let first = within("a poll", connection_of_poll(&mut a, "")).await??;
+    let again = within("a long poll on it", connection_of_poll(&mut a, "&wait=0")).await??;
+    assert_eq!((first.0.as_str(), first.1), (again.0.as_str(), again.1));
+    assert!(
+        first.1 <= first.2 && first.2 <= again.2,
+        "{first:?} {again:?}"
+    );
+    let mut b = within("another connection", TcpStream::connect(&addr)).await??;
+    let other = within("a poll on it", connection_of_poll(&mut b, "")).await??;
+    assert_eq!(other.0, first.0, "one server, one server id");
+    assert!(other.1 > again.2, "{other:?} opened after {again:?}");
+    s.shutdown().await
+}
+
+/// Polls on `stream` (keeping it alive) and returns its answer's
+/// `Ladder-Connection`: (server, number, accepted).
+async fn connection_of_poll(stream: &mut TcpStream, extra: &str) -> Result<(String, u64, u64)> {
+    let req = format!("GET /api/channels/conn/messages?since=0{extra} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "the connection closed mid-answer");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            .ok_or_else(|| anyhow::anyhow!("no {name} in {head}"))
+    };
+    let len: usize = header("content-length:")?.parse()?;
+    let mut body = buf.split_off(head_end);
+    while body.len() < len {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "the connection closed mid-body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    let value = header("ladder-connection:")?;
+    let field = |k: &str| {
+        value
+            .split("; ")
+            .find_map(|kv| kv.strip_prefix(k))
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no {k} in {value}"))
+    };
+    Ok((
+        field("server=")?,
+        field("number=")?.parse()?,
+        field("accepted=")?.parse()?,
+    ))
+}

@@ -8,9 +8,14 @@ export function channelUrl(base, channel, tail, params) {
   return url.toString();
 }
 
-/** GETs (or sends `init`) and parses JSON; a non-2xx answer throws with the contract's error code. */
-export async function httpJson(fetchFn, url, init = {}) {
+/**
+ * GETs (or sends `init`) and parses JSON; a non-2xx answer throws with the
+ * contract's error code. `onResponse(res)`, when given, sees the answer's
+ * headers first.
+ */
+export async function httpJson(fetchFn, url, init = {}, onResponse = null) {
   const res = await fetchFn(url, { cache: 'no-store', ...init });
+  onResponse?.(res);
   let body = null;
   try { body = await res.json(); } catch { body = null; }
   if (!res.ok) {
@@ -32,4 +37,14 @@ export async function httpPublish(base, channel, data, fetchFn = globalThis.fetc
     headers,
     body: JSON.stringify(data),
   });
+}
+
+/**
+ * Parses a poll answer's `Ladder-Connection` header (docs/protocol.md):
+ * `{ server, number, accepted }`, or null when absent (HTTP/3) or not
+ * understood.
+ */
+export function parseConnection(value) {
+  const m = /^server=([0-9a-f]+); number=(\d+); accepted=(\d+)$/.exec(value || '');
+  return m ? { server: m[1], number: Number(m[2]), accepted: Number(m[3]) } : null;
 }

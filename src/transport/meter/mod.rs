@@ -49,6 +49,8 @@ pub(crate) struct Meter {
     /// (`crate::http::https`): the socket's bytes then belong to no single
     /// transport.
     per_stream: AtomicBool,
+    /// The connection's number in accept order ([`Stats::connections`]).
+    number: u64,
 }
 
 impl Meter {
@@ -56,6 +58,7 @@ impl Meter {
     /// says otherwise.
     pub(crate) fn new(stats: Arc<Stats>) -> Self {
         Self {
+            number: stats.connections.next(),
             stats,
             current: AtomicU8::new(Transport::Api as u8),
             pending_in: AtomicU64::new(0),
@@ -70,6 +73,11 @@ impl Meter {
     pub(crate) fn count_per_stream(&self) {
         self.flush_in();
         self.per_stream.store(true, Ordering::Relaxed);
+    }
+
+    /// The connection's number in accept order.
+    pub(crate) fn number(&self) -> u64 {
+        self.number
     }
 
     /// The connection's socket, to lend to a direct writer.

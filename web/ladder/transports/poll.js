@@ -2,7 +2,7 @@
 // /api/channels/{channel}/messages from the cursor, with or without `wait`.
 
 import { abortError, describe } from '../util.js';
-import { channelUrl, httpJson } from '../http.js';
+import { channelUrl, httpJson, parseConnection } from '../http.js';
 import { HttpRung, PROBE_CHANNEL } from './http-rung.js';
 
 /** Long polling and short polling: the same GET, with or without `wait`. */
@@ -28,13 +28,18 @@ export class PollTransport extends HttpRung {
 
   async _loop(sub, signal, entry) {
     const ladder = this.ladder;
+    const connections = new ConnectionWatch();
     for (;;) {
       const c = sub.cursor;
       const limit = ladder.options.pollLimit;
       const url = channelUrl(this.base, sub.channel, 'messages', { since: c.offset, epoch: c.epoch, limit, wait: this.waitS, ...sub.presenceQuery(true) });
       const timeout = AbortSignal.any([signal, AbortSignal.timeout(((this.waitS ?? 0) + 10) * 1000)]);
-      const body = await httpJson(ladder.fetch, url, { signal: timeout });
+      let replaced = false;
+      const body = await httpJson(ladder.fetch, url, { signal: timeout }, (res) => {
+        replaced = connections.answered(res.headers.get('ladder-connection'));
+      });
       if (signal.aborted) throw abortError();
+      if (replaced) ladder._connectionReplaced(this);
       if (!sub.active) return;
       if (body.truncated) ladder._truncated(sub.channel, body.truncated.oldest, body.truncated.epoch);
       for (const msg of body.messages || []) ladder._deliver(sub, { channel: sub.channel, ...msg }, body.epoch);
@@ -69,5 +74,33 @@ export class LongPollTransport extends PollTransport {
     const wait = this.ladder.options.longPollWaitS;
     const h = this.ladder.heartbeatMs();
     return h ? Math.max(1, Math.min(wait, Math.floor(h / 1000))) : wait;
+  }
+}
+
+/**
+ * What a poll loop knows of the connections its answers came on, to tell
+ * when its connection was replaced: an answer on a connection the server
+ * accepted after the loop's previous answer from that server (or from a
+ * server it has not heard from before, behind a load balancer). The
+ * browser opens such a connection by itself when the one it had is gone
+ * (cut by the network, reset by a NAT, closed by a proxy or the server),
+ * and resends a GET that was cut on it, so no request fails: these
+ * answers are the only sign. Connections the browser's pool shuffles
+ * between, all older than the previous answer, are not counted.
+ */
+export class ConnectionWatch {
+  constructor() {
+    /** Server → how many connections it had accepted at this loop's last answer from it. */
+    this.accepted = new Map();
+  }
+
+  /** Takes an answer's `Ladder-Connection` value; true when it came on a replaced connection. */
+  answered(header) {
+    const c = parseConnection(header);
+    if (!c) return false;
+    const first = this.accepted.size === 0;
+    const before = this.accepted.get(c.server);
+    this.accepted.set(c.server, c.accepted);
+    return !first && (before === undefined || c.number > before);
   }
 }
