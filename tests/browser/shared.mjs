@@ -154,9 +154,10 @@ async function presenceBecomes(http, channel, want, what, timeoutMs = 20000) {
  * own browser context (its own worker) and against its own server (a
  * closed context's WebTransport session may linger there until its idle
  * timeout): one member per user; one per tab, and a closed tab's member
- * leaves — through the SharedWorker, and on the leader-tab path when the
- * leader tab itself closes (its connection goes; the next leader joins
- * the other tabs again, and no member is left behind).
+ * leaves — through the SharedWorker (with its goodbye, and without one: its
+ * life lock tells the worker), and on the leader-tab path when the leader
+ * tab itself closes (its connection goes; the next leader joins the other
+ * tabs again, and no member is left behind).
  */
 async function sharedPresence(browser, tally) {
   const open = async (server, context, by) => {
@@ -179,7 +180,7 @@ async function sharedPresence(browser, tally) {
     if (noWorker) await context.addInitScript(() => { delete window.SharedWorker; });
     const path = noWorker ? 'leader tab' : 'SharedWorker';
     try {
-      await tally.check(`shared presence per ${by} (${path}): three tabs on one connection are ${by === 'user' ? 'one member' : 'three members'}${by === 'tab' ? `; ${noWorker ? 'the leader' : 'a'} tab closes and its member leaves` : ''}`, async () => {
+      await tally.check(`shared presence per ${by} (${path}): three tabs on one connection are ${by === 'user' ? 'one member' : 'three members'}${by === 'tab' ? `; ${noWorker ? 'the leader tab closes' : 'a tab closes, another dies without a goodbye'}, and each member leaves` : ''}`, async () => {
         const tabs = [];
         for (let i = 0; i < 3; i++) tabs.push(await open(server, context, by));
         const channel = `by-${by}`;
@@ -200,7 +201,14 @@ async function sharedPresence(browser, tally) {
         for (const t of tabs.filter((_, i) => i !== gone)) {
           await waitState(t.page, 'the closed tab gone from every list', (n) => window.shared.sub.members.size === n, rest.length, 20000);
         }
-        return `members ${want.length}, then ${rest.length} after tab ${gone + 1} (${roles[gone]}) closed`;
+        if (noWorker) return `members ${want.length}, then ${rest.length} after tab ${gone + 1} (${roles[gone]}) closed`;
+        // A tab that dies without its goodbye (as a crashed one does): the
+        // worker is granted its life lock and lets it go.
+        await tabs[1].page.evaluate(() => { window.shared.ladder._send = () => {}; });
+        await tabs[1].page.close();
+        await presenceBecomes(server.http, channel, want.slice(0, 1), 'after a tab died without a goodbye');
+        await waitState(tabs[0].page, 'the dead tab gone from the list', () => window.shared.sub.members.size === 1, null, 20000);
+        return `members ${want.length}, then ${rest.length} after tab 3 closed, then 1 after tab 2 went without a goodbye`;
       });
     } finally {
       await context.close().catch(() => {});

@@ -329,7 +329,7 @@ export async function runSharedUnit(tally) {
     tally.expect(host.channels.get('room').sub.presence?.client === 'ann', 'the subscription joins as the client');
   });
 
-  await tally.check('unit: shared: presence per tab: each tab a member; a tab going and a leader dying leave no ghost', async () => {
+  await tally.check('unit: shared: presence per tab: each tab a member; a tab closing, a tab dying and a leader dying leave no ghost', async () => {
     const w = world();
     for (let i = 0; i < 4; i++) {
       const t = w.open({ sharedPresence: 'tab' });
@@ -349,6 +349,13 @@ export async function runSharedUnit(tally) {
     let left = w.tabs.filter((t) => t !== gone);
     tally.expect(JSON.stringify(w.server.members('room')) === want(left), `after a tab closed: ${w.server.members('room')}`);
     tally.expect(w.server.presenceOps.includes(`leave room ann ${gone.tabId}`), `ops ${w.server.presenceOps}`);
+    // A follower dies without a goodbye: the leader is granted its life
+    // lock, and its member leaves all the same.
+    const dead = left.find((t) => t.role === 'follower');
+    w.crash(dead);
+    await settle();
+    left = left.filter((t) => t !== dead);
+    tally.expect(JSON.stringify(w.server.members('room')) === want(left), `after a tab died: ${w.server.members('room')}`);
     // The leader dies without a word: its connection goes with every
     // member it held, and the next leader joins the remaining tabs.
     const old = left.find((t) => t.role === 'leader');

@@ -18,6 +18,12 @@
 // and each tab with a `client` joins as its own member, named by its tab
 // id (Ladder.joinPresence), and leaves when it unsubscribes or goes; a new
 // connection (a new leader) joins the remaining tabs again.
+//
+// A tab that dies says no goodbye, and neither a worker's port nor a
+// BroadcastChannel tells when the other side is gone. So each tab holds a
+// Web Lock named for it (`life` in its hello) while it lives; the host
+// asks for that lock and is granted it once the tab is gone, and lets the
+// tab go: its subscriptions, its presence member.
 
 import { memberList } from '../subscription.js';
 
@@ -25,9 +31,17 @@ import { memberList } from '../subscription.js';
 export const KINDS = ['hello', 'sub', 'unsub', 'pub', 'bye', 'state', 'subscribed', 'msg', 'truncated', 'pubres', 'presence', 'presence_error'];
 
 export class SharedHost {
-  /** `makeLadder(options)` builds the real client from the first tab's options. */
-  constructor(makeLadder) {
+  /**
+   * `makeLadder(options)` builds the real client from the first tab's
+   * options; `locks` (navigator.locks, where there is one) watches the
+   * tabs' life locks.
+   */
+  constructor(makeLadder, { locks = null } = {}) {
     this.makeLadder = makeLadder;
+    this.locks = locks;
+    /** Tabs whose life lock is asked for; the asking ends with the host. */
+    this.watched = new Set();
+    this._stopWatching = new AbortController();
     this.ladder = null;
     /** tabId -> { send, channels: Set } */
     this.tabs = new Map();
@@ -47,7 +61,7 @@ export class SharedHost {
     const tab = this.tabs.get(tabId);
     if (!tab) return;
     switch (msg.t) {
-      case 'hello': this._hello(tab, msg); break;
+      case 'hello': this._hello(tab, msg); this._watch(tabId, msg.life); break;
       case 'sub': this._sub(tabId, tab, msg); break;
       case 'unsub': this._unsub(tabId, tab, msg.channel); break;
       case 'pub': this._pub(tab, msg); break;
@@ -64,8 +78,19 @@ export class SharedHost {
     this.tabs.delete(tabId);
   }
 
+  /** Lets the tab go once the browser grants its life lock: the tab is gone. */
+  _watch(tabId, life) {
+    if (!life || !this.locks || this.watched.has(tabId)) return;
+    this.watched.add(tabId);
+    this.locks.request(life, { mode: 'exclusive', signal: this._stopWatching.signal }, () => {
+      this.watched.delete(tabId);
+      this.detach(tabId);
+    }).catch(() => this.watched.delete(tabId));
+  }
+
   /** Closes the connection (the host's tab or worker is going away). */
   close() {
+    this._stopWatching.abort();
     this.ladder?.close();
     this.ladder = null;
   }

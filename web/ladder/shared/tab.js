@@ -76,7 +76,24 @@ export class SharedLadder extends Emitter {
     if (this._opened) return this._opened;
     if (!this.path) return Promise.reject(new Error('shared mode needs SharedWorker, or Web Locks and BroadcastChannel'));
     this._opened = new Promise((resolve) => { this._resolveOpen = resolve; });
-    if (this.path === 'worker') this._joinWorker(); else this._joinElection();
+    const join = () => { if (this.path === 'worker') this._joinWorker(); else this._joinElection(); };
+    const locks = this.env.navigator?.locks;
+    if (!locks) join();
+    else {
+      // This tab's life lock (see ./host.js), held while it lives and
+      // named to the host only once held, so the host is granted it only
+      // when the tab is gone. Publishes made meanwhile wait in `early`.
+      const early = [];
+      this._send = (msg) => early.push(msg);
+      this._life = `${this.group}:tab:${this.tabId}`;
+      locks.request(this._life, { mode: 'exclusive' }, () => {
+        if (this._closed) return undefined;
+        join();
+        // A leader-path resync sends the pending publishes again itself.
+        if (this.path === 'worker') for (const msg of early) if (msg.t === 'pub') this._send(msg);
+        return new Promise((resolve) => { this._releaseLife = resolve; });
+      }).catch(() => {});
+    }
     const bye = () => this._send?.({ t: 'bye' });
     this.env.addEventListener?.('pagehide', bye);
     return this._opened;
@@ -109,7 +126,7 @@ export class SharedLadder extends Emitter {
         this.role = isMe ? 'leader' : 'follower';
         this._resync();
       },
-      makeHost: () => new SharedHost((opts) => new this.Ladder({ ...opts, shared: false })),
+      makeHost: () => new SharedHost((opts) => new this.Ladder({ ...opts, shared: false }), { locks: this.env.navigator?.locks || null }),
     });
     this._send = (msg) => this.election.send(msg);
     this.election.start();
@@ -118,7 +135,7 @@ export class SharedLadder extends Emitter {
   /** Tells the host everything this tab needs: options, subscriptions at their cursors. */
   _resync() {
     if (this._closed) return;
-    this._send({ t: 'hello', options: this.hostOptions });
+    this._send({ t: 'hello', options: this.hostOptions, life: this._life ?? null });
     for (const sub of this._subs.values()) this._send(subOp(sub, this.presenceBy));
     // A publish in flight to a leader that is gone may or may not have
     // reached the server: it is sent again to the new one with the same
@@ -202,6 +219,7 @@ export class SharedLadder extends Emitter {
     this._send?.({ t: 'bye' });
     this._closed = true;
     this.election?.stop();
+    this._releaseLife?.();
     this._port?.close?.();
     this.state = 'closed';
     this.emit('state', { state: 'closed', role: this.role });

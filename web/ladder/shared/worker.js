@@ -5,7 +5,7 @@
 import { Ladder } from '../../ladder.js';
 import { SharedHost } from './host.js';
 
-const host = new SharedHost((opts) => new Ladder({ ...opts, shared: false }));
+const host = new SharedHost((opts) => new Ladder({ ...opts, shared: false }), { locks: globalThis.navigator?.locks || null });
 
 globalThis.onconnect = (e) => {
   const port = e.ports[0];
