@@ -215,6 +215,26 @@ async function sharedPresence(browser, tally) {
       await stopServer(server);
     }
   }
+  // Per tab over SSE (the socket rungs turned off), which cannot join tabs:
+  // the group is one member, its first tab's client.
+  const server = await startServer(['--disable', 'webtransport', '--disable', 'websocket']);
+  const context = await browser.newContext();
+  try {
+    await tally.check('shared presence per tab over SSE (no socket rung): the group is one member', async () => {
+      const tabs = [];
+      for (let i = 0; i < 2; i++) tabs.push(await open(server, context, 'tab'));
+      await presenceBecomes(server.http, 'by-tab', ['visitor'], 'per tab over sse');
+      const rung = await tabs[0].page.evaluate(() => window.shared.ladder.transport);
+      tally.expect(rung === 'sse', `over ${rung}`);
+      for (const t of tabs) {
+        await waitState(t.page, 'the member list in every tab', () => window.shared.sub.members.has('visitor'), null, 20000);
+      }
+      return `over ${rung}`;
+    });
+  } finally {
+    await context.close().catch(() => {});
+    await stopServer(server);
+  }
 }
 
 /** The lease a poller holds between polls in the presence scenario (`--presence-lapse`, seconds). */

@@ -8,6 +8,7 @@
 
 import { SharedLadder, sharedPath } from '../../web/ladder/shared/tab.js';
 import { TabJoins } from '../../web/ladder/tab-joins.js';
+import { Subscription } from '../../web/ladder/subscription.js';
 
 /** Lets every queued message and promise run (bounded; no timers). */
 async function settle(rounds = 40) {
@@ -377,7 +378,7 @@ export async function runSharedUnit(tally) {
     tally.expect(err && /must be 'user' or 'tab'/.test(err.message), `error ${err?.message}`);
   });
 
-  await tally.check('unit: tab joins: sent on the connection, again on the next; a rung without them or a refusal is told per tab', async () => {
+  await tally.check('unit: tab joins: sent on the connection, again on the next; a refusal is told per tab; a rung without them is sent none', async () => {
     const events = [];
     const ladder = { _transport: null, emit: (name, d) => events.push(`${name} ${d.channel} ${d.tab} ${d.error.code}`) };
     const joins = new TabJoins(ladder);
@@ -400,10 +401,27 @@ export async function runSharedUnit(tally) {
     joins.rejoin(wt);
     await settle();
     tally.expect(JSON.stringify(wt.ops) === '["join room t2 ann","join room bad ann"]', `rejoined ${wt.ops}`);
-    // A rung without tabs (SSE, polls): each tab is told.
+    // A rung without tabs (SSE, polls): nothing is sent or refused (the
+    // subscription joins as its client there).
     events.length = 0;
     joins.rejoin({ name: 'sse' });
     await settle();
-    tally.expect(events.length === 2 && events.every((e) => e.endsWith('unavailable')), `events ${events}`);
+    tally.expect(events.length === 0, `events ${events}`);
+  });
+
+  await tally.check('unit: a subscription counting tabs joins nobody on a socket, and as its client on a stream or poll', () => {
+    const presence = { client: 'ann', info: { n: 1 }, events: true, tabs: true };
+    const sub = new Subscription({ emit() {} }, 'room', { presence }, () => {});
+    const op = JSON.stringify(sub.presenceOp());
+    tally.expect(op === '{"join":false,"presence":true}', `subscribe op ${op}`);
+    const q = sub.presenceQuery(false);
+    tally.expect(q.client === 'ann' && q.info === '{"n":1}' && q.presence === '1', `query ${JSON.stringify(q)}`);
+    const user = new Subscription({ emit() {} }, 'room', { presence: { client: 'ann' } }, () => {});
+    tally.expect(JSON.stringify(user.presenceOp()) === '{"client":"ann"}', 'per user: joins as client');
+    // Members that are tabs are keyed apart from the plain id.
+    sub._presenceList([{ id: 'ann', info: {} }, { id: 'ann', tab: 't1', info: {} }]);
+    sub._presenceChange('join', { id: 'ann', tab: 't2', info: {} });
+    sub._presenceChange('leave', { id: 'ann', tab: 't1', info: {} });
+    tally.expect(JSON.stringify([...sub.members.keys()]) === '["ann","ann t2"]', `members ${[...sub.members.keys()]}`);
   });
 }

@@ -35,9 +35,10 @@ export class Subscription {
     // Presence (docs/protocol.md): `presence: { client, info, events }`
     // joins as `client` (the token's sub when auth is on) and, with
     // `events`, keeps `members` up to date and calls `onPresence`.
-    // `tabs: true` (shared mode counting tabs) subscribes without joining:
-    // its tabs join one by one (Ladder.joinPresence). `members` is keyed
-    // by memberKey(): the id, or `id tab`.
+    // `tabs: true` (shared mode counting tabs) subscribes on a socket
+    // without joining: its tabs join one by one (Ladder.joinPresence); an
+    // event stream or a poll, which cannot, joins as `client`. `members`
+    // is keyed by memberKey(): the id, or `id tab`.
     this.presence = opts.presence || null;
     this.onPresence = opts.onPresence || null;
     this.members = new Map();
@@ -63,8 +64,7 @@ export class Subscription {
   presenceQuery(poll) {
     const p = this.presence;
     if (!p) return {};
-    // Tabs are joined on the duplex rungs only; a stream or poll joins nobody.
-    const q = p.tabs ? {} : { client: p.client || null, info: p.info ? JSON.stringify(p.info) : null };
+    const q = { client: p.client || null, info: p.info ? JSON.stringify(p.info) : null };
     if (p.events) q.presence = poll ? String(this._presenceVersion) : '1';
     return q;
   }

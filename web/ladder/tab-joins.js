@@ -1,8 +1,10 @@
 // tab-joins.js: presence members a connection joins one by one, besides
 // its subscriptions' (`presence_join`, docs/protocol.md): shared mode's
 // host joins each tab this way when presence is counted per tab. They are
-// joined on every new connection until left, and each is told by a
-// `presence_error` event `{ channel, tab, error }` when it cannot be.
+// joined on every new socket connection until left, and each is told by a
+// `presence_error` event `{ channel, tab, error }` when the server refuses
+// it. An event stream or a poll cannot join tabs: there the subscription
+// joins as its `client` instead (./subscription.js), and nothing is sent.
 
 export class TabJoins {
   constructor(ladder) {
@@ -30,10 +32,7 @@ export class TabJoins {
     const refused = (error) => {
       if (this.joins.get(`${j.channel}\n${j.tab}`) === j) this.ladder.emit('presence_error', { channel: j.channel, tab: j.tab, error });
     };
-    if (!tr.presenceJoin) {
-      refused({ code: 'unavailable', message: `presence per tab needs WebTransport or WebSocket, not ${tr.name}` });
-      return;
-    }
+    if (!tr.presenceJoin) return;
     tr.presenceJoin(j).catch((e) => {
       // A lost connection is no refusal: the next one joins again.
       if (e.code) refused({ code: e.code, message: e.message });

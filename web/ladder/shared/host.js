@@ -17,7 +17,8 @@
 // member. Counted per tab, the subscription joins nobody (`join: false`)
 // and each tab with a `client` joins as its own member, named by its tab
 // id (Ladder.joinPresence), and leaves when it unsubscribes or goes; a new
-// connection (a new leader) joins the remaining tabs again.
+// connection (a new leader) joins the remaining tabs again. On SSE and
+// polls, which cannot join tabs, the group is one member as per user.
 //
 // A tab that dies says no goodbye, and neither a worker's port nor a
 // BroadcastChannel tells when the other side is gone. So each tab holds a
@@ -118,8 +119,10 @@ export class SharedHost {
     if (!ch) {
       // Per user, the first tab's presence identity is the group's: one
       // subscription per channel, so the tabs are one member. Per tab (the
-      // first tab's choice), the subscription only watches.
-      const own = perTab ? { events: Boolean(presence?.events), tabs: true } : presence || null;
+      // first tab's choice), the subscription joins nobody on a socket,
+      // where each tab joins; on an event stream or a poll, which cannot
+      // join tabs, it joins as the first tab's `client`: one member.
+      const own = perTab ? { ...(presence || {}), events: Boolean(presence?.events), tabs: true } : presence || null;
       ch = { sub: null, tabs: new Set(), joined: new Set(), since: from, epoch: epoch ?? null, presence: own };
       this.channels.set(channel, ch);
       this._open(channel, ch, from, epoch);
