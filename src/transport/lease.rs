@@ -7,6 +7,8 @@
 //! and then each paused subscription reads on from the offset the fan-out
 //! reached.
 
+use std::sync::Arc;
+
 use super::fanout::{Batch, ChannelFanout, Fanouts, Member, Membership};
 use super::session::OpSession;
 use crate::context::Ctx;
@@ -129,29 +131,42 @@ pub(crate) trait Lendable {
 
     /// Runs [`Lease::reclaim`] under the outlet's lock.
     fn reclaim(&self, each: impl FnMut(&Slot));
+
+    /// Completes when a lease ended without the task asking (a fan-out
+    /// could not write, or lost track of the channel). May complete once
+    /// spuriously.
+    async fn returned(&self);
+
+    /// `outlet` as it joins a fan-out.
+    fn member(outlet: Arc<Self>) -> Member;
 }
 
-/// The task side of lending: the fan-outs joined and whether it is lent.
+/// The task side of lending an outlet: the outlet, the fan-outs joined,
+/// and whether it is lent. Both socket adapters decide with it when to
+/// lend ([`Self::may_lend`], then [`Self::lend`]) and take their outlet
+/// back before each write of their own ([`Self::reclaim`]).
 #[derive(Debug)]
-pub(crate) struct Lender {
+pub(crate) struct Lender<O> {
+    outlet: Arc<O>,
     fanouts: Fanouts,
     lent: bool,
     joined: Vec<Membership>,
 }
 
-impl Lender {
-    /// Lends to the fan-outs in `fanouts`.
-    pub(crate) fn new(fanouts: Fanouts) -> Self {
+impl<O: Lendable> Lender<O> {
+    /// Lends `outlet` to the fan-outs in `fanouts`.
+    pub(crate) fn new(outlet: Arc<O>, fanouts: Fanouts) -> Self {
         Self {
+            outlet,
             fanouts,
             lent: false,
             joined: Vec::new(),
         }
     }
 
-    /// Whether it is (as far as the task knows) lent.
-    pub(crate) fn is_lent(&self) -> bool {
-        self.lent
+    /// The outlet.
+    pub(crate) fn outlet(&self) -> &Arc<O> {
+        &self.outlet
     }
 
     /// Whether it ever joined a fan-out (only then can a direct write have
@@ -160,10 +175,24 @@ impl Lender {
         !self.joined.is_empty()
     }
 
-    /// Leaves the fan-outs of channels no longer subscribed.
-    pub(crate) fn leave_unsubscribed(&mut self, session: &mut OpSession) {
+    /// Completes when the lease ends without the task asking; never while
+    /// the outlet is not lent.
+    pub(crate) async fn returned(&self) {
+        match self.lent {
+            true => self.outlet.returned().await,
+            false => std::future::pending().await,
+        }
+    }
+
+    /// Whether the outlet may be lent now, asked after each wake-up the
+    /// task handled: it leaves the fan-outs of channels no longer
+    /// subscribed, then answers whether it is not lent yet and every
+    /// subscription is caught up. The task then writes out whatever of its
+    /// own is still in flight and calls [`Self::lend`].
+    pub(crate) fn may_lend(&mut self, session: &mut OpSession) -> bool {
         self.joined
             .retain(|m| session.stream_mut(m.channel()).is_some());
+        !self.lent && caught_up(session)
     }
 
     /// Leaves every fan-out.
@@ -171,30 +200,16 @@ impl Lender {
         self.joined.clear();
     }
 
-    /// Whether `session` could be lent: it has subscriptions, and every one
-    /// is caught up.
-    pub(crate) fn caught_up(session: &mut OpSession) -> bool {
-        session.has_subscriptions()
-            && session
-                .streams_mut()
-                .all(|(_, s)| s.subscription().is_caught_up())
-    }
-
-    /// Joins the fan-out of every subscribed channel and lends `outlet` for
-    /// the subscriptions their fan-outs accept, pausing those.
-    pub(crate) fn lend(
-        &mut self,
-        ctx: &Ctx,
-        session: &mut OpSession,
-        outlet: &impl Lendable,
-        member: impl Fn() -> Member,
-    ) {
+    /// Joins the fan-out of every subscribed channel and lends the outlet
+    /// for the subscriptions their fan-outs accept, pausing those.
+    pub(crate) fn lend(&mut self, ctx: &Ctx, session: &mut OpSession) {
         for (channel, _) in session.streams_mut() {
             if !self.joined.iter().any(|m| m.channel() == channel) {
                 // Exactly: most join one channel, and a vector would
                 // otherwise make room for four.
                 self.joined.reserve_exact(1);
-                self.joined.push(self.fanouts.join(ctx, channel, member()));
+                let member = O::member(self.outlet.clone());
+                self.joined.push(self.fanouts.join(ctx, channel, member));
             }
         }
         let candidates = self.joined.iter().filter_map(|m| {
@@ -210,7 +225,7 @@ impl Lender {
                 m.fanout(),
             ))
         });
-        let lent = outlet.lend(candidates);
+        let lent = self.outlet.lend(candidates);
         self.lent = !lent.is_empty();
         for channel in &lent {
             if let Some(s) = session.stream_mut(channel) {
@@ -221,11 +236,11 @@ impl Lender {
 
     /// Ends the lease, if any; each lent subscription reads on from what the
     /// fan-out wrote.
-    pub(crate) fn reclaim(&mut self, session: &mut OpSession, outlet: &impl Lendable) {
+    pub(crate) fn reclaim(&mut self, session: &mut OpSession) {
         if !std::mem::replace(&mut self.lent, false) {
             return;
         }
-        outlet.reclaim(|slot| {
+        self.outlet.reclaim(|slot| {
             if let Some(s) = session.stream_mut(&slot.channel) {
                 s.resume(slot.cursor);
             }
@@ -236,4 +251,13 @@ impl Lender {
             }
         }
     }
+}
+
+/// Whether `session` could be lent: it has subscriptions, and every one is
+/// caught up.
+pub(crate) fn caught_up(session: &mut OpSession) -> bool {
+    session.has_subscriptions()
+        && session
+            .streams_mut()
+            .all(|(_, s)| s.subscription().is_caught_up())
 }

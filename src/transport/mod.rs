@@ -12,8 +12,12 @@
 //! - `presence`: who a subscriber joins a channel's presence as, and
 //!   presence events on each rung's wire;
 //! - `fanout`: per-channel tasks that write new messages straight to the
-//!   WebSockets and WebTransport streams lent to them.
+//!   WebSockets and WebTransport streams lent to them;
+//! - `lease`, `coalesce`: what the two socket adapters share: lending a
+//!   caught-up socket or stream to the fan-outs and taking it back, and
+//!   turning a burst of ready events into one write.
 
+pub(crate) mod coalesce;
 pub(crate) mod extract;
 pub(crate) mod fanout;
 pub(crate) mod lease;
@@ -30,6 +34,10 @@ pub(crate) mod webtransport;
 // codes of the protocol.
 pub use fanout::Fanouts;
 pub use webtransport::{CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN, CLOSE_SHUTDOWN_REASON};
+
+use std::pin::Pin;
+
+use tokio::time::{Instant, Sleep};
 
 use crate::hub::Position;
 use crate::protocol::{ErrorCode, ProtocolError};
@@ -68,5 +76,27 @@ pub(crate) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+/// When a connection's token runs out, as one timer for the connection's
+/// whole life: made per wake-up instead, it would re-register with the
+/// timer each time. Boxed: a `Sleep` is ~130 bytes of every idle
+/// connection's state, and most connections have no deadline.
+#[derive(Debug)]
+pub(crate) struct Expiry(Option<Pin<Box<Sleep>>>);
+
+impl Expiry {
+    /// Runs out at `deadline`; never without one.
+    pub(crate) fn new(deadline: Option<Instant>) -> Self {
+        Self(deadline.map(|d| Box::pin(tokio::time::sleep_until(d))))
+    }
+
+    /// Completes once the deadline has passed; never without one.
+    pub(crate) async fn elapsed(&mut self) {
+        match &mut self.0 {
+            Some(sleep) => sleep.await,
+            None => std::future::pending().await,
+        }
     }
 }

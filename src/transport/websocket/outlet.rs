@@ -27,7 +27,7 @@ use crate::config::WsFanout;
 use crate::hub::ChannelName;
 use crate::socket::Socket;
 use crate::stats::TransportStats;
-use crate::transport::fanout::{Batch, ChannelFanout};
+use crate::transport::fanout::{Batch, ChannelFanout, Member};
 use crate::transport::lease::{Due, Lease, Lendable, Slot};
 use crate::transport::meter::handover::Borrower;
 
@@ -78,13 +78,6 @@ impl Outlet {
         let mut st = self.lock();
         st.socket = None;
         st.lease.end();
-    }
-
-    /// Completes when a lease ended without the task asking (a direct write
-    /// could not finish, or the WebSocket layer wrote on its own). May
-    /// complete once spuriously.
-    pub(crate) async fn returned(&self) {
-        self.returned.notified().await;
     }
 
     /// Takes the socket for a write by the WebSocket layer: ends any lease
@@ -216,6 +209,16 @@ impl Lendable for Outlet {
 
     fn reclaim(&self, each: impl FnMut(&Slot)) {
         self.lock().lease.reclaim(each);
+    }
+
+    /// A direct write could not finish, a fan-out lost track of a channel,
+    /// or the WebSocket layer wrote on its own.
+    async fn returned(&self) {
+        self.returned.notified().await;
+    }
+
+    fn member(outlet: Arc<Self>) -> Member {
+        Member::Socket(outlet)
     }
 }
 

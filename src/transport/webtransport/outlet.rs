@@ -15,7 +15,7 @@
 //! and writes the rest to the stream, as the task would.
 
 use std::future::Future;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -29,7 +29,7 @@ use wtransport::{Connection, SendStream};
 use crate::hub::ChannelName;
 use crate::protocol::DeliveryMode;
 use crate::stats::TransportStats;
-use crate::transport::fanout::{Batch, ChannelFanout};
+use crate::transport::fanout::{Batch, ChannelFanout, Member};
 use crate::transport::lease::{Due, Lease, Lendable, Slot};
 
 /// One stream's lendable send half.
@@ -72,12 +72,6 @@ impl StreamOutlet {
         // Every update under the lock is a plain assignment or a quinn call
         // that leaves the stream consistent.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Completes when a lease ended without the task asking. May complete
-    /// once spuriously.
-    pub(crate) async fn returned(&self) {
-        self.returned.notified().await;
     }
 
     /// Whether part of a batch still waits to be written.
@@ -234,6 +228,16 @@ impl Lendable for StreamOutlet {
 
     fn reclaim(&self, each: impl FnMut(&Slot)) {
         self.lock().lease.reclaim(each);
+    }
+
+    /// A fan-out write that quinn could not take whole, or a fan-out that
+    /// lost track of a channel.
+    async fn returned(&self) {
+        self.returned.notified().await;
+    }
+
+    fn member(outlet: Arc<Self>) -> Member {
+        Member::Stream(outlet)
     }
 }
 
