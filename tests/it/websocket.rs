@@ -159,8 +159,17 @@ async fn resume_with_since_after_a_drop_loses_nothing() -> Result<()> {
 #[tokio::test]
 async fn a_subscriber_that_stops_reading_is_told_lagged_and_can_resume() -> Result<()> {
     // Big messages fill the socket buffers quickly, so the server's writer
-    // blocks while the history (10 messages) moves on without it.
-    let s = TestServer::spawn_with(|c| c.history = 10).await?;
+    // blocks while the history (10 messages) moves on without it. The
+    // reader is silent while all 400 are published, however long that
+    // takes: the server's cut-offs for a silent client (send timeout, no
+    // pong) are pushed past the test's length, so the lag, not the clock,
+    // ends the socket (see the stall test below).
+    let s = TestServer::spawn_with(|c| {
+        c.history = 10;
+        c.send_timeout = 3600;
+        c.heartbeat = 0;
+    })
+    .await?;
     let mut ws = Ws::connect(&s).await?;
     ws.subscribe("flood", None).await?;
     let blob = "x".repeat(60_000);
