@@ -553,8 +553,10 @@ async function main() {
   });
   $('#workload').addEventListener('submit', (ev) => { ev.preventDefault(); runWorkload(); });
   $('#drop-all').addEventListener('click', () => { for (const p of allPanels()) p.drop(); });
-  setupRealities($('#networks-measured'), info, state.networks,
-    { staggerMs: params.get('stagger_ms') ? Number(params.get('stagger_ms')) : null });
+  setupRealities($('#networks-measured'), info, state.networks, {
+    staggerMs: params.get('stagger_ms') ? Number(params.get('stagger_ms')) : null,
+    only: params.get('networks') ? params.get('networks').split(',') : null,
+  });
   lanes = new LanesDemo({
     card: $('#multi'), state: state.multi, mode: lanesMode(info), publish, ladderOptions: netOpts,
     offersWebTransport: info.transports.includes('webtransport'), recordError,

@@ -4,6 +4,8 @@
 // origin, so the probe's every request crosses that network); the probe's
 // automatic client runs a workload and posts back what it got. One
 // condition at a time, so the measurements do not share the machine.
+// Through nat-timeout the workload idles longer than the NAT's timeout, and
+// every rung is measured through that idle too (a row each, under it).
 
 import { networkUrl } from './network.js';
 import { fmtMs } from './figures.js';
@@ -11,8 +13,11 @@ import { fmtMs } from './figures.js';
 /** How long one condition may take (race, workload, drain) before its row says so. */
 const PROBE_TIMEOUT_MS = 90000;
 
-/** Fills `root` (#networks-measured) when `info` lists a lab; `state` mirrors the rows. */
-export function setupRealities(root, info, state, { staggerMs = null } = {}) {
+/**
+ * Fills `root` (#networks-measured) when `info` lists a lab; `state`
+ * mirrors the rows. `only` (names) limits which conditions are measured.
+ */
+export function setupRealities(root, info, state, { staggerMs = null, only = null } = {}) {
   const lab = info.lab;
   Object.assign(state, { state: 'idle', rows: {} });
   if (!lab) return;
@@ -48,14 +53,15 @@ export function setupRealities(root, info, state, { staggerMs = null } = {}) {
     button.disabled = true;
     state.state = 'running';
     state.rows = {};
-    for (const c of lab.conditions) {
+    const measured = lab.conditions.filter((c) => !only || only.includes(c.name));
+    for (const c of measured) {
       statusEl.textContent = `Measuring ${c.name}…`;
       const result = await probe(root, lab, c, staggerMs);
       state.rows[c.name] = result;
       fill(rows[c.name], result);
     }
     state.state = 'done';
-    statusEl.textContent = `Measured ${lab.conditions.length} networks.`;
+    statusEl.textContent = `Measured ${measured.length} networks.`;
     button.disabled = false;
   });
 }
@@ -107,4 +113,37 @@ function fill(tr, r) {
   texts.forEach((t, i) => { cells[i].textContent = t; });
   tr.dataset.works = String(r.works);
   tr.dataset.transport = r.transport;
+  fillRungs(tr, r);
+}
+
+/**
+ * Under a row whose workload idled (nat-timeout), one row per rung, each
+ * forced through the same idle window: whether heartbeats kept its
+ * connection alive (reconnects from the idle on), and what it lost or got
+ * twice over the whole workload.
+ */
+function fillRungs(tr, r) {
+  for (const old of tr.parentElement.querySelectorAll(`tr[data-under="${CSS.escape(r.condition)}"]`)) old.remove();
+  let after = tr;
+  for (const [rung, x] of Object.entries(r.rungs || {})) {
+    const sub = document.createElement('tr');
+    sub.dataset.under = r.condition;
+    sub.dataset.rung = rung;
+    const th = document.createElement('th');
+    th.scope = 'row';
+    th.className = 'sub';
+    th.textContent = `… ${rung}`;
+    const ok = x.lost === 0 && x.duplicated === 0 && x.outOfOrder === 0;
+    const texts = [
+      ok ? 'Yes' : `No: ${x.lost} lost, ${x.duplicated} repeated, ${x.outOfOrder} out of order`,
+      `Forced; reconnects counted from an idle ${fmtMs(r.idleMs)} against a ${fmtMs(r.natTimeoutMs)} NAT`,
+      `${fmtMs(x.p50)} / ${fmtMs(x.p99)}`,
+      String(x.reconnects),
+      String(x.lost),
+      String(x.duplicated),
+    ];
+    sub.append(th, ...texts.map((t) => { const td = document.createElement('td'); td.textContent = t; return td; }));
+    after.after(sub);
+    after = sub;
+  }
 }

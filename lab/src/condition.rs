@@ -182,6 +182,10 @@ pub struct RunningCondition {
     pub webtransport: String,
     /// What it does, in a sentence.
     pub description: String,
+    /// With `nat-timeout`: how long a flow may idle before it is forgotten,
+    /// in milliseconds (a client measuring the condition idles longer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat_timeout_ms: Option<u64>,
     #[serde(skip)]
     tcp: TcpRelay,
     #[serde(skip)]
@@ -310,6 +314,9 @@ impl Lab {
                 http: format!("http://{}", tcp.local_addr()),
                 webtransport: format!("https://{}/wt", udp.local_addr()),
                 description: describe(cond, cfg),
+                nat_timeout_ms: cond
+                    .has(Impairment::NatTimeout)
+                    .then(|| u64::try_from(cfg.nat_timeout.as_millis()).unwrap_or(u64::MAX)),
                 name,
                 tcp,
                 udp,

@@ -3,12 +3,15 @@
 // and every forced panel under the same workload.
 //
 //   lab-fallback     UDP blocked -> WebSocket; + no upgrade -> SSE;
-//                    + buffering proxy -> long polling; 200 messages each
+//                    + buffering proxy -> long polling; 200 messages each;
+//                    the page's measured row per network (nat-timeout's
+//                    with every rung through an idle past the NAT)
 //   lab-nat          NAT timeout T: no reconnect over 3 x T with heartbeats;
 //                    without them the drops are noticed and resumed
 //   lab-switch       a network switch mid-workload: WebTransport migrates,
 //                    the TCP rungs reconnect, nothing lost or repeated
-//   lab-round-robin  two nodes on one real redis-server, no stickiness
+//   lab-round-robin  two nodes on one real redis-server, no stickiness; the
+//                    page's measured round-robin row
 //   lab-lossy        2 % kernel packet loss and 40 ms each way on the wire
 //                    behind lossy-link's relays; every rung delivers every
 //                    message; from the direct page, the lanes card's four
@@ -71,6 +74,11 @@ const MEASURED_RUNG = {
   'udp-blocked+no-upgrade+buffering-proxy': 'longpoll',
 };
 const FALLBACK_BOUND_MS = 8000 + 5 * STAGGER_MS;
+/** The NAT timeout of the fallback scenario's lab, whose measured nat-timeout row idles past it. */
+const NAT_S = 3;
+
+/** The text of each cell of the table row `selector`. */
+const rowCells = (page, selector) => page.$$eval(`#networks ${selector} td`, (tds) => tds.map((td) => td.textContent));
 
 async function labInfo(server) {
   const info = await (await fetch(`${server.http}/api/info`)).json();
@@ -104,7 +112,9 @@ const openIds = (st) => ALL.filter((id) => st.panels[id].state === 'open');
 
 export function labScenarios(tally) {
   async function fallback(browser) {
-    const server = await startServer(['--lab', '--heartbeat', '1']);
+    // nat-timeout's row idles longer than the NAT forgets: a short NAT
+    // (the heartbeat and QUIC keep-alive shorter still) keeps that brief.
+    const server = await startServer(['--lab', '--heartbeat', '1', '--wt-keep-alive', '1', '--lab-nat-timeout', String(NAT_S)]);
     try {
       const lab = await labInfo(server);
       const cases = [
@@ -155,32 +165,58 @@ export function labScenarios(tally) {
   /**
    * The comparison's "through each network" table: one automatic client per
    * condition (a frame through it), each row filled with what it measured.
-   * Asserts the rung and the accounting, prints the whole table.
+   * Asserts the rung and the accounting, and under nat-timeout every rung
+   * forced through an idle longer than the NAT's timeout: the heartbeats
+   * kept each one alive (0 reconnects from the idle on), nothing lost or
+   * repeated. Prints the whole table. `names` limits the conditions
+   * measured (the page's `networks=`).
    */
-  async function measuredRows(browser, lab) {
-    const { context, page } = await openPage(browser, `${lab.direct}/?stagger_ms=${STAGGER_MS}`);
+  async function measuredRows(browser, lab, names = lab.conditions.map((c) => c.name)) {
+    const { context, page } = await openPage(browser, `${lab.direct}/?stagger_ms=${STAGGER_MS}&networks=${encodeURIComponent(names.join(','))}`);
     try {
-      await tally.check(`lab: the table's measured row per network (${lab.conditions.map((c) => c.name).join(', ')}): expected rung, 0 lost, 0 duplicated`, async () => {
+      let st = null;
+      await tally.check(`lab: the table's measured row per network (${names.join(', ')}): expected rung, 0 lost, 0 duplicated`, async () => {
         await waitState(page, 'the page ready', () => window.ladderState?.ready === true, null, 15000);
         await page.click('#networks-run');
-        const st = await waitState(page, 'every network measured',
+        st = await waitState(page, 'every network measured',
           () => (window.ladderState.networks.state === 'done' ? JSON.parse(JSON.stringify(window.ladderState.networks)) : null),
-          null, lab.conditions.length * 60000);
+          null, names.length * 100000);
         const lines = [];
-        for (const c of lab.conditions) {
-          const r = st.rows[c.name];
-          const want = MEASURED_RUNG[c.name];
-          tally.expect(r && !r.error, `${c.name}: ${JSON.stringify(r)}`);
+        for (const name of names) {
+          const r = st.rows[name];
+          const want = MEASURED_RUNG[name];
+          tally.expect(r && !r.error, `${name}: ${JSON.stringify(r)}`);
           if (!r || r.error) continue;
-          tally.expect(!want || r.transport === want, `${c.name}: ended on ${r.transport}, expected ${want}`);
-          tally.expect(r.lost === 0 && r.duplicated === 0 && r.outOfOrder === 0 && r.works, `${c.name}: ${JSON.stringify(r)}`);
-          const cells = await page.$$eval(`#networks tr[data-condition="${c.name}"] td`, (tds) => tds.map((td) => td.textContent));
-          tally.expect(cells[0] === 'Yes' && cells[4] === '0' && cells[5] === '0' && cells[3] === String(r.reconnects), `${c.name}: row shows ${JSON.stringify(cells)}`);
-          tally.expect(r.firstChoice ? cells[1].startsWith('WebTransport, ready in') : cells[1].startsWith(`Falls back to ${r.transport} after`), `${c.name}: rung cell ${cells[1]}`);
-          lines.push(`| ${c.name} | ${cells.join(' | ')} |`);
+          tally.expect(!want || r.transport === want, `${name}: ended on ${r.transport}, expected ${want}`);
+          tally.expect(r.lost === 0 && r.duplicated === 0 && r.outOfOrder === 0 && r.works, `${name}: ${JSON.stringify(r)}`);
+          const cells = await rowCells(page, `tr[data-condition="${name}"]`);
+          tally.expect(cells[0] === 'Yes' && cells[4] === '0' && cells[5] === '0' && cells[3] === String(r.reconnects), `${name}: row shows ${JSON.stringify(cells)}`);
+          tally.expect(r.firstChoice ? cells[1].startsWith('WebTransport, ready in') : cells[1].startsWith(`Falls back to ${r.transport} after`), `${name}: rung cell ${cells[1]}`);
+          lines.push(`| ${name} | ${cells.join(' | ')} |`);
+          for (const rung of Object.keys(r.rungs || {})) {
+            lines.push(`| … ${rung} | ${(await rowCells(page, `tr[data-under="${name}"][data-rung="${rung}"]`)).join(' | ')} |`);
+          }
         }
         return `\n| Network | Works | Rung (automatic client) | Latency p50 / p99 | Reconnects | Lost | Duplicated |\n|---|---|---|---|---|---|---|\n${lines.join('\n')}`;
       });
+      const nat = st?.rows['nat-timeout'];
+      if (names.includes('nat-timeout') && nat && !nat.error) {
+        await tally.check(`lab: the nat-timeout row idles past the NAT's ${NAT_S} s with every rung forced beside the automatic client; heartbeats (1 s) keep each alive: 0 reconnects, 0 lost, 0 duplicated`, async () => {
+          tally.expect(nat.natTimeoutMs === NAT_S * 1000 && nat.idleMs > nat.natTimeoutMs, `idle ${nat.idleMs} ms against a NAT of ${nat.natTimeoutMs} ms`);
+          const info = await (await fetch(`${lab.direct}/api/info`)).json();
+          const rungs = Object.keys(nat.rungs);
+          tally.expect(JSON.stringify([...rungs].sort()) === JSON.stringify([...info.transports].sort()), `rungs measured: ${rungs.join(', ')}; offered: ${info.transports.join(', ')}`);
+          for (const [rung, x] of Object.entries(nat.rungs)) {
+            tally.expect(x.transport === rung, `${rung}: forced client on ${x.transport}`);
+            tally.expect(x.lost === 0 && x.duplicated === 0 && x.outOfOrder === 0, `${rung}: ${JSON.stringify(x)}`);
+            tally.expect(x.reconnects === 0, `${rung}: ${x.reconnects} reconnects through the idle with heartbeats on`);
+            const cells = await rowCells(page, `tr[data-under="nat-timeout"][data-rung="${rung}"]`);
+            tally.expect(cells[0] === 'Yes' && cells[3] === '0' && cells[4] === '0' && cells[5] === '0', `${rung}: row shows ${JSON.stringify(cells)}`);
+          }
+          return `idle ${nat.idleMs} ms against ${nat.natTimeoutMs} ms: ${rungs.map((r) => `${r} ${nat.rungs[r].reconnects} reconnects`).join(', ')}`;
+        });
+      }
+      return st;
     } finally {
       await context.close().catch(() => {});
     }
@@ -305,6 +341,26 @@ export function labScenarios(tally) {
         });
       } finally {
         await context.close().catch(() => {});
+      }
+      // The page's own row: opened on node A directly, it measures
+      // round-robin (the row is offered because A's lab has a peer). The
+      // probe's client is dropped half-way; node B is reached only through
+      // the balancer, so its WebTransport sessions are the probe's.
+      const lab = await labInfo(a);
+      tally.expect(lab.conditions.some((c) => c.name === 'round-robin'), `round-robin not offered with a peer: ${JSON.stringify(lab.unavailable)}`);
+      const sessionsOnB = async () => (await (await fetch(`${b.http}/api/stats`)).json()).transports.webtransport.connections_total;
+      const before = await sessionsOnB();
+      const st = await measuredRows(browser, lab, ['round-robin']);
+      const r = st?.rows['round-robin'];
+      if (r && !r.error) {
+        await tally.check('lab: the round-robin row\'s reconnect lands on the other node (sessions on both, over one redis-server)', async () => {
+          const onB = (await sessionsOnB()) - before;
+          tally.expect(r.reconnects >= 1, `the probe's client did not reconnect: ${JSON.stringify(r)}`);
+          // 1 + reconnects sessions went through the balancer: some on B,
+          // not all of them, so at least one reconnect changed node.
+          tally.expect(onB >= 1 && onB <= r.reconnects, `${1 + r.reconnects} sessions through the balancer, ${onB} of them on node B`);
+          return `${1 + r.reconnects} WebTransport sessions through the balancer, ${onB} on node B, the rest on A; ${r.received}/${r.k} received`;
+        });
       }
     } finally {
       await stopServer(a);

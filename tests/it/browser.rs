@@ -70,7 +70,9 @@ fn comparison_page_in_headless_chromium() {
 /// The network lab's scenarios (tests/browser/lab.mjs): the page through
 /// `ladder --lab`'s relays — UDP blocked, no upgrade, buffering proxy, NAT
 /// timeout with and without heartbeats, a network switch, round-robin over
-/// two nodes on a real redis-server.
+/// two nodes on a real redis-server, and the page's measured row per
+/// network (round-robin's on the two nodes; nat-timeout's with every rung
+/// through an idle past the NAT).
 #[test]
 fn network_lab_in_headless_chromium() {
     let setup = "Install Node.js, npm, Debian's chromium and redis-server with `scripts/setup`.";
