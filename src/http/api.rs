@@ -71,6 +71,7 @@ fn method_router(route: &Route, web: &ServeDir) -> MethodRouter<AppState> {
         Endpoint::Info => on(m, info),
         Endpoint::Stats => on(m, stats),
         Endpoint::LabSwitch => on(m, lab_switch),
+        Endpoint::LabWire => on(m, lab_wire),
         Endpoint::Metrics => on(m, metrics),
         Endpoint::Poll => on(m, polling::get),
         Endpoint::Publish => on(m, publish),
@@ -252,6 +253,39 @@ async fn lab_switch(State(ctx): State<Ctx>) -> Response {
             "the network lab is not running (start with --lab)",
         )
         .into_response(),
+    }
+}
+
+/// `GET /api/lab/wire`: the packets that crossed `lossy-link`'s wire since
+/// the lab started and how many of them the kernel dropped, so a run can
+/// show its loss was real.
+async fn lab_wire(State(ctx): State<Ctx>) -> Response {
+    // The kernel's drop counters come from `nft`, a process: off the
+    // async workers.
+    let counted =
+        tokio::task::spawn_blocking(move || ctx.lab().and_then(|lab| lab.wire_counters())).await;
+    match counted {
+        Ok(Some(Ok(c))) => json_bytes(
+            StatusCode::OK,
+            serde_json::json!({
+                "tcp": c.tcp, "tcp_dropped": c.tcp_dropped,
+                "udp": c.udp, "udp_dropped": c.udp_dropped,
+                "overflow": c.overflow,
+            })
+            .to_string(),
+        ),
+        Ok(None) => ProtocolError::new(
+            ErrorCode::NotFound,
+            "no lossy-link wire here (start with --lab inside `ladder-lab netns -- …`)",
+        )
+        .into_response(),
+        Ok(Some(Err(e))) => {
+            ProtocolError::new(ErrorCode::Unavailable, format!("cannot read the wire: {e}"))
+                .into_response()
+        }
+        Err(_) => {
+            ProtocolError::new(ErrorCode::Unavailable, "cannot read the wire").into_response()
+        }
     }
 }
 

@@ -33,6 +33,8 @@ pub(crate) enum Endpoint {
     Stats,
     /// `/api/lab/switch`: the network lab's network switch.
     LabSwitch,
+    /// `/api/lab/wire`: what crossed `lossy-link`'s wire, and was dropped.
+    LabWire,
     /// `/metrics`: the counters in OpenMetrics text.
     Metrics,
     /// A short or long poll.
@@ -147,6 +149,13 @@ pub(crate) const ROUTES: &[Route] = &[
         path: "/api/lab/switch",
         methods: Methods::Only(&[Method::POST]),
         endpoint: Endpoint::LabSwitch,
+        rung: API,
+        lean: None,
+    },
+    Route {
+        path: "/api/lab/wire",
+        methods: GET,
+        endpoint: Endpoint::LabWire,
         rung: API,
         lean: None,
     },

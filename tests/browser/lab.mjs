@@ -122,6 +122,14 @@ export function labScenarios(tally) {
         ['udp-blocked+no-upgrade', 'sse'],
         ['udp-blocked+no-upgrade+buffering-proxy', 'longpoll'],
       ];
+      if (!lab.conditions.some((c) => c.name === 'lossy-link')) {
+        await tally.check('lab: without lossy-link there is no wire to count (GET /api/lab/wire answers 404)', async () => {
+          const res = await fetch(`${lab.direct}/api/lab/wire`);
+          const body = await res.json();
+          tally.expect(res.status === 404 && body.error?.code === 'not_found', `GET /api/lab/wire: ${res.status} ${JSON.stringify(body)}`);
+          return body.error?.message;
+        });
+      }
       for (const [name, expected] of cases) {
         const { context, page } = await openThrough(browser, lab, name, { stagger_ms: STAGGER_MS });
         try {
@@ -395,6 +403,14 @@ export function labScenarios(tally) {
         await waitState(direct.page, 'the page ready', () => window.ladderState?.ready === true, null, 15000);
         await tally.check('lab lossy-link lanes from the direct page: four channels on one WebSocket next to four streams of one WebTransport session, both through lossy-link; every message exactly once per lane; stalls and co-stalls counted and shown',
           () => lanesThroughLoss(direct.page, tally, LANES_COUNT));
+        await tally.check('lab lossy-link: the kernel really dropped TCP and UDP packets on the wire (GET /api/lab/wire)', async () => {
+          const res = await fetch(`${lab.direct}/api/lab/wire`);
+          const w = await res.json();
+          tally.expect(res.status === 200, `GET /api/lab/wire: ${res.status} ${JSON.stringify(w)}`);
+          tally.expect(w.tcp_dropped > 0 && w.udp_dropped > 0, `no drops of both kinds: ${JSON.stringify(w)}`);
+          tally.expect(w.overflow === 0, `the wire's delay queue dropped ${w.overflow}`);
+          return `tcp ${w.tcp_dropped} of ${w.tcp} packets dropped, udp ${w.udp_dropped} of ${w.udp}, queue overflow ${w.overflow}`;
+        });
       } finally {
         await direct.context.close().catch(() => {});
       }
