@@ -36,7 +36,8 @@ use self::timeout::SendTimeout;
 use crate::socket::Socket;
 use crate::stats::{Stats, Transport};
 
-/// Per-connection attribution of bytes to a transport.
+/// Per-connection attribution of bytes to a transport, and the
+/// connection's number (which poll answers name).
 #[derive(Debug)]
 pub(crate) struct Meter {
     stats: Arc<Stats>,
