@@ -98,18 +98,19 @@ async fn tcp_through(to: SocketAddr) -> Duration {
 async fn udp_through(to: SocketAddr) -> (u32, Duration) {
     let client = UdpSocket::bind("0.0.0.0:0").await.unwrap();
     let mut buf = [0u8; 16];
-    // The first one alone, resent until answered, for its round trip.
+    // The first one alone, numbered and resent until its own echo comes
+    // back (a late echo of an earlier try would shorten the round trip).
     let rtt = timeout(BOUND, async {
-        loop {
+        for attempt in 1_000_000u32.. {
             let started = Instant::now();
-            client.send_to(b"first", to).await.unwrap();
-            if timeout(Duration::from_secs(1), client.recv_from(&mut buf))
-                .await
-                .is_ok()
-            {
-                return started.elapsed();
+            client.send_to(&attempt.to_be_bytes(), to).await.unwrap();
+            while let Ok(r) = timeout(Duration::from_secs(1), client.recv_from(&mut buf)).await {
+                if r.unwrap().0 == 4 && buf[..4] == attempt.to_be_bytes() {
+                    return started.elapsed();
+                }
             }
         }
+        unreachable!("attempts run out only after the bound")
     })
     .await
     .expect("one datagram answered within bound");
