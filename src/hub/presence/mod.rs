@@ -298,7 +298,10 @@ impl Presence {
     /// Redis (this node's if Redis cannot answer), else this node's.
     pub async fn resync(&self, channel: &ChannelName) -> Vec<Member> {
         let local = self.inner.registry().members(channel);
-        match self.members(channel).await {
+        // Boxed: the store's future is large and a resync is rare (a
+        // watcher fell behind, a poller's changes were forgotten). Inline,
+        // it would sit in every subscribed connection's task, idle or not.
+        match Box::pin(self.members(channel)).await {
             Ok(all) => all,
             Err(_) => local,
         }
