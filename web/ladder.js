@@ -412,9 +412,11 @@ export class Ladder extends Emitter {
    * Joins `channel`'s presence as tab `tab` of `client` (the token's sub
    * with auth) on this connection and every later one, until
    * leavePresence(): several members of one identity on one connection
-   * (shared mode counting tabs; ./ladder/tab-joins.js). Needs WebTransport
-   * or WebSocket; elsewhere, and when the server refuses, a
-   * `presence_error` event `{ channel, tab, error }` says so.
+   * (shared mode counting tabs; ./ladder/tab-joins.js). On WebTransport
+   * and WebSocket by `presence_join` (a refusal is a `presence_error`
+   * event `{ channel, tab, error }`); on SSE and polls the channel's
+   * stream or poll names the tabs (`tab`) and a refusal comes as the
+   * subscription's own `presence_error`.
    */
   joinPresence(channel, tab, opts) { this._tabJoins.join(channel, tab, opts); }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Query, RawQuery, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::{BufMut, BytesMut};
@@ -49,7 +49,9 @@ pub(crate) struct PollQuery {
     limit: Option<String>,
     wait: Option<String>,
     /// Presence id (auth off) and its `info` (JSON): the poller stays a
-    /// member while it keeps polling within `--presence-lapse`.
+    /// member while it keeps polling within `--presence-lapse`. With the
+    /// repeatable `tab` (read from the raw query), one member per tab,
+    /// each on the same lease.
     client: Option<String>,
     info: Option<String>,
     /// `presence=V`: the joins and leaves after version V (from the last
@@ -59,7 +61,8 @@ pub(crate) struct PollQuery {
 
 /// What a poll asks of presence.
 struct PollPresence {
-    who: Option<(ClientId, Info)>,
+    /// The members it renews: one, or one per tab.
+    who: Vec<(ClientId, Info)>,
     /// `Some(v)` to be told the changes after `v` (0: the list).
     after: Option<u64>,
 }
@@ -102,8 +105,9 @@ pub(crate) fn get(
     peer: Option<Peer>,
     meter: Option<Extension<Arc<Meter>>>,
     query: Result<Query<PollQuery>, QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> impl Future<Output = Result<Response, ProtocolError>> {
-    let poll = check(&ctx, channel, granted, peer, query);
+    let poll = check(&ctx, channel, granted, peer, query, raw.as_deref());
     // HTTP/1.1 and HTTP/2 connections are numbered; HTTP/3 ones are not.
     let connection = meter.map(|Extension(m)| m.number());
     async move {
@@ -118,7 +122,7 @@ pub(crate) fn get(
         // future every waiting long poll holds.
         let (held, refused) = match &presence {
             Some(p) => Box::pin(join(&ctx, &channel, p, wait.is_some())).await,
-            None => (None, None),
+            None => (Vec::new(), None),
         };
         let (t, page) = match wait {
             None => {
@@ -177,28 +181,33 @@ struct Poll {
     presence: Option<Box<PollPresence>>,
 }
 
-/// Renews the poller's presence lease; a long poll also holds the member
-/// while it waits. Returns the hold and, if joining failed, why.
+/// Renews the poller's presence leases (one per member: per tab when it
+/// names tabs); a long poll also holds its members while it waits. Every
+/// member is tried. Returns the holds and, if a join failed, the first
+/// reason.
 async fn join(
     ctx: &Ctx,
     channel: &ChannelName,
     p: &PollPresence,
     waits: bool,
-) -> (Option<Held>, Option<ProtocolError>) {
-    let Some((id, info)) = &p.who else {
-        return (None, None);
-    };
+) -> (Vec<Held>, Option<ProtocolError>) {
     let presence = ctx.hub.presence();
-    if let Err(e) = presence.touch(channel, id, info).await {
-        return (None, Some(e.into()));
+    let (mut held, mut refused) = (Vec::new(), None);
+    for (id, info) in &p.who {
+        if let Err(e) = presence.touch(channel, id, info).await {
+            refused.get_or_insert(e.into());
+            continue;
+        }
+        if waits {
+            match presence.hold(channel, id.clone(), info.clone()).await {
+                Ok(h) => held.push(h),
+                Err(e) => {
+                    refused.get_or_insert(e.into());
+                }
+            }
+        }
     }
-    if !waits {
-        return (None, None);
-    }
-    match presence.hold(channel, id.clone(), info.clone()).await {
-        Ok(h) => (Some(h), None),
-        Err(e) => (None, Some(e.into())),
-    }
+    (held, refused)
 }
 
 /// For a long poll that asked for presence changes: resolves when it has
@@ -239,7 +248,7 @@ async fn tail(
     let presence = ctx.hub.presence();
     // A long poll renews its lease as it answers, so the wait counts as
     // polling.
-    if let Some((id, info)) = &p.who {
+    for (id, info) in &p.who {
         let _ = presence.touch(channel, id, info).await;
     }
     let Some(after) = p.after else { return out };
@@ -272,6 +281,7 @@ fn check(
     granted: Result<Granted, ProtocolError>,
     peer: Option<Peer>,
     query: Result<Query<PollQuery>, QueryRejection>,
+    raw: Option<&str>,
 ) -> Result<Poll, ProtocolError> {
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
     let ChannelParam(channel) = channel?;
@@ -279,7 +289,7 @@ fn check(
     grant.can_subscribe(&channel)?;
     let pos = parse_position(q.since.as_deref(), q.epoch.as_deref())?;
     let limit = parse_limit(q.limit.as_deref())?;
-    let presence = poll_presence(ctx, &grant, &channel, &q)?;
+    let presence = poll_presence(ctx, &grant, &channel, &q, raw)?;
     let Some(w) = q.wait.as_deref() else {
         ensure_enabled(ctx, Transport::Poll)?;
         return Ok(Poll {
@@ -320,8 +330,10 @@ fn poll_presence(
     grant: &crate::auth::Grant,
     channel: &ChannelName,
     q: &PollQuery,
+    raw: Option<&str>,
 ) -> Result<Option<Box<PollPresence>>, ProtocolError> {
-    let who = wire::identity(ctx, grant, q.client.as_deref(), q.info.as_deref())?;
+    let tabs = wire::tabs_of(raw);
+    let who = wire::tab_members(ctx, grant, q.client.as_deref(), q.info.as_deref(), &tabs)?;
     let after = q
         .presence
         .as_deref()
@@ -336,7 +348,7 @@ fn poll_presence(
     if after.is_some() {
         grant.can_read_presence(channel)?;
     }
-    Ok((who.is_some() || after.is_some()).then(|| Box::new(PollPresence { who, after })))
+    Ok((!who.is_empty() || after.is_some()).then(|| Box::new(PollPresence { who, after })))
 }
 
 /// `{"channel","epoch","messages":[…],"next","truncated"?}` from the
@@ -407,6 +419,7 @@ mod tests {
             None,
             None,
             Ok(Query(q)),
+            RawQuery(None),
         );
         let size = std::mem::size_of_val(&poll);
         assert!(size <= 1400, "{size} bytes");

@@ -8,6 +8,11 @@
 //! oversized `info` are refused outright; a full channel is not) never
 //! costs a working subscription: the subscription is made and the reason
 //! comes back as `presence_error`.
+//!
+//! An SSE stream or a poll may instead join as several tabs of its
+//! identity ([`tab_members`]): the repeatable `tab` query parameter of a
+//! browser's shared connection, one member per tab, as `presence_join`
+//! makes them on WebSocket and WebTransport.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -67,6 +72,56 @@ pub(crate) fn identity(
             Ok(Some((id, info)))
         }
     }
+}
+
+/// The `tab` query parameters of a request, in order (`tab=a&tab=b`).
+pub(crate) fn tabs_of(query: Option<&str>) -> Vec<String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "tab")
+        .map(|(_, v)| v.into_owned())
+        .collect()
+}
+
+/// Who an SSE stream or a poll joins as: [`identity`] itself when it names
+/// no `tab`, else one member of that identity per tab (as `presence_join`
+/// makes them), at most `--max-subscriptions` of them, each named once.
+/// Any bad tab refuses the whole request, so nothing is joined.
+pub(crate) fn tab_members(
+    ctx: &Ctx,
+    grant: &Grant,
+    client: Option<&str>,
+    info: Option<&str>,
+    tabs: &[String],
+) -> Result<Vec<(ClientId, Info)>, ProtocolError> {
+    let who = identity(ctx, grant, client, info)?;
+    if tabs.is_empty() {
+        return Ok(who.into_iter().collect());
+    }
+    let Some((id, info)) = who else {
+        return Err(ProtocolError::new(
+            ErrorCode::BadRequest,
+            "`tab` needs a `client` id (or a token with a `sub`) to join as",
+        ));
+    };
+    let limit = ctx.cfg.max_subscriptions;
+    if tabs.len() > limit {
+        return Err(ProtocolError::new(
+            ErrorCode::RateLimited,
+            format!("at most {limit} tabs per request, got {}", tabs.len()),
+        ));
+    }
+    let mut out: Vec<(ClientId, Info)> = Vec::with_capacity(tabs.len());
+    for tab in tabs {
+        let member = id.with_tab(tab)?;
+        if out.iter().any(|(m, _)| m == &member) {
+            return Err(ProtocolError::new(
+                ErrorCode::BadRequest,
+                format!("tab {tab:?} is named twice"),
+            ));
+        }
+        out.push((member, info.clone()));
+    }
+    Ok(out)
 }
 
 /// A presence event as a WebSocket frame / WebTransport line.

@@ -7,7 +7,7 @@
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -35,7 +35,8 @@ pub(crate) struct SseQuery {
     since: Option<String>,
     epoch: Option<String>,
     /// Presence id (auth off), its `info` (JSON), and `presence=1` to
-    /// receive the member list and its joins and leaves.
+    /// receive the member list and its joins and leaves. The repeatable
+    /// `tab` is read from the raw query (see [`wire::tabs_of`]).
     client: Option<String>,
     info: Option<String>,
     presence: Option<String>,
@@ -61,7 +62,8 @@ pub(crate) fn wants_presence(v: Option<&str>) -> Result<bool, ProtocolError> {
 /// for. Boxed in the stream, which most clients never give one.
 struct StreamPresence {
     channel: ChannelName,
-    _held: Option<Held>,
+    /// The members it joined (one, or one per tab), which leave with it.
+    _held: Vec<Held>,
     watch: Option<broadcast::Receiver<Change>>,
     /// Said once, right after `retry:`: the snapshot, or why joining failed.
     first: Bytes,
@@ -96,6 +98,7 @@ pub(crate) async fn get(
     granted: Result<Granted, ProtocolError>,
     headers: HeaderMap,
     query: Result<Query<SseQuery>, QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ProtocolError> {
     ensure_enabled(&ctx, Transport::Sse)?;
     let Query(q) = query.map_err(|e| ProtocolError::new(ErrorCode::BadRequest, e.body_text()))?;
@@ -121,12 +124,13 @@ pub(crate) async fn get(
             ));
         }
     };
-    let who = wire::identity(&ctx, &grant, q.client.as_deref(), q.info.as_deref())?;
+    let tabs = wire::tabs_of(raw.as_deref());
+    let who = wire::tab_members(&ctx, &grant, q.client.as_deref(), q.info.as_deref(), &tabs)?;
     let events = wants_presence(q.presence.as_deref())?;
     let sub = ctx.hub.subscribe(&channel, &pos).await?;
-    let presence = match (who, events) {
-        (None, false) => None,
-        (who, events) => Some(Box::new(
+    let presence = match (who.is_empty(), events) {
+        (true, false) => None,
+        _ => Some(Box::new(
             Box::pin(join(&ctx, &grant, &channel, who, events)).await,
         )),
     };
@@ -165,22 +169,29 @@ async fn join(
     ctx: &Ctx,
     grant: &crate::auth::Grant,
     channel: &ChannelName,
-    who: Option<(crate::hub::presence::ClientId, crate::hub::presence::Info)>,
+    who: Vec<(crate::hub::presence::ClientId, crate::hub::presence::Info)>,
     events: bool,
 ) -> StreamPresence {
     let mut out = StreamPresence {
         channel: channel.clone(),
-        _held: None,
+        _held: Vec::with_capacity(who.len()),
         watch: None,
         first: Bytes::new(),
     };
     let mut first = BytesMut::new();
-    // Held first, so a stream that joins sees itself in its list.
-    if let Some((id, info)) = who {
+    // Held first, so a stream that joins sees itself in its list. Every
+    // tab is tried; the first refusal (a full channel) is what it is told.
+    let mut refused = None;
+    for (id, info) in who {
         match ctx.hub.presence().hold(channel, id, info).await {
-            Ok(h) => out._held = Some(h),
-            Err(e) => first.extend_from_slice(&wire::sse_error(&e.into())),
+            Ok(h) => out._held.push(h),
+            Err(e) => {
+                refused.get_or_insert(e);
+            }
         }
+    }
+    if let Some(e) = refused {
+        first.extend_from_slice(&wire::sse_error(&e.into()));
     }
     if events {
         let watched = match grant.can_read_presence(channel) {

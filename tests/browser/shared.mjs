@@ -215,21 +215,26 @@ async function sharedPresence(browser, tally) {
       await stopServer(server);
     }
   }
-  // Per tab over SSE (the socket rungs turned off), which cannot join tabs:
-  // the group is one member, its first tab's client.
+  // Per tab over SSE (the socket rungs turned off): the stream names the
+  // tabs, so each is a member there too, and a closed tab leaves (the
+  // stream is re-opened without it).
   const server = await startServer(['--disable', 'webtransport', '--disable', 'websocket']);
   const context = await browser.newContext();
   try {
-    await tally.check('shared presence per tab over SSE (no socket rung): the group is one member', async () => {
+    await tally.check('shared presence per tab over SSE (no socket rung): each tab is a member; a tab closes and its member leaves', async () => {
       const tabs = [];
       for (let i = 0; i < 2; i++) tabs.push(await open(server, context, 'tab'));
-      await presenceBecomes(server.http, 'by-tab', ['visitor'], 'per tab over sse');
+      const want = tabs.map((t) => `visitor ${t.tab}`);
+      await presenceBecomes(server.http, 'by-tab', want, 'per tab over sse');
       const rung = await tabs[0].page.evaluate(() => window.shared.ladder.transport);
       tally.expect(rung === 'sse', `over ${rung}`);
       for (const t of tabs) {
-        await waitState(t.page, 'the member list in every tab', () => window.shared.sub.members.has('visitor'), null, 20000);
+        await waitState(t.page, 'the member list in every tab', (n) => window.shared.sub.members.size === n, want.length, 20000);
       }
-      return `over ${rung}`;
+      await tabs[1].page.close();
+      await presenceBecomes(server.http, 'by-tab', want.slice(0, 1), 'after a tab closed over sse');
+      await waitState(tabs[0].page, 'the closed tab gone from the list', () => window.shared.sub.members.size === 1, null, 20000);
+      return `over ${rung}: members ${want.length}, then 1`;
     });
   } finally {
     await context.close().catch(() => {});

@@ -9,6 +9,8 @@
 import { SharedLadder, sharedPath } from '../../web/ladder/shared/tab.js';
 import { TabJoins } from '../../web/ladder/tab-joins.js';
 import { Subscription } from '../../web/ladder/subscription.js';
+import { SseTransport } from '../../web/ladder/transports/sse.js';
+import { PollTransport } from '../../web/ladder/transports/poll.js';
 
 /** Lets every queued message and promise run (bounded; no timers). */
 async function settle(rounds = 40) {
@@ -401,21 +403,84 @@ export async function runSharedUnit(tally) {
     joins.rejoin(wt);
     await settle();
     tally.expect(JSON.stringify(wt.ops) === '["join room t2 ann","join room bad ann"]', `rejoined ${wt.ops}`);
-    // A rung without tabs (SSE, polls): nothing is sent or refused (the
-    // subscription joins as its client there).
+    // A rung without joins of its own: nothing is sent or refused.
     events.length = 0;
-    joins.rejoin({ name: 'sse' });
+    joins.rejoin({ name: 'other' });
     await settle();
     tally.expect(events.length === 0, `events ${events}`);
+    tally.expect(JSON.stringify(joins.of('room').map((j) => j.tab)) === '["t2","bad"]', 'of(room)');
   });
 
-  await tally.check('unit: a subscription counting tabs joins nobody on a socket, and as its client on a stream or poll', () => {
+  await tally.check('unit: tabs on SSE: the stream names the joined tabs, re-opened from the cursor when they change, not when rejoined', async () => {
+    const saved = globalThis.EventSource;
+    const opened = [];
+    globalThis.EventSource = class {
+      constructor(url) { this.url = new URL(url); this.closed = false; opened.push(this); }
+      addEventListener() {}
+      close() { this.closed = true; }
+    };
+    try {
+      const ladder = { options: { base: 'http://ladder.test/', missedHeartbeats: 2 }, heartbeatMs: () => null, emit() {} };
+      ladder._tabJoins = new TabJoins(ladder);
+      const sse = new SseTransport(ladder, {});
+      ladder._transport = sse;
+      const sub = new Subscription(ladder, 'room', { since: 4, presence: { events: true, tabs: true } }, () => {});
+      sse.subscribe(sub);
+      const q = (es) => {
+        const p = es.url.searchParams;
+        return `${p.getAll('tab').join('+') || '-'} ${p.get('client') ?? '-'} ${p.get('info') ?? '-'} ${p.get('since')} ${es.closed ? 'closed' : 'open'}`;
+      };
+      ladder._tabJoins.join('room', 't1', { client: 'ann', info: { n: 1 } });
+      sub.cursor.offset = 9; // delivered meanwhile: the next stream resumes after it
+      ladder._tabJoins.join('room', 't2', { client: 'ann', info: { n: 2 } });
+      ladder._tabJoins.rejoin(sse); // a new connection's rejoin changes no list
+      ladder._tabJoins.leave('room', 't1');
+      ladder._tabJoins.leave('room', 't2');
+      await settle();
+      const got = opened.map(q);
+      const want = ['- - - 4 closed', 't1 ann {"n":1} 4 closed', 't1+t2 ann {"n":1} 9 closed', 't2 ann {"n":2} 9 closed', '- - - 9 open'];
+      tally.expect(JSON.stringify(got) === JSON.stringify(want), `streams ${JSON.stringify(got)}`);
+      sse.close();
+    } finally {
+      globalThis.EventSource = saved;
+    }
+  });
+
+  await tally.check('unit: tabs on polls: each poll names the tabs joined then; a change ends a short poll\'s pause', async () => {
+    const urls = [];
+    const answer = { ok: true, status: 200, headers: { get: () => null }, json: async () => ({ epoch: 'e', messages: [], next: 0 }) };
+    const ladder = {
+      options: { base: 'http://ladder.test/', pollLimit: 100, pollIntervalMs: 3_600_000 },
+      fetch: async (url) => { urls.push(new URL(url).searchParams); return answer; },
+      heartbeatMs: () => null, emit() {}, _subscribed() {}, _deliver() {}, _truncated() {}, _connectionReplaced() {},
+    };
+    ladder._tabJoins = new TabJoins(ladder);
+    const poll = new PollTransport(ladder, {});
+    ladder._transport = poll;
+    const sub = new Subscription(ladder, 'room', { since: 0, presence: { tabs: true } }, () => {});
+    poll.subscribe(sub);
+    await settle();
+    ladder._tabJoins.join('room', 't1', { client: 'ann' });
+    await settle();
+    ladder._tabJoins.join('room', 't2', { client: 'ann' });
+    await settle();
+    ladder._tabJoins.leave('room', 't1');
+    await settle();
+    poll.close();
+    const got = urls.map((p) => `${p.getAll('tab').join('+') || '-'} ${p.get('client') ?? '-'}`);
+    tally.expect(JSON.stringify(got) === '["- -","t1 ann","t1+t2 ann","t2 ann"]', `polls ${JSON.stringify(got)}`);
+  });
+
+  await tally.check('unit: a subscription counting tabs joins nobody on a socket, and one member per tab on a stream or poll', () => {
     const presence = { client: 'ann', info: { n: 1 }, events: true, tabs: true };
     const sub = new Subscription({ emit() {} }, 'room', { presence }, () => {});
     const op = JSON.stringify(sub.presenceOp());
     tally.expect(op === '{"join":false,"presence":true}', `subscribe op ${op}`);
-    const q = sub.presenceQuery(false);
-    tally.expect(q.client === 'ann' && q.info === '{"n":1}' && q.presence === '1', `query ${JSON.stringify(q)}`);
+    const none = sub.presenceQuery(false);
+    tally.expect(JSON.stringify(none) === '{"presence":"1"}', `no tabs joined: ${JSON.stringify(none)}`);
+    const joins = [{ channel: 'room', tab: 't1', client: 'ann', info: { n: 1 } }, { channel: 'room', tab: 't2', client: 'ann' }, { channel: 'room', tab: 't3', client: 'bo' }];
+    const q = sub.presenceQuery(true, joins);
+    tally.expect(q.client === 'ann' && q.info === '{"n":1}' && q.presence === '0' && JSON.stringify(q.tab) === '["t1","t2"]', `query ${JSON.stringify(q)}`);
     const user = new Subscription({ emit() {} }, 'room', { presence: { client: 'ann' } }, () => {});
     tally.expect(JSON.stringify(user.presenceOp()) === '{"client":"ann"}', 'per user: joins as client');
     // Members that are tabs are keyed apart from the plain id.

@@ -21,6 +21,7 @@ mod polling;
 mod presence;
 mod presence_nodes;
 mod presence_tabs;
+mod presence_tabs_http;
 mod shutdown;
 mod soak;
 mod sse;

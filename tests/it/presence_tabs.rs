@@ -14,7 +14,7 @@ use crate::wt_client::Wt;
 
 /// `(id, tab)` of each member `GET /api/channels/{ch}/presence` lists, in
 /// its order.
-async fn members(s: &TestServer, ch: &str) -> Result<Vec<(String, Option<String>)>> {
+pub async fn members(s: &TestServer, ch: &str) -> Result<Vec<(String, Option<String>)>> {
     let (status, body) = s.get_json(&format!("/api/channels/{ch}/presence")).await?;
     ensure!(status == 200, "{status} {body}");
     Ok(pairs(&body["members"]))
@@ -34,16 +34,20 @@ fn pairs(list: &Value) -> Vec<(String, Option<String>)> {
 }
 
 /// No members.
-fn none() -> Vec<(String, Option<String>)> {
+pub fn none() -> Vec<(String, Option<String>)> {
     Vec::new()
 }
 
-fn tab(id: &str, t: &str) -> (String, Option<String>) {
+pub fn tab(id: &str, t: &str) -> (String, Option<String>) {
     (id.to_owned(), Some(t.to_owned()))
 }
 
 /// Waits (bounded) until the members are exactly `want`.
-async fn members_become(s: &TestServer, ch: &str, want: &[(String, Option<String>)]) -> Result<()> {
+pub async fn members_become(
+    s: &TestServer,
+    ch: &str,
+    want: &[(String, Option<String>)],
+) -> Result<()> {
     within(&format!("members of {ch} to become {want:?}"), async {
         loop {
             if members(s, ch).await? == want {

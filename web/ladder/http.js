@@ -4,7 +4,10 @@
 
 export function channelUrl(base, channel, tail, params) {
   const url = new URL(`/api/channels/${encodeURIComponent(channel)}/${tail}`, base);
-  for (const [k, v] of Object.entries(params)) if (v !== null && v !== undefined) url.searchParams.set(k, v);
+  for (const [k, v] of Object.entries(params)) {
+    if (Array.isArray(v)) for (const each of v) url.searchParams.append(k, each); // repeatable (`tab`)
+    else if (v !== null && v !== undefined) url.searchParams.set(k, v);
+  }
   return url.toString();
 }
 

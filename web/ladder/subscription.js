@@ -37,8 +37,9 @@ export class Subscription {
     // `events`, keeps `members` up to date and calls `onPresence`.
     // `tabs: true` (shared mode counting tabs) subscribes on a socket
     // without joining: its tabs join one by one (Ladder.joinPresence); an
-    // event stream or a poll, which cannot, joins as `client`. `members`
-    // is keyed by memberKey(): the id, or `id tab`.
+    // event stream or a poll names them in its query instead (`tab`, see
+    // presenceQuery). `members` is keyed by memberKey(): the id, or
+    // `id tab`.
     this.presence = opts.presence || null;
     this.onPresence = opts.onPresence || null;
     this.members = new Map();
@@ -60,11 +61,26 @@ export class Subscription {
     return op;
   }
 
-  /** The presence query parameters of an event stream (`poll` false) or a poll. */
-  presenceQuery(poll) {
+  /**
+   * The presence query parameters of an event stream (`poll` false) or a
+   * poll. Counting tabs, `joins` are the tabs joined on this channel
+   * (TabJoins.of): one member each, as the first one's `client` and
+   * `info` (a request carries one identity; tabs of another client wait
+   * for a socket rung), and nobody when there are none.
+   */
+  presenceQuery(poll, joins = []) {
     const p = this.presence;
     if (!p) return {};
-    const q = { client: p.client || null, info: p.info ? JSON.stringify(p.info) : null };
+    let q = {};
+    if (!p.tabs) q = { client: p.client || null, info: p.info ? JSON.stringify(p.info) : null };
+    else if (joins.length) {
+      const [first] = joins;
+      q = {
+        client: first.client || null,
+        info: first.info ? JSON.stringify(first.info) : null,
+        tab: joins.filter((j) => j.client === first.client).map((j) => j.tab),
+      };
+    }
     if (p.events) q.presence = poll ? String(this._presenceVersion) : '1';
     return q;
   }

@@ -3,8 +3,9 @@
 // host joins each tab this way when presence is counted per tab. They are
 // joined on every new socket connection until left, and each is told by a
 // `presence_error` event `{ channel, tab, error }` when the server refuses
-// it. An event stream or a poll cannot join tabs: there the subscription
-// joins as its `client` instead (./subscription.js), and nothing is sent.
+// it. An event stream or a poll joins them by naming them in its query
+// (`tab`, ./subscription.js): a change re-opens the stream from its cursor
+// or goes with the next poll (the rung's presenceJoin / presenceLeave).
 
 export class TabJoins {
   constructor(ladder) {
@@ -23,6 +24,9 @@ export class TabJoins {
     if (!this.joins.delete(`${channel}\n${tab}`)) return;
     this.ladder._transport?.presenceLeave?.(channel, tab).catch(() => { /* gone with the connection anyway */ });
   }
+
+  /** The joins of `channel`, in join order. */
+  of(channel) { return [...this.joins.values()].filter((j) => j.channel === channel); }
 
   /** Joins every tab again on a new connection `tr`. */
   rejoin(tr) { for (const j of this.joins.values()) this._send(tr, j); }

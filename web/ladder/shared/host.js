@@ -18,7 +18,8 @@
 // and each tab with a `client` joins as its own member, named by its tab
 // id (Ladder.joinPresence), and leaves when it unsubscribes or goes; a new
 // connection (a new leader) joins the remaining tabs again. On SSE and
-// polls, which cannot join tabs, the group is one member as per user.
+// polls the stream or poll names the joined tabs (`tab`), so each is a
+// member there too (./tab-joins.js).
 //
 // A tab that dies says no goodbye, and neither a worker's port nor a
 // BroadcastChannel tells when the other side is gone. So each tab holds a
@@ -119,9 +120,9 @@ export class SharedHost {
     if (!ch) {
       // Per user, the first tab's presence identity is the group's: one
       // subscription per channel, so the tabs are one member. Per tab (the
-      // first tab's choice), the subscription joins nobody on a socket,
-      // where each tab joins; on an event stream or a poll, which cannot
-      // join tabs, it joins as the first tab's `client`: one member.
+      // first tab's choice), the subscription joins nobody itself: each
+      // tab joins (on a socket by `presence_join`, on an event stream or a
+      // poll by the `tab` list it sends).
       const own = perTab ? { ...(presence || {}), events: Boolean(presence?.events), tabs: true } : presence || null;
       ch = { sub: null, tabs: new Set(), joined: new Set(), since: from, epoch: epoch ?? null, presence: own };
       this.channels.set(channel, ch);

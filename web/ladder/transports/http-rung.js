@@ -20,6 +20,16 @@ export class HttpRung {
     this.close();
     this.ladder._transportClosed(this, reason);
   }
+  /**
+   * The tabs joined on a channel changed (./tab-joins.js): its stream or
+   * poll must name the new list. Joins and leaves are never refused here;
+   * a full channel is told by the stream or poll itself.
+   */
+  presenceJoin({ channel }) { this._tabsChanged(channel); return Promise.resolve({}); }
+  presenceLeave(channel) { this._tabsChanged(channel); return Promise.resolve({}); }
+  /** The presence query of `sub` on this rung. */
+  _presenceQuery(sub, poll) { return sub.presenceQuery(poll, this.ladder._tabJoins?.of(sub.channel) ?? []); }
+  _tabsChanged() { /* each rung says how */ }
   unsubscribe(channel) { this.subs.get(channel)?.stop(); this.subs.delete(channel); }
   close() {
     this.closed = true;

@@ -17,7 +17,7 @@ export class PollTransport extends HttpRung {
 
   subscribe(sub) {
     const ctrl = new AbortController();
-    const entry = { stop: () => ctrl.abort(), kick: null };
+    const entry = { stop: () => ctrl.abort(), kick: null, sub };
     this.subs.set(sub.channel, entry);
     this._loop(sub, ctrl.signal, entry).catch((err) => {
       if (err.name !== 'AbortError' && this.subs.get(sub.channel) === entry) this._lost(`${this.name} request failed: ${describe(err)}`);
@@ -26,13 +26,16 @@ export class PollTransport extends HttpRung {
 
   kick() { for (const e of this.subs.values()) e.kick?.(); }
 
+  /** Each poll names the tabs joined then: a short poll's pause ends at once; a long poll's wait runs out first. */
+  _tabsChanged(channel) { this.subs.get(channel)?.kick?.(); }
+
   async _loop(sub, signal, entry) {
     const ladder = this.ladder;
     const connections = new ConnectionWatch();
     for (;;) {
       const c = sub.cursor;
       const limit = ladder.options.pollLimit;
-      const url = channelUrl(this.base, sub.channel, 'messages', { since: c.offset, epoch: c.epoch, limit, wait: this.waitS, ...sub.presenceQuery(true) });
+      const url = channelUrl(this.base, sub.channel, 'messages', { since: c.offset, epoch: c.epoch, limit, wait: this.waitS, ...this._presenceQuery(sub, true) });
       const timeout = AbortSignal.any([signal, AbortSignal.timeout(((this.waitS ?? 0) + 10) * 1000)]);
       let replaced = false;
       const body = await httpJson(ladder.fetch, url, { signal: timeout }, (res) => {

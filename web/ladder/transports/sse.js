@@ -34,10 +34,11 @@ export class SseTransport extends HttpRung {
 
   subscribe(sub) {
     const c = sub.cursor;
-    const es = new EventSource(channelUrl(this.base, sub.channel, 'events', { since: c.offset, epoch: c.epoch, heartbeat: 'event', ...sub.presenceQuery(false) }));
+    const presence = this._presenceQuery(sub, false);
+    const es = new EventSource(channelUrl(this.base, sub.channel, 'events', { since: c.offset, epoch: c.epoch, heartbeat: 'event', ...presence }));
     const limit = this._silenceLimitMs();
     let watchdog = null;
-    const entry = { stop: () => { clearTimeout(watchdog); es.close(); } };
+    const entry = { stop: () => { clearTimeout(watchdog); es.close(); }, sub, tabs: JSON.stringify(presence.tab ?? []) };
     this.subs.set(sub.channel, entry);
     const alive = () => {
       if (!limit) return;
@@ -76,6 +77,20 @@ export class SseTransport extends HttpRung {
       entry.stop();
       this._lost(`event stream for ${sub.channel} ended`);
     };
+  }
+
+  /**
+   * Another tab list: the stream is re-opened from the cursor (what it
+   * delivered is not delivered again; the cursor drops any repeat), and
+   * only when the list it names differs (a new connection rejoins every
+   * tab, which changes nothing here).
+   */
+  _tabsChanged(channel) {
+    const entry = this.subs.get(channel);
+    if (!entry || this.closed) return;
+    if (JSON.stringify(this._presenceQuery(entry.sub, false).tab ?? []) === entry.tabs) return;
+    entry.stop();
+    this.subscribe(entry.sub);
   }
 
   close() {
