@@ -10,7 +10,7 @@ import { SharedLadder, sharedPath } from '../../web/ladder/shared/tab.js';
 import { TabJoins } from '../../web/ladder/tab-joins.js';
 import { Subscription } from '../../web/ladder/subscription.js';
 import { SseTransport } from '../../web/ladder/transports/sse.js';
-import { PollTransport } from '../../web/ladder/transports/poll.js';
+import { LongPollTransport, PollTransport } from '../../web/ladder/transports/poll.js';
 
 /** Lets every queued message and promise run (bounded; no timers). */
 async function settle(rounds = 40) {
@@ -469,6 +469,36 @@ export async function runSharedUnit(tally) {
     poll.close();
     const got = urls.map((p) => `${p.getAll('tab').join('+') || '-'} ${p.get('client') ?? '-'}`);
     tally.expect(JSON.stringify(got) === '["- -","t1 ann","t1+t2 ann","t2 ann"]', `polls ${JSON.stringify(got)}`);
+  });
+
+  await tally.check('unit: tabs on long polls: a held poll is asked again with the new tabs, from the same cursor; a rejoin changes nothing', async () => {
+    const polls = [];
+    const ladder = {
+      options: { base: 'http://ladder.test/', pollLimit: 100, longPollWaitS: 30 },
+      // Held until given up, as a long poll with nothing to say is.
+      fetch: (url, init) => new Promise((_, reject) => {
+        polls.push(new URL(url).searchParams);
+        init.signal.addEventListener('abort', () => reject(Object.assign(new Error('aborted'), { name: 'AbortError' })), { once: true });
+      }),
+      heartbeatMs: () => null, emit() {}, _subscribed() {}, _deliver() {}, _truncated() {}, _connectionReplaced() {},
+      _transportClosed(_, reason) { polls.push(new URLSearchParams({ lost: reason })); },
+    };
+    ladder._tabJoins = new TabJoins(ladder);
+    const poll = new LongPollTransport(ladder, {});
+    ladder._transport = poll;
+    const sub = new Subscription(ladder, 'room', { since: 7, presence: { tabs: true } }, () => {});
+    poll.subscribe(sub);
+    await settle();
+    ladder._tabJoins.join('room', 't1', { client: 'ann' });
+    await settle();
+    ladder._tabJoins.rejoin(poll);
+    await settle();
+    ladder._tabJoins.join('room', 't2', { client: 'ann' });
+    await settle();
+    poll.close();
+    await settle();
+    const got = polls.map((p) => p.get('lost') ?? `${p.getAll('tab').join('+') || '-'} ${p.get('since')} ${p.get('wait')}`);
+    tally.expect(JSON.stringify(got) === '["- 7 30","t1 7 30","t1+t2 7 30"]', `polls ${JSON.stringify(got)}`);
   });
 
   await tally.check('unit: a subscription counting tabs joins nobody on a socket, and one member per tab on a stream or poll', () => {

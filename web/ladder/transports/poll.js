@@ -17,7 +17,7 @@ export class PollTransport extends HttpRung {
 
   subscribe(sub) {
     const ctrl = new AbortController();
-    const entry = { stop: () => ctrl.abort(), kick: null, sub };
+    const entry = { stop: () => ctrl.abort(), kick: null, again: null, tabs: '[]', sub };
     this.subs.set(sub.channel, entry);
     this._loop(sub, ctrl.signal, entry).catch((err) => {
       if (err.name !== 'AbortError' && this.subs.get(sub.channel) === entry) this._lost(`${this.name} request failed: ${describe(err)}`);
@@ -26,8 +26,20 @@ export class PollTransport extends HttpRung {
 
   kick() { for (const e of this.subs.values()) e.kick?.(); }
 
-  /** Each poll names the tabs joined then: a short poll's pause ends at once; a long poll's wait runs out first. */
-  _tabsChanged(channel) { this.subs.get(channel)?.kick?.(); }
+  /**
+   * Each poll names the tabs joined then. When they differ from the ones
+   * the last poll named, the poll in flight is given up (a long poll would
+   * hold the old list for its whole wait) and asked again from the cursor
+   * (its answer was never taken, so nothing is lost or repeated), or a
+   * short poll's pause ends at once. A new connection's rejoin, which
+   * changes no list, does nothing.
+   */
+  _tabsChanged(channel) {
+    const e = this.subs.get(channel);
+    if (!e || JSON.stringify(this._presenceQuery(e.sub, true).tab ?? []) === e.tabs) return;
+    e.again?.();
+    e.kick?.();
+  }
 
   async _loop(sub, signal, entry) {
     const ladder = this.ladder;
@@ -35,12 +47,24 @@ export class PollTransport extends HttpRung {
     for (;;) {
       const c = sub.cursor;
       const limit = ladder.options.pollLimit;
-      const url = channelUrl(this.base, sub.channel, 'messages', { since: c.offset, epoch: c.epoch, limit, wait: this.waitS, ...this._presenceQuery(sub, true) });
-      const timeout = AbortSignal.any([signal, AbortSignal.timeout(((this.waitS ?? 0) + 10) * 1000)]);
+      const presence = this._presenceQuery(sub, true);
+      entry.tabs = JSON.stringify(presence.tab ?? []);
+      const url = channelUrl(this.base, sub.channel, 'messages', { since: c.offset, epoch: c.epoch, limit, wait: this.waitS, ...presence });
+      const again = new AbortController();
+      entry.again = () => again.abort();
+      const timeout = AbortSignal.any([signal, again.signal, AbortSignal.timeout(((this.waitS ?? 0) + 10) * 1000)]);
       let replaced = false;
-      const body = await httpJson(ladder.fetch, url, { signal: timeout }, (res) => {
-        replaced = connections.answered(res.headers.get('ladder-connection'));
-      });
+      let body;
+      try {
+        body = await httpJson(ladder.fetch, url, { signal: timeout }, (res) => {
+          replaced = connections.answered(res.headers.get('ladder-connection'));
+        });
+      } catch (err) {
+        if (again.signal.aborted && !signal.aborted) continue; // the tabs changed: ask again with them
+        throw err;
+      } finally {
+        entry.again = null;
+      }
       if (signal.aborted) throw abortError();
       if (replaced) ladder._connectionReplaced(this);
       if (!sub.active) return;
