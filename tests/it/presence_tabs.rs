@@ -20,7 +20,7 @@ pub async fn members(s: &TestServer, ch: &str) -> Result<Vec<(String, Option<Str
     Ok(pairs(&body["members"]))
 }
 
-fn pairs(list: &Value) -> Vec<(String, Option<String>)> {
+pub fn pairs(list: &Value) -> Vec<(String, Option<String>)> {
     list.as_array()
         .map(|a| {
             a.iter()

@@ -130,3 +130,66 @@ async fn bad_tabs_and_too_many_get_clear_errors_and_join_nothing() -> Result<()>
     assert_eq!(sse.messages_until(1).await?[0]["data"], "still");
     s.shutdown().await
 }
+
+#[tokio::test]
+async fn with_a_token_the_tabs_of_a_stream_or_poll_are_its_sub() -> Result<()> {
+    const SECRET: &str = "tabs-http-secret";
+    let s = TestServer::spawn_with(|c| c.jwt_secret = Some(SECRET.into())).await?;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 600;
+    let token = |claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+    };
+    let alice = token(json!({"sub":"alice","exp":exp,"subscribe":["room"],"presence":["room"]}))?;
+    let nobody = token(json!({"exp":exp,"subscribe":["room"]}))?;
+    let listed = || async {
+        let resp = s
+            .http
+            .get(s.url("/api/channels/room/presence"))
+            .bearer_auth(&alice)
+            .send()
+            .await?;
+        ensure!(resp.status() == 200, "{}", resp.status());
+        let body: serde_json::Value = resp.json().await?;
+        anyhow::Ok(crate::presence_tabs::pairs(&body["members"]))
+    };
+    // Refused with nothing joined: another id than the sub; no sub at all.
+    for (tok, tail, status, code) in [
+        (&alice, "client=mallory&tab=a", 403, "forbidden"),
+        (&nobody, "tab=a", 400, "bad_request"),
+    ] {
+        for route in ["events", "messages"] {
+            let (got, body) = s
+                .get_json(&format!("/api/channels/room/{route}?token={tok}&{tail}"))
+                .await?;
+            ensure!(
+                got == status && body["error"]["code"] == code,
+                "{route} {tail}: {got} {body}"
+            );
+        }
+    }
+    assert_eq!(listed().await?, none());
+    // The stream's tabs and a poll's are members with the sub as their id.
+    let sse = Sse::connect(&s, "room", &format!("?token={alice}&tab=a&tab=b"), None).await?;
+    let (status, _) = s
+        .get_json(&format!("/api/channels/room/messages?token={alice}&tab=c"))
+        .await?;
+    assert_eq!(status, 200);
+    within("the tabs to be listed", async {
+        loop {
+            if listed().await? == [tab("alice", "a"), tab("alice", "b"), tab("alice", "c")] {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await??;
+    drop(sse);
+    s.shutdown().await
+}
