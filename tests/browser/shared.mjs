@@ -215,30 +215,38 @@ async function sharedPresence(browser, tally) {
       await stopServer(server);
     }
   }
-  // Per tab over SSE (the socket rungs turned off): the stream names the
-  // tabs, so each is a member there too, and a closed tab leaves (the
-  // stream is re-opened without it).
-  const server = await startServer(['--disable', 'webtransport', '--disable', 'websocket']);
-  const context = await browser.newContext();
-  try {
-    await tally.check('shared presence per tab over SSE (no socket rung): each tab is a member; a tab closes and its member leaves', async () => {
-      const tabs = [];
-      for (let i = 0; i < 2; i++) tabs.push(await open(server, context, 'tab'));
-      const want = tabs.map((t) => `visitor ${t.tab}`);
-      await presenceBecomes(server.http, 'by-tab', want, 'per tab over sse');
-      const rung = await tabs[0].page.evaluate(() => window.shared.ladder.transport);
-      tally.expect(rung === 'sse', `over ${rung}`);
-      for (const t of tabs) {
-        await waitState(t.page, 'the member list in every tab', (n) => window.shared.sub.members.size === n, want.length, 20000);
-      }
-      await tabs[1].page.close();
-      await presenceBecomes(server.http, 'by-tab', want.slice(0, 1), 'after a tab closed over sse');
-      await waitState(tabs[0].page, 'the closed tab gone from the list', () => window.shared.sub.members.size === 1, null, 20000);
-      return `over ${rung}: members ${want.length}, then 1`;
-    });
-  } finally {
-    await context.close().catch(() => {});
-    await stopServer(server);
+  // Per tab on the HTTP rungs (the better rungs turned off): the stream or
+  // each poll names the tabs, so each is a member there too, and a closed
+  // tab leaves: at once on SSE (the stream is re-opened without it), after
+  // the poll lease on long polls (the polls name it no more).
+  const socketsOff = ['--disable', 'webtransport', '--disable', 'websocket'];
+  const rungs = [
+    ['sse', socketsOff],
+    ['longpoll', [...socketsOff, '--disable', 'sse', '--presence-lapse', String(PRESENCE_LAPSE_S)]],
+  ];
+  for (const [expected, args] of rungs) {
+    const server = await startServer(args);
+    const context = await browser.newContext();
+    try {
+      await tally.check(`shared presence per tab over ${expected} (no better rung): each tab is a member; a tab closes and its member leaves`, async () => {
+        const tabs = [];
+        for (let i = 0; i < 2; i++) tabs.push(await open(server, context, 'tab'));
+        const want = tabs.map((t) => `visitor ${t.tab}`);
+        await presenceBecomes(server.http, 'by-tab', want, `per tab over ${expected}`);
+        const rung = await tabs[0].page.evaluate(() => window.shared.ladder.transport);
+        tally.expect(rung === expected, `over ${rung}`);
+        for (const t of tabs) {
+          await waitState(t.page, 'the member list in every tab', (n) => window.shared.sub.members.size === n, want.length, 20000);
+        }
+        await tabs[1].page.close();
+        await presenceBecomes(server.http, 'by-tab', want.slice(0, 1), `after a tab closed over ${expected}`);
+        await waitState(tabs[0].page, 'the closed tab gone from the list', () => window.shared.sub.members.size === 1, null, 20000);
+        return `over ${rung}: members ${want.length}, then 1`;
+      });
+    } finally {
+      await context.close().catch(() => {});
+      await stopServer(server);
+    }
   }
 }
 
