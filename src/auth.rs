@@ -21,7 +21,7 @@
 //!
 //! A pattern is a channel name in which `*` matches any run of characters.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -148,13 +148,17 @@ pub struct Grant {
 impl Grant {
     /// Everything, forever (auth off).
     pub fn all() -> Self {
-        Self {
+        // One grant shared by every connection: built per connection it
+        // cost six allocations that each idle connection kept (heaptrack,
+        // 2 000 idle WebSockets).
+        static ALL: LazyLock<Grant> = LazyLock::new(|| Grant {
             sub: None,
             presence: Arc::from(["*".to_owned()]),
             expires_ms: None,
             subscribe: Arc::from(["*".to_owned()]),
             publish: Arc::from(["*".to_owned()]),
-        }
+        });
+        ALL.clone()
     }
 
     /// Unix ms at which live subscriptions under this grant must end.
