@@ -74,18 +74,28 @@ impl Redis {
     }
 
     async fn start_full(persistent: bool, extra: &[&str]) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut r = Self {
-            proc: None,
-            port,
-            dir: temp_dir("redis"),
-            persistent,
-            extra: extra.iter().map(|&a| a.to_owned()).collect(),
-        };
-        r.run().await?;
-        Ok(r)
+        // The port is found free and then handed to redis-server, so a
+        // parallel test's socket can take it in between; redis-server then
+        // exits at once, and another port is tried (five at most).
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let mut r = Self {
+                proc: None,
+                port,
+                dir: temp_dir("redis"),
+                persistent,
+                extra: extra.iter().map(|&a| a.to_owned()).collect(),
+            };
+            match r.run().await {
+                Err(e) if attempt < 5 && e.is::<Exited>() => continue,
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(r),
+            }
+        }
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -124,16 +134,23 @@ impl Redis {
             }
             Err(e) => return Err(e.into()),
         };
-        self.proc = Some(proc);
+        let proc = self.proc.insert(proc);
+        let port = self.port;
         within("redis-server to accept connections", async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_err()
             {
+                // Gone already (its port was taken): say so now rather
+                // than wait out the bound.
+                if let Some(status) = proc.try_wait()? {
+                    return Err(Exited { port, status }.into());
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
+            Ok(())
         })
-        .await
+        .await?
     }
 
     /// Kills the server (as a crash would).
@@ -148,4 +165,12 @@ impl Redis {
     pub async fn restart(&mut self) -> Result<()> {
         self.run().await
     }
+}
+
+/// `redis-server` exited before it accepted a connection.
+#[derive(Debug, thiserror::Error)]
+#[error("redis-server exited ({status}) before accepting connections on port {port}")]
+pub struct Exited {
+    port: u16,
+    status: std::process::ExitStatus,
 }
