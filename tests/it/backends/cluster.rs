@@ -12,7 +12,7 @@ use redis::aio::MultiplexedConnection;
 use serde_json::json;
 use tokio::process::Command;
 
-use super::Redis;
+use super::{Redis, free_port};
 use crate::helpers::*;
 use ladder_testkit::within_for;
 
@@ -26,12 +26,6 @@ pub(super) struct Cluster {
     /// Started after the masters; which master each follows is redis-cli's
     /// choice (see [`Cluster::shard`]).
     replicas: Vec<Redis>,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Runs `redis-cli` with `args`, bounded; fails with its output.

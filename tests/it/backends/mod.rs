@@ -42,6 +42,14 @@ pub async fn post(
     Ok((status, resp.json().await?))
 }
 
+/// A loopback port free now (the OS's pick); free only until someone
+/// binds it, which is why [`Redis`] tries another when it was taken.
+pub(super) fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// A `redis-server` of the test's own on a free loopback port; killed when
 /// dropped.
 pub struct Redis {
@@ -80,9 +88,7 @@ impl Redis {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
+            let port = free_port()?;
             let mut r = Self {
                 proc: None,
                 port,
