@@ -12,7 +12,7 @@ use redis::aio::MultiplexedConnection;
 use serde_json::json;
 use tokio::process::Command;
 
-use super::{Redis, free_port};
+use super::{FREE_PORT, Redis};
 use crate::helpers::*;
 use ladder_testkit::within_for;
 
@@ -89,8 +89,7 @@ impl Cluster {
         for _ in 0..3 * (1 + replicas) {
             // The bus port on a free port of its own (the default, port +
             // 10000, may be taken or out of range).
-            let bus = free_port()?.to_string();
-            let mut args = vec!["--cluster-enabled", "yes", "--cluster-port", &bus];
+            let mut args = vec!["--cluster-enabled", "yes", "--cluster-port", FREE_PORT];
             args.extend(timeout);
             nodes.push(Redis::start_args(&args).await?);
         }

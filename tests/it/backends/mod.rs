@@ -44,11 +44,16 @@ pub async fn post(
 
 /// A loopback port free now (the OS's pick); free only until someone
 /// binds it, which is why [`Redis`] tries another when it was taken.
-pub(super) fn free_port() -> Result<u16> {
+fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
+
+/// In [`Redis::start_args`], stands for a free port picked afresh on every
+/// attempt to start (a cluster bus port is taken as easily as the main
+/// one), and kept for [`Redis::restart`].
+pub(super) const FREE_PORT: &str = "{free port}";
 
 /// A `redis-server` of the test's own on a free loopback port; killed when
 /// dropped.
@@ -82,9 +87,9 @@ impl Redis {
     }
 
     async fn start_full(persistent: bool, extra: &[&str]) -> Result<Self> {
-        // The port is found free and then handed to redis-server, so a
-        // parallel test's socket can take it in between; redis-server then
-        // exits at once, and another port is tried (five at most).
+        // The ports are found free and then handed to redis-server, so a
+        // parallel test's socket can take one in between; redis-server then
+        // exits at once, and other ports are tried (five times at most).
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -94,7 +99,13 @@ impl Redis {
                 port,
                 dir: temp_dir("redis"),
                 persistent,
-                extra: extra.iter().map(|&a| a.to_owned()).collect(),
+                extra: extra
+                    .iter()
+                    .map(|&a| match a {
+                        FREE_PORT => free_port().map(|p| p.to_string()),
+                        _ => Ok(a.to_owned()),
+                    })
+                    .collect::<Result<_>>()?,
             };
             match r.run().await {
                 Err(e) if attempt < 5 && e.is::<Exited>() => continue,
@@ -128,6 +139,8 @@ impl Redis {
             .args(&self.extra)
             .arg("--dir")
             .arg(&self.dir)
+            // Its log, in its directory, says why when it exits early.
+            .args(["--logfile", "redis.log"])
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn();
@@ -141,7 +154,7 @@ impl Redis {
             Err(e) => return Err(e.into()),
         };
         let proc = self.proc.insert(proc);
-        let port = self.port;
+        let (port, dir) = (self.port, &self.dir);
         within("redis-server to accept connections", async {
             while tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
@@ -150,7 +163,14 @@ impl Redis {
                 // Gone already (its port was taken): say so now rather
                 // than wait out the bound.
                 if let Some(status) = proc.try_wait()? {
-                    return Err(Exited { port, status }.into());
+                    let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
+                    let why = log
+                        .lines()
+                        .rev()
+                        .find(|l| l.contains(" # "))
+                        .unwrap_or("")
+                        .to_owned();
+                    return Err(Exited { port, status, why }.into());
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
@@ -175,8 +195,10 @@ impl Redis {
 
 /// `redis-server` exited before it accepted a connection.
 #[derive(Debug, thiserror::Error)]
-#[error("redis-server exited ({status}) before accepting connections on port {port}")]
+#[error("redis-server exited ({status}) before accepting connections on port {port}: {why}")]
 pub struct Exited {
     port: u16,
     status: std::process::ExitStatus,
+    /// The last warning its log gave.
+    why: String,
 }
